@@ -32,6 +32,16 @@ class DataConfig(_Strict):
     num_classes: int = Field(10, ge=2, description="synthetic only")
     dim: int = Field(32, gt=0, description="synthetic only: input dimension")
     separation: float = Field(4.0, gt=0, description="synthetic only: class-mean spread / noise")
+    shape: list[int] | None = Field(
+        None, min_length=1, description="synthetic only: per-sample shape such as [3, 32, 32]; overrides dim"
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _positive_shape(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(s <= 0 for s in v):
+            raise ValueError("every entry of shape must be a positive integer")
+        return v
 
 
 class ModelConfig(_Strict):
