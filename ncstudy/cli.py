@@ -1,0 +1,150 @@
+"""``ncstudy`` command line: train, run, ui, analyze, replay.
+
+Bad input (a config or study file, a flag) exits with status 2 and a message naming the file and
+key, before any training, Ray or MLflow start.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ncstudy.config import ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+def _fmt(v: float) -> str:
+    return "-" if not isinstance(v, (int, float)) or not math.isfinite(v) else f"{v:.4g}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ncstudy.config import load_train_config
+    from ncstudy.logs import write_log
+    from ncstudy.train import Trainer
+
+    cfg = load_train_config(args.config)
+    if args.device:
+        cfg = cfg.model_copy(update={"device": args.device})
+    trainer = Trainer(cfg)
+    print(f"training {cfg.model.name} (depth {cfg.model.depth}, width {cfg.model.width}, {cfg.model.activation}) "
+          f"on {cfg.data.name}: {cfg.ce_epochs} CE + {cfg.mse_epochs} MSE epochs, device {trainer.device}",
+          flush=True)
+    print(f"{'epoch':>6} {'phase':>5} {'loss':>10} {'train':>7} {'test':>7} {'fn':>8} {'NC1':>10}", flush=True)
+
+    def on_eval(rec, tr) -> None:
+        print(f"{rec['epoch']:>6} {rec['phase']:>5} {_fmt(rec.get('train_loss')):>10} {_fmt(rec['train']):>7} "
+              f"{_fmt(rec['test']):>7} {_fmt(rec['feat_norm']):>8} {_fmt(rec['nc1']):>10}", flush=True)
+        if args.out:
+            write_log(tr.records, args.out)  # rewritten each evaluation: a killed run keeps its log
+
+    result = trainer.run(on_eval)
+    o = result.onset
+    print(f"\nstatus {result.status}, stop reason {result.stop_reason}, epochs run {result.epochs_run}")
+    if o.t_nc is not None:
+        print(f"T_NC = {o.t_nc} ({o.threshold} threshold), fn* = {o.fn_star:.4f}")
+    else:
+        print(f"no collapse onset (min NC1 {_fmt(o.min_nc1 if o.min_nc1 is not None else math.nan)})")
+    if args.out:
+        write_log(result.records, args.out)
+        print(f"log written to {args.out}")
+    return 0 if result.status == "completed" else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ncstudy.study.runner import DEFAULT_TRACKING_URI, RunOptions, run_study, trial_plan
+    from ncstudy.study.spec import load_study
+
+    spec = load_study(args.space)
+    if args.max_concurrent is not None and args.max_concurrent <= 0:
+        raise ConfigError("--max-concurrent: must be a positive integer")
+    if args.dry_run:
+        print("\n".join(trial_plan(spec)))
+        return 0
+    opts = RunOptions(address=args.address, tracking_uri=args.tracking_uri or DEFAULT_TRACKING_URI,
+                      storage=args.storage, resume=args.resume, max_concurrent=args.max_concurrent,
+                      num_cpus=args.num_cpus, progress_interval_s=args.progress_interval)
+    print(f"study {spec.name}: {spec.num_trials()} trial(s); tracking {opts.tracking_uri}; "
+          f"results in {opts.storage}/{spec.name}", flush=True)
+    return run_study(spec, opts)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from ncstudy.study.runner import DEFAULT_TRACKING_URI
+
+    uri = args.tracking_uri or DEFAULT_TRACKING_URI
+    mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port),
+           "--workers", "1"]
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_analyze(args: argparse.Namespace, rest: list[str]) -> int:
+    from ncstudy.analysis.cli import analyze_main
+
+    return analyze_main(rest)
+
+
+def cmd_replay(args: argparse.Namespace, rest: list[str]) -> int:
+    from ncstudy.forecast.replay_cli import replay_main
+
+    return replay_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ncstudy", description="Neural-collapse studies on Ray Tune + MLflow")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="one training run without Ray (reference log format)")
+    t.add_argument("config", help="trainer config YAML (the `base` section of a study file)")
+    t.add_argument("--out", help="write the per-evaluation log as CSV")
+    t.add_argument("--device", help="override the config's device (auto, cpu, cuda)")
+
+    r = sub.add_parser("run", help="run a study file on Ray Tune, tracked in MLflow")
+    r.add_argument("space", help="study file, e.g. search_spaces/quickstart.yaml")
+    r.add_argument("--address", help="existing Ray cluster (e.g. 'auto'); default: a local instance")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    r.add_argument("--storage", default=os.environ.get("NCSTUDY_STORAGE", "ncstudy_results"),
+                   help="Tune storage path (shared storage on clusters)")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    r.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
+    r.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    r.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress tables")
+    r.add_argument("--dry-run", action="store_true", help="validate and print the trial plan")
+
+    u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
+    u.add_argument("--tracking-uri", help="default sqlite:///mlflow.db")
+    u.add_argument("--port", type=int, default=5000)
+
+    sub.add_parser("analyze", help="paper tables and figures from runs (see `ncstudy analyze -h`)", add_help=False)
+    sub.add_parser("replay", help="replay the onset forecaster over logs (see `ncstudy replay -h`)", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in ("analyze", "replay"):  # these parse their own flags
+        cmd, rest = argv[0], argv[1:]
+        return {"analyze": cmd_analyze, "replay": cmd_replay}[cmd](argparse.Namespace(), rest)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        return {"train": cmd_train, "run": cmd_run, "ui": cmd_ui}[args.command](args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Live trial table and final summary on the terminal (a Tune callback; Tune's own output is off)."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Callable, TextIO
+
+from ray.tune import Callback
+
+COLUMNS = ("trial", "status", "epoch", "phase", "fn", "NC1", "forecast", "T_NC", "fn*", "stop")
+
+
+def _f(v: Any, fmt: str = "{:.4g}") -> str:
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "-"
+        return str(int(v)) if v.is_integer() and abs(v) < 1e6 else fmt.format(v)
+    return str(v)
+
+
+def render_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
+    cells = [[_f(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(out)
+
+
+class ProgressTable(Callback):
+    def __init__(self, spec, annotator: Callable[[str], dict] | None = None, interval_s: float = 10.0,
+                 quiet: bool = False, stream: TextIO | None = None) -> None:
+        from ncstudy.study.runner import _label_creator
+
+        self.label = _label_creator(spec)
+        self.annotator = annotator
+        self.interval_s = interval_s
+        self.quiet = quiet
+        self.stream = stream
+        self._last = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        d["stream"] = None
+        return d
+
+    def _out(self) -> TextIO:
+        return self.stream or sys.stdout
+
+    def row(self, trial) -> dict[str, Any]:
+        r = trial.last_result or {}
+        ann = self.annotator(trial.trial_id) if self.annotator else {}
+        tags = ann.get("tags", {})
+        fc = ann.get("metrics", {}).get("forecast_onset", tags.get("forecast_onset"))
+        return {"trial": self.label(trial), "status": trial.status, "epoch": r.get("epoch"),
+                "phase": r.get("phase"), "fn": r.get("feat_norm"), "NC1": r.get("nc1"), "forecast": fc,
+                "T_NC": r.get("t_nc"), "fn*": r.get("fn_star"),
+                "stop": tags.get("stop_reason") or r.get("stop_reason") or ""}
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        now = time.monotonic()
+        if not self.quiet and now - self._last >= self.interval_s:
+            self._last = now
+            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            print(f"\n[{time.strftime('%H:%M:%S')}] {done}/{len(trials)} trials done", file=self._out())
+            print(render_table([self.row(t) for t in trials]), file=self._out(), flush=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        rows = [self.row(t) for t in trials]
+        cols = ("trial", "status", "epoch", "T_NC", "fn*", "forecast", "stop")
+        print("\nStudy summary (epochs run = last evaluated epoch):", file=self._out())
+        print(render_table(rows, cols), file=self._out(), flush=True)

@@ -1,0 +1,222 @@
+"""``ncstudy run``: a study file becomes a Ray Tune experiment tracked in MLflow.
+
+Everything that can fail on the user's input is checked before Ray starts (see
+:mod:`ncstudy.study.spec`); everything after is restore-safe: ``--resume`` continues the same
+Tune experiment, the same MLflow parent run and the same child run per trial.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ncstudy.config import flatten
+from ncstudy.study.spec import Param, StudySpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_STORAGE = "ncstudy_results"
+
+
+@dataclass
+class RunOptions:
+    address: str | None = None
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    storage: str = DEFAULT_STORAGE
+    resume: bool = False
+    max_concurrent: int | None = None
+    num_cpus: int | None = None  # local instance only
+    num_gpus: int | None = None  # local instance only
+    progress_interval_s: float = 10.0
+    quiet: bool = False
+
+
+def tune_domain(p: Param):
+    from ray import tune
+
+    if p.grid is not None:
+        return tune.grid_search(list(p.grid))
+    if p.choice is not None:
+        return tune.choice(list(p.choice))
+    if p.uniform is not None:
+        return tune.uniform(*p.uniform)
+    if p.loguniform is not None:
+        return tune.loguniform(*p.loguniform)
+    assert p.randint is not None
+    return tune.randint(*p.randint)
+
+
+def trial_plan(spec: StudySpec) -> list[str]:
+    """Human-readable plan for ``--dry-run``: one line per grid trial, or the sampling rule."""
+    import itertools
+
+    lines = [f"study {spec.name}: {spec.num_trials()} trial(s), searcher={spec.searcher}, "
+             f"scheduler={spec.scheduler.name}, objective={spec.objective.metric} ({spec.objective.mode}), "
+             f"resources/trial: cpu={spec.resources.cpu:g} gpu={spec.resources.gpu:g}"]
+    grid = {k: p.grid for k, p in spec.space.items() if p.form == "grid"}
+    sampled = {k: p for k, p in spec.space.items() if p.form != "grid"}
+    combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
+    if spec.searcher != "optuna":
+        for rep in range(spec.num_samples):
+            for c in combos:
+                cfg = spec.config_for({**c, **{k: p.probe_values()[0] for k, p in sampled.items()}})
+                label = spec.trial_label(c) if c else spec.name
+                lines.append(f"  {label}{f' (repeat {rep})' if spec.num_samples > 1 else ''}: "
+                             f"{cfg.model.name} d{cfg.model.depth} w{cfg.model.width} {cfg.model.activation} on "
+                             f"{cfg.data.name}, {cfg.ce_epochs} CE + {cfg.mse_epochs} MSE epochs")
+    for k, p in sampled.items():
+        lines.append(f"  {k}: {p.form} {getattr(p, p.form)}")
+    return lines
+
+
+def build_search_alg(spec: StudySpec, max_concurrent: int | None):
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if spec.searcher == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed))
+        return ConcurrencyLimiter(alg, max_concurrent=max_concurrent) if max_concurrent else alg
+    return BasicVariantGenerator(random_state=spec.seed, max_concurrent=max_concurrent or 0)
+
+
+def build_scheduler(spec: StudySpec, experiment_dir: Path):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    name = spec.scheduler.name
+    if name == "asha":
+        a = spec.scheduler.asha
+        return ASHAScheduler(time_attr="epoch", max_t=spec.base.total_epochs,
+                             grace_period=a.grace_period * spec.base.eval.nc_every,
+                             reduction_factor=a.reduction_factor)
+    if name == "fnstar":
+        from ncstudy.adapters.ray_scheduler import FnStarConfig, FnStarScheduler
+
+        fcfg = FnStarConfig.model_validate(spec.scheduler.fnstar)
+        return FnStarScheduler.from_config(fcfg, objective_metric=spec.objective.metric,
+                                           state_path=experiment_dir / "fnstar_state.json")
+    return FIFOScheduler()
+
+
+def trial_tags(spec: StudySpec):
+    def tags(config: dict[str, Any]) -> dict[str, str]:
+        cfg = spec.config_for({k: config[k] for k in spec.space if k in config})
+        return {"model": cfg.model.name, "dataset": cfg.data.name}
+    return tags
+
+
+def trial_params(spec: StudySpec):
+    def params(config: dict[str, Any]) -> dict[str, Any]:
+        cfg = spec.config_for({k: config[k] for k in spec.space if k in config})
+        return flatten(cfg.model_dump())
+    return params
+
+
+def _label_creator(spec: StudySpec):
+    def name(trial) -> str:
+        params = {k: trial.config[k] for k in spec.space if k in trial.config}
+        label = spec.trial_label(params)
+        unique = spec.num_samples > 1 or spec.searcher != "grid" or any(p.form != "grid" for p in spec.space.values())
+        return f"{label}_{trial.trial_id.split('_')[-1]}" if unique else label
+    return name
+
+
+def _dirname_creator(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def start_ray(opts: RunOptions) -> bool:
+    """Connect to ``--address`` or start a private local instance; True when we started one."""
+    import ray
+
+    if ray.is_initialized():  # e.g. a caller (or a test session) already holds an instance
+        return False
+    if opts.address:
+        ray.init(address=opts.address, log_to_driver=False)
+        return False
+    tmp = Path(tempfile.gettempdir()) / f"ncstudy_ray_{os.getpid()}"
+    ray.init(address="local", num_cpus=opts.num_cpus or os.cpu_count(), num_gpus=opts.num_gpus,
+             include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False,
+             configure_logging=True, logging_level=logging.WARNING)
+    return True
+
+
+def preload_data(spec: StudySpec) -> dict[str, Any]:
+    """Load every dataset a trial can ask for once, into Ray's object store."""
+    import ray
+
+    from ncstudy.data import load_dataset
+    from ncstudy.study.trainable import data_key, dataset_to_numpy
+
+    refs: dict[str, Any] = {}
+    for variant in spec.data_variants():
+        cfg = spec.config_for(variant)
+        key = data_key(cfg)
+        if key not in refs:
+            refs[key] = ray.put(dataset_to_numpy(load_dataset(cfg.data, model=cfg.model.name)))
+    return refs
+
+
+def run_study(spec: StudySpec, opts: RunOptions) -> int:
+    """Run (or resume) a study; returns 0 only when every trial completed."""
+    import ray
+    from ray import tune
+
+    from ncstudy.study.progress import ProgressTable
+    from ncstudy.study.trainable import run_trial
+    from ncstudy.tracking import MLflowStudyCallback
+
+    storage = opts.storage if "://" in opts.storage else str(Path(opts.storage).resolve())
+    experiment_dir = Path(storage) / spec.name if "://" not in storage else Path(tempfile.mkdtemp())
+    started = start_ray(opts)
+    try:
+        refs = preload_data(spec)
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, spec_json=spec.model_dump_json(), data_refs=refs),
+            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+        path = f"{storage.rstrip('/')}/{spec.name}"
+        if opts.resume and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            if opts.resume:
+                log.warning("--resume: nothing to resume at %s; starting the study", path)
+            scheduler = build_scheduler(spec, experiment_dir)
+            annotator = getattr(scheduler, "annotations", None)
+            tracking = MLflowStudyCallback(
+                opts.tracking_uri, spec.name,
+                study_params={"study.searcher": spec.searcher, "study.scheduler": spec.scheduler.name,
+                              "study.num_trials": spec.num_trials(), "study.objective": spec.objective.metric,
+                              "study.space": json.dumps({k: p.model_dump(exclude_none=True)
+                                                         for k, p in spec.space.items()})},
+                trial_params=trial_params(spec), trial_tags=trial_tags(spec),
+                trial_label=_label_creator(spec), annotator=annotator,
+                spill_dir=str(experiment_dir) if "://" not in storage else None)
+            progress = ProgressTable(spec, annotator=annotator, interval_s=opts.progress_interval_s,
+                                     quiet=opts.quiet)
+            tuner = tune.Tuner(
+                trainable,
+                param_space={k: tune_domain(p) for k, p in spec.space.items()},
+                tune_config=tune.TuneConfig(
+                    metric=spec.objective.metric, mode=spec.objective.mode,
+                    search_alg=build_search_alg(spec, opts.max_concurrent or spec.max_concurrent),
+                    scheduler=scheduler, num_samples=spec.num_samples,
+                    max_concurrent_trials=opts.max_concurrent or spec.max_concurrent,
+                    trial_name_creator=_label_creator(spec), trial_dirname_creator=_dirname_creator),
+                run_config=tune.RunConfig(
+                    name=spec.name, storage_path=storage, callbacks=[tracking, progress], verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+            )
+        results = tuner.fit()
+        failed = [r for r in results if r.error is not None]
+        return 0 if not failed and len(results) > 0 else 1
+    finally:
+        if started:
+            ray.shutdown()

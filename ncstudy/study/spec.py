@@ -1,0 +1,212 @@
+"""Study files (``search_spaces/*.yaml``): schema and validation, before Ray or MLflow start.
+
+Every value a search can produce is checked against :class:`~ncstudy.config.TrainConfig` up front
+(grid/choice values one by one, range bounds at both ends), so a typo in a dataset name fails in
+a second with the file and key named instead of an hour into a cluster run.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ncstudy.config import ConfigError, TrainConfig, flatten, format_validation_error, read_yaml, set_dotted
+
+# Readable trial names: the varied keys, shortened (w256-s0).
+SHORT_NAMES = {
+    "model.width": "w", "model.depth": "d", "model.activation": "", "model.name": "",
+    "data.name": "", "seed": "s", "optimizer.lr": "lr", "optimizer.weight_decay": "wd",
+    "optimizer.name": "", "intervention_alpha": "a", "batch_size": "b", "data.n_train": "n",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Param(_Strict):
+    """Exactly one of the sampling forms."""
+
+    grid: list[Any] | None = None
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "Param":
+        set_forms = [k for k in ("grid", "choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        if len(set_forms) != 1:
+            raise ValueError("give exactly one of grid, choice, uniform, loguniform, randint")
+        if self.grid is not None and not self.grid or self.choice is not None and not self.choice:
+            raise ValueError(f"{set_forms[0]} needs at least one value")
+        for k in ("uniform", "loguniform", "randint"):
+            v = getattr(self, k)
+            if v is not None and not v[0] < v[1]:
+                raise ValueError(f"{k}: low must be < high, got [{v[0]}, {v[1]}]")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform: bounds must be > 0")
+        return self
+
+    @property
+    def form(self) -> str:
+        return next(k for k in ("grid", "choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None)
+
+    def probe_values(self) -> list[Any]:
+        """Values to check against the trainer config: every discrete value, or the range ends."""
+        if self.grid is not None:
+            return list(self.grid)
+        if self.choice is not None:
+            return list(self.choice)
+        lo, hi = getattr(self, self.form)
+        return [lo, hi - 1] if self.form == "randint" else [lo, hi]
+
+
+class Objective(_Strict):
+    metric: str = Field("collapse_epoch", description="a reported metric")
+    mode: Literal["min", "max"] = "min"
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0, description="fractional GPUs share one device")
+
+
+class Failure(_Strict):
+    max_retries: int = Field(2, ge=0)
+
+
+class AshaConfig(_Strict):
+    grace_period: int = Field(5, gt=0, description="evaluations before a trial can be stopped")
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class SchedulerSpec(_Strict):
+    name: Literal["fifo", "asha", "fnstar"] = "fifo"
+    asha: AshaConfig = Field(default_factory=AshaConfig)
+    fnstar: dict[str, Any] = Field(default_factory=dict, description="FnStarScheduler options")
+
+
+class StudySpec(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    base: TrainConfig = Field(default_factory=TrainConfig)
+    space: dict[str, Param] = Field(default_factory=dict)
+    num_samples: int = Field(1, gt=0, description="repeats of the grid, or samples for random/optuna")
+    searcher: Literal["grid", "random", "optuna"] = "grid"
+    seed: int = Field(0, description="searcher seed")
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    objective: Objective = Field(default_factory=Objective)
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent: int | None = Field(None, gt=0)
+    failure: Failure = Field(default_factory=Failure)
+    checkpoint_every: int = Field(5, gt=0, description="evaluations between trial checkpoints")
+    trial_name: str | None = Field(None, description="format string over dotted keys, e.g. 'w{model.width}-s{seed}'")
+
+    @model_validator(mode="after")
+    def _space_fits_searcher(self) -> "StudySpec":
+        for key, p in self.space.items():
+            if self.searcher == "optuna" and p.form == "grid":
+                raise ValueError(f"space.{key}: 'grid' cannot be used with searcher 'optuna'; use 'choice'")
+            if key.startswith("data.") and p.form not in ("grid", "choice"):
+                raise ValueError(f"space.{key}: data keys vary only by grid or choice (datasets are preloaded)")
+        return self
+
+    # ---- derived ------------------------------------------------------------------------
+    def config_for(self, params: dict[str, Any]) -> TrainConfig:
+        d = self.base.model_dump()
+        for k, v in params.items():
+            set_dotted(d, k, v)
+        return TrainConfig.model_validate(d)
+
+    def grid_size(self) -> int:
+        n = 1
+        for p in self.space.values():
+            if p.form == "grid":
+                n *= len(p.grid or [])
+        return n
+
+    def num_trials(self) -> int:
+        return self.num_samples * (self.grid_size() if self.searcher != "optuna" else 1)
+
+    def data_variants(self) -> list[dict[str, Any]]:
+        """Every distinct (data, model.name) combination trials can ask for: preloaded once."""
+        keys = [k for k in self.space if k.startswith("data.") or k == "model.name"]
+        values = [self.space[k].probe_values() for k in keys]
+        out: list[dict[str, Any]] = []
+        for combo in itertools.product(*values):
+            v = dict(zip(keys, combo))
+            if v not in out:
+                out.append(v)
+        return out
+
+    def trial_label(self, params: dict[str, Any]) -> str:
+        if self.trial_name:
+            flat = flatten(self.config_for(params).model_dump())
+
+            def sub(m: re.Match) -> str:
+                if m.group(1) not in flat:
+                    raise KeyError(f"trial_name: unknown key '{m.group(1)}'")
+                return _fmt(flat[m.group(1)])
+
+            return re.sub(r"\{([^{}]+)\}", sub, self.trial_name)
+        parts = []
+        for k in self.space:
+            if k not in params:
+                continue
+            v = params[k]
+            short = SHORT_NAMES.get(k, k.split(".")[-1])
+            parts.append(f"{short}{_fmt(v)}")
+        return "-".join(parts) or self.name
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _check_space_values(spec: StudySpec, source: str) -> None:
+    """Every probe value must make a valid trainer config (unknown dataset, bad width...)."""
+    base = spec.base.model_dump()
+    valid_keys = set(flatten(base))
+    for key, p in spec.space.items():
+        if key not in valid_keys:
+            near = [k for k in valid_keys if k.split(".")[-1] == key.split(".")[-1]]
+            hint = f" (did you mean {', '.join(sorted(near))}?)" if near else ""
+            raise ConfigError(f"{source}: space.{key}: unknown config key{hint}")
+        for v in p.probe_values():
+            d = copy.deepcopy(base)
+            set_dotted(d, key, v)
+            try:
+                TrainConfig.model_validate(d)
+            except ValidationError as e:
+                msgs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+                raise ConfigError(f"{source}: space.{key}: value {v!r} is invalid ({msgs})") from None
+
+
+def load_study(path: str | Path) -> StudySpec:
+    data = read_yaml(path)
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None
+    _check_space_values(spec, str(path))
+    if spec.scheduler.name == "fnstar":
+        from ncstudy.adapters.ray_scheduler import FnStarConfig  # validated here, built later
+
+        try:
+            FnStarConfig.model_validate(spec.scheduler.fnstar)
+        except ValidationError as e:
+            msg = format_validation_error(e, str(path)).replace("\n  ", "\n  scheduler.fnstar.")
+            raise ConfigError(msg) from None
+    if spec.trial_name:
+        try:
+            spec.trial_label({k: p.probe_values()[0] for k, p in spec.space.items()})
+        except KeyError as e:
+            raise ConfigError(f"{path}: {e.args[0]}") from None
+    return spec

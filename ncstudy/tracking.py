@@ -1,0 +1,399 @@
+"""MLflow tracking for studies: a Ray Tune callback that logs from the driver.
+
+Why a callback of our own rather than Ray's ``MLflowLoggerCallback``: it nests trial runs under one
+study run, survives ``--resume`` and retries without a second run or a duplicated step (the
+trial→run map and last logged step are part of Tune's saved callback state, and are recovered
+from MLflow tags when that state is older), batches writes with ``log_batch``, and keeps what it
+could not write when the tracking server is down instead of dropping it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ray.tune import Callback
+
+from ncstudy.logs import REFERENCE_COLUMNS, write_log
+
+log = logging.getLogger(__name__)
+
+ROLE_TAG, TRIAL_TAG, STUDY_TAG = "ncstudy.role", "ncstudy.trial_id", "ncstudy.study"
+PARENT_TAG = "mlflow.parentRunId"
+MAX_KEY, MAX_PARAM = 250, 6000
+MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH = 1000, 100
+# Result keys that are bookkeeping, not science.
+_SKIP = {"epoch", "timestamp", "time_this_iter_s", "time_total_s", "training_iteration", "pid",
+         "time_since_restore", "iterations_since_restore", "done", "should_checkpoint"}
+
+# (trial_id) -> {"metrics": {...}, "tags": {...}}: e.g. the forecaster scheduler's view of a trial.
+Annotator = Callable[[str], dict[str, dict[str, Any]]]
+
+
+def finite_metrics(result: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in result.items():
+        if k in _SKIP or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(v):
+            out[k[:MAX_KEY]] = float(v)
+    return out
+
+
+def truncate_params(params: dict[str, Any]) -> dict[str, str]:
+    return {k[:MAX_KEY]: str(v)[:MAX_PARAM] for k, v in params.items()}
+
+
+HISTORY_KEYS = tuple(REFERENCE_COLUMNS[1:]) + ("nc1_papyan", "equinorm_means", "equinorm_weights", "etf_distance",
+                                          "self_duality", "nc4", "train_loss", "lr", "forecast_onset")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server stayed unreachable past the configured limit."""
+
+
+@dataclass
+class _TrialLog:
+    run_id: str | None  # None until MLflow could be reached
+    run_name: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    last_step: int = -1
+    pending: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, ts, step
+    end: dict[str, Any] | None = None  # {"tags": ..., "failed": bool} once the trial ended
+    finished: bool = False
+
+
+_FAILED = object()
+
+
+class MLflowStudyCallback(Callback):
+    """One experiment per study, one parent run per launch, one child run per trial.
+
+    Writes never block the study for long: when MLflow is unreachable they stay queued (trials
+    keep training) and are retried with exponential backoff; past ``max_outage_s`` the queue is
+    spilled to a local JSONL file and the study fails with :class:`TrackingUnavailable`.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        study_name: str,
+        study_params: dict[str, Any] | None = None,
+        trial_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        trial_tags: Callable[[dict[str, Any]], dict[str, str]] | None = None,
+        trial_label: Callable[[Any], str] | None = None,
+        annotator: Annotator | None = None,
+        flush_interval_s: float = 5.0,
+        max_outage_s: float = 600.0,
+        spill_dir: str | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.study_name = study_name
+        self.study_params = study_params or {}
+        self.trial_params = trial_params
+        self.trial_tags = trial_tags
+        self.trial_label = trial_label
+        self.annotator = annotator
+        self.flush_interval_s = flush_interval_s
+        self.max_outage_s = max_outage_s
+        self.spill_dir = spill_dir
+        self.parent_run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.trials: dict[str, _TrialLog] = {}
+        self._client = None
+        self._last_flush = 0.0
+        self._down_since: float | None = None
+        self._backoff_until = 0.0
+        self._delay = 0.5
+
+    # ---- plumbing -----------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles run_config callbacks
+        d = self.__dict__.copy()
+        d["_client"] = None
+        return d
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def get_state(self) -> dict[str, Any]:
+        return {"parent_run_id": self.parent_run_id, "experiment_id": self.experiment_id,
+                "trials": {t: dict(s.__dict__) for t, s in self.trials.items()}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.parent_run_id = state.get("parent_run_id")
+        self.experiment_id = state.get("experiment_id")
+        self.trials = {}
+        for t, s in state.get("trials", {}).items():
+            s = dict(s)
+            s["pending"] = [tuple(p) for p in s.get("pending", [])]
+            self.trials[t] = _TrialLog(**s)
+
+    # ---- Tune hooks ---------------------------------------------------------------------
+    def setup(self, **info: Any) -> None:
+        from mlflow.entities import RunStatus
+
+        c = self.client
+        if self.experiment_id is None:
+            exp = self._blocking(c.get_experiment_by_name, self.study_name)
+            self.experiment_id = exp.experiment_id if exp else self._blocking(c.create_experiment, self.study_name)
+        if self.parent_run_id is None:
+            run = self._blocking(c.create_run, self.experiment_id, run_name=self.study_name,
+                                 tags={ROLE_TAG: "study", STUDY_TAG: self.study_name})
+            self.parent_run_id = run.info.run_id
+            self._blocking(self._log_params, self.parent_run_id, truncate_params(self.study_params))
+        else:  # resumed launch: the same parent run continues
+            self._blocking(c.update_run, self.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._ensure_run(trial)
+        self.flush()
+
+    def on_trial_restore(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._ensure_run(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info: Any) -> None:
+        state = self._ensure_run(trial)
+        step = result.get("epoch")
+        if step is None:
+            return
+        step = int(step)
+        if step <= state.last_step:
+            return  # a retried trial re-reports epochs it already logged: keep the first
+        metrics = finite_metrics(result)
+        if self.annotator is not None:
+            metrics.update(finite_metrics(self.annotator(trial.trial_id).get("metrics", {})))
+        ts = int(time.time() * 1000)
+        state.pending.extend((k, v, ts, step) for k, v in metrics.items())
+        state.last_step = step
+        # A checkpointed result is flushed at once: a trial restored from that checkpoint never
+        # re-reports earlier epochs, so they must be in MLflow before Tune records the checkpoint.
+        if result.get("checkpointed") or time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self.flush()
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.flush()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._end(trial, failed=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._end(trial, failed=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        import pandas as pd
+        from mlflow.entities import RunStatus
+
+        self._blocking(self._flush_all)
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "summary.csv"
+            pd.DataFrame([self.summary_row(t) for t in trials]).to_csv(p, index=False)
+            self._blocking(self.client.log_artifact, self.parent_run_id, str(p))
+        ok = all(t.status == "TERMINATED" for t in trials)
+        self._blocking(self.client.set_terminated, self.parent_run_id,
+                       RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+    # ---- writing ------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Send what is queued, unless MLflow is in a backoff window after a failure."""
+        self._last_flush = time.monotonic()
+        if self._last_flush < self._backoff_until:
+            return
+        try:
+            self._flush_all()
+        except Exception as e:
+            if not _is_connection_error(e):
+                raise
+            self._note_outage(e)
+
+    def _flush_all(self) -> None:
+        from mlflow.entities import Metric
+
+        for tid, s in self.trials.items():
+            if s.run_id is None:
+                run = self.client.create_run(self.experiment_id, run_name=s.run_name, tags=s.tags)
+                s.run_id = run.info.run_id
+                self._log_params(s.run_id, s.params)
+            while s.pending:
+                chunk = s.pending[:MAX_METRICS_PER_BATCH]
+                self.client.log_batch(s.run_id, metrics=[Metric(k, v, ts, st) for k, v, ts, st in chunk])
+                del s.pending[:len(chunk)]
+            if s.end is not None and not s.finished:
+                self._finish(s)
+        self._down_since, self._delay = None, 0.5
+
+    def _note_outage(self, e: Exception) -> None:
+        now = time.monotonic()
+        self._down_since = self._down_since or now
+        if now - self._down_since > self.max_outage_s:
+            path = self.spill()
+            raise TrackingUnavailable(
+                f"MLflow at {self.tracking_uri} unreachable for over {self.max_outage_s:.0f} s; "
+                f"what was not written is saved in {path}") from e
+        log.warning("MLflow unreachable (%s); %d metric points queued, retry in %.1f s",
+                    type(e).__name__, sum(len(s.pending) for s in self.trials.values()), self._delay)
+        self._backoff_until = now + self._delay
+        self._delay = min(self._delay * 2, 30.0)
+
+    def _blocking(self, fn, *args, **kwargs):
+        """For steps the study cannot go on without: retry with backoff up to ``max_outage_s``."""
+        while True:
+            try:
+                out = fn(*args, **kwargs)
+                self._down_since, self._delay = None, 0.5
+                return out
+            except Exception as e:
+                if not _is_connection_error(e):
+                    raise
+                self._note_outage(e)
+                time.sleep(max(0.0, self._backoff_until - time.monotonic()))
+
+    def spill(self) -> Path:
+        """Write every queued metric to a local JSONL file, so nothing is lost."""
+        d = Path(self.spill_dir or ".")
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"unsent_metrics_{self.study_name}.jsonl"
+        with path.open("a") as f:
+            for tid, s in self.trials.items():
+                for k, v, ts, step in s.pending:
+                    f.write(json.dumps({"trial_id": tid, "run_id": s.run_id, "run_name": s.run_name,
+                                        "key": k, "value": v, "timestamp": ts, "step": step}) + "\n")
+        return path
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _ensure_run(self, trial) -> _TrialLog:
+        tid = trial.trial_id
+        if tid in self.trials:
+            return self.trials[tid]
+        cfg = dict(trial.config)
+        name = self.trial_label(trial) if self.trial_label else str(trial)
+        tags = {PARENT_TAG: self.parent_run_id, ROLE_TAG: "trial", TRIAL_TAG: tid, STUDY_TAG: self.study_name,
+                "status": "running", **(self.trial_tags(cfg) if self.trial_tags else {})}
+        state = _TrialLog(None, name, {k: str(v) for k, v in tags.items()},
+                          truncate_params(self.trial_params(cfg) if self.trial_params else cfg))
+        try:  # state older than MLflow (driver killed between saves): recover run and last step
+            found = self._find_run(tid)
+        except Exception as e:
+            if not _is_connection_error(e):
+                raise
+            found = None
+        if found is not None:
+            state.run_id, state.last_step = found
+        self.trials[tid] = state
+        return state
+
+    def _find_run(self, trial_id: str) -> tuple[str, int] | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+            max_results=1)
+        if not runs:
+            return None
+        run = runs[0]
+        hist = self.client.get_metric_history(run.info.run_id, "train") if "train" in run.data.metrics else []
+        return run.info.run_id, max((m.step for m in hist), default=-1)
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
+
+    def summary_row(self, trial) -> dict[str, Any]:
+        r = trial.last_result or {}
+        tags = (self.annotator(trial.trial_id) if self.annotator else {}).get("tags", {})
+        s = self.trials.get(trial.trial_id)
+        return {"trial": s.run_name if s else str(trial), "trial_id": trial.trial_id, "status": trial.status,
+                "epochs_run": r.get("epoch"), "t_nc": r.get("t_nc"), "fn_star": r.get("fn_star"),
+                "stop_reason": tags.get("stop_reason") or r.get("stop_reason") or "",
+                "forecast_onset": tags.get("forecast_onset", ""),
+                "final_nc1": r.get("nc1"), "final_feat_norm": r.get("feat_norm"), "test": r.get("test")}
+
+    def _end(self, trial, failed: bool) -> None:
+        s = self._ensure_run(trial)
+        if s.end is not None:
+            return
+        row = self.summary_row(trial)
+        r = trial.last_result or {}
+        stop = row["stop_reason"] or ("error" if failed else "budget")
+        tags = {"status": "error" if failed else ("diverged" if stop == "diverged" else "completed"),
+                "stop_reason": stop, "t_nc": _tag(r.get("t_nc")), "fn_star": _tag(r.get("fn_star")),
+                "threshold": "strict" if _finite(r.get("t_nc")) else "none"}
+        if self.annotator:
+            extra = {k: _tag(v) for k, v in self.annotator(trial.trial_id).get("tags", {}).items()}
+            tags.update({k: v for k, v in extra.items() if v != ""})
+        s.end = {"tags": tags, "failed": failed}
+        self.flush()
+
+    def _finish(self, s: _TrialLog) -> None:
+        from mlflow.entities import RunStatus, RunTag
+
+        assert s.end is not None and s.run_id is not None
+        self.client.log_batch(s.run_id, tags=[RunTag(k, v) for k, v in s.end["tags"].items()])
+        self._log_trajectory(s.run_id, s.run_name, s.end["tags"])
+        self.client.set_terminated(s.run_id, RunStatus.to_string(RunStatus.FAILED if s.end["failed"]
+                                                                 else RunStatus.FINISHED))
+        s.finished = True
+
+    def _log_trajectory(self, run_id: str, name: str, tags: dict[str, str]) -> None:
+        rows = self.history(run_id)
+        if not rows:
+            return
+        from ncstudy.plots import plot_trajectory
+
+        with tempfile.TemporaryDirectory() as d:
+            csv = write_log(rows, Path(d) / "trajectory.csv")
+            png = plot_trajectory(rows, Path(d) / "trajectory.png", t_nc=_num(tags.get("t_nc")), title=name)
+            self.client.log_artifact(run_id, str(csv))
+            self.client.log_artifact(run_id, str(png))
+
+    def history(self, run_id: str, keys: Sequence[str] = HISTORY_KEYS) -> list[dict[str, Any]]:
+        """A run's evaluations rebuilt from MLflow itself, the source of truth after restores."""
+        by_step: dict[int, dict[str, Any]] = {}
+        for k in keys:
+            for m in self.client.get_metric_history(run_id, k):
+                by_step.setdefault(m.step, {"epoch": m.step})[k] = m.value
+        return [by_step[s] for s in sorted(by_step)]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _tag(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _num(v: str | None) -> float | None:
+    try:
+        return float(v) if v not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _is_connection_error(e: Exception) -> bool:
+    import requests
+
+    if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
+        return True
+    from mlflow.exceptions import MlflowException
+
+    text = str(e)
+    return isinstance(e, MlflowException) and any(
+        s in text for s in ("Max retries exceeded", "Connection refused", "Failed to establish",
+                            "API request to", "503", "502"))

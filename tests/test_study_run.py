@@ -1,0 +1,73 @@
+"""`ncstudy run` end to end on real Ray Tune and real MLflow (SQLite), synthetic data."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from ncstudy.study.runner import RunOptions, run_study
+from ncstudy.study.spec import load_study
+from study_helpers import child_runs, kill_group, spawn_cli, steps, synthetic_study, wait_for, write_study
+
+
+def test_small_study_tracks_every_trial(tmp_path, mlflow_uri, ray_local, capsys):
+    spec = load_study(write_study(tmp_path, synthetic_study("study_small", mse_epochs=30, widths=(16, 32),
+                                                            seeds=(0,))))
+    rc = run_study(spec, RunOptions(tracking_uri=mlflow_uri, storage=str(tmp_path / "res"), progress_interval_s=0))
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "Study summary" in out and "w16-s0" in out and "w32-s0" in out
+
+    client, parents, children = child_runs(mlflow_uri, "study_small")
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {c.info.run_name for c in children} == {"w16-s0", "w32-s0"}
+    for c in children:
+        assert c.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert c.data.tags["model"] == "mlp" and c.data.tags["dataset"] == "synthetic"
+        assert c.data.tags["status"] == "completed" and c.data.tags["stop_reason"] == "budget"
+        assert c.info.status == "FINISHED"
+        assert c.data.params["model.width"] in ("16", "32") and c.data.params["ce_epochs"] == "10"
+        expected = [5, 10, 15, 20, 25, 30, 35, 40]
+        for key in ("train", "test", "phase", "train_loss"):
+            assert steps(client, c.info.run_id, key) == expected, key
+        nc1 = client.get_metric_history(c.info.run_id, "nc1")
+        assert nc1 and all(m.value == m.value for m in nc1)  # NaN dropped, never logged
+        arts = {a.path for a in client.list_artifacts(c.info.run_id)}
+        assert {"trajectory.csv", "trajectory.png"} <= arts
+        local = client.download_artifacts(c.info.run_id, "trajectory.csv", str(tmp_path))
+        from ncstudy.logs import read_log
+
+        df = read_log(local)
+        assert list(df["epoch"]) == expected
+    assert "summary.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+@pytest.mark.slow
+def test_interrupted_study_resumes_same_runs(tmp_path, mlflow_uri):
+    """SIGINT a running study after some results, `--resume` it: one run per trial, no gaps."""
+    study = write_study(tmp_path, synthetic_study("study_resume", mse_epochs=150, widths=(16, 32), seeds=(0,)))
+    args = ["run", str(study), "--tracking-uri", mlflow_uri, "--storage", str(tmp_path / "res"),
+            "--num-cpus", "2"]
+    p = spawn_cli(args, tmp_path, tmp_path / "first.log")
+    try:
+        def some_results():
+            _, _, ch = child_runs(mlflow_uri, "study_resume")
+            return len(ch) == 2 and all(len(c.data.metrics) and c.data.metrics.get("phase") == 2 for c in ch)
+        assert wait_for(some_results, timeout=180), (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        kill_group(p, signal.SIGINT)
+    _, _, before = child_runs(mlflow_uri, "study_resume")
+    assert any(c.info.status == "RUNNING" or c.data.tags.get("status") == "running" for c in before)
+
+    p2 = spawn_cli(args + ["--resume"], tmp_path, tmp_path / "second.log")
+    try:
+        assert p2.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        kill_group(p2)
+    client, parents, children = child_runs(mlflow_uri, "study_resume")
+    assert len(parents) == 1 and len(children) == 2
+    for c in children:
+        assert c.info.status == "FINISHED" and c.data.tags["stop_reason"] == "budget"
+        assert steps(client, c.info.run_id) == list(range(5, 161, 5))
