@@ -18,7 +18,14 @@ class LogFormatError(ValueError):
     """A log file that lacks what is needed; the message names the file and the columns."""
 
 
-def read_log(path: str | Path, required: Iterable[str] = REQUIRED_COLUMNS) -> pd.DataFrame:
+def read_log(path: str | Path, required: Iterable[str] = REQUIRED_COLUMNS,
+             phase1_epochs: int | None = None) -> pd.DataFrame:
+    """Read one reference-format log, sorted by epoch.
+
+    ``phase1_epochs``: for two-phase logs written without a ``phase`` column (e.g. the author's
+    ``gelu_s3.csv``), label epochs ``<= phase1_epochs`` phase 1 and later ones phase 2 (see
+    :func:`infer_phase`). Ignored when the file has a ``phase`` column; by default nothing is inferred.
+    """
     p = Path(path)
     try:
         df = pd.read_csv(p)
@@ -32,7 +39,22 @@ def read_log(path: str | Path, required: Iterable[str] = REQUIRED_COLUMNS) -> pd
             f"{p}: missing required column(s) {', '.join(missing)}; "
             f"the reference format has {', '.join(REFERENCE_COLUMNS)}"
         )
-    return df.sort_values("epoch").reset_index(drop=True)
+    df = df.sort_values("epoch").reset_index(drop=True)
+    if phase1_epochs is not None and "phase" not in df.columns:
+        df = infer_phase(df, phase1_epochs)
+    return df
+
+
+def infer_phase(df: pd.DataFrame, phase1_epochs: int) -> pd.DataFrame:
+    """A copy of a two-phase log with a ``phase`` column added after ``epoch``.
+
+    The protocol runs ``phase1_epochs`` epochs of cross-entropy first and numbers phase-2 epochs on
+    from there (201, 202, ... for 200), so epoch ``<= phase1_epochs`` is phase 1, later is phase 2.
+    """
+    out = df.copy()
+    out.insert(1 if "epoch" in out.columns else 0, "phase",
+               (pd.to_numeric(out["epoch"]) > phase1_epochs).astype(int) + 1)
+    return out
 
 
 def records_to_frame(records: Iterable[Mapping[str, object]]) -> pd.DataFrame:

@@ -6,6 +6,7 @@ The trainer (online), the analysis (offline over logs) and the forecaster's repl
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -30,7 +31,9 @@ class Onset:
 
 
 def _finite(x: object) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+    # numbers.Real also admits numpy scalars (np.int64 is not an int subclass), e.g. a ``phase``
+    # column read by pandas.
+    return isinstance(x, numbers.Real) and math.isfinite(x)
 
 
 class OnsetTracker:

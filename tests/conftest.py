@@ -1,7 +1,6 @@
 """Shared, expensive fixtures: one MLflow SQLite store and one local Ray instance per session."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -34,8 +33,3 @@ def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
 
-
-@pytest.fixture(autouse=True)
-def _quiet_env(monkeypatch):
-    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", os.environ.get("RAY_AIR_NEW_OUTPUT", "0"))
-    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")

@@ -164,8 +164,14 @@ def preload_data(spec: StudySpec) -> dict[str, Any]:
     return refs
 
 
+# Our own progress table replaces Tune's console output; frequent small checkpoints are by design.
+QUIET_TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+
+
 def run_study(spec: StudySpec, opts: RunOptions) -> int:
     """Run (or resume) a study; returns 0 only when every trial completed."""
+    for k, v in QUIET_TUNE_ENV.items():
+        os.environ.setdefault(k, v)
     import ray
     from ray import tune
 
