@@ -1,0 +1,11 @@
+"""``ncstudy analyze``: the paper's statistics, figures and report from logs or an MLflow study.
+
+Entry points: :func:`analyze` (returns an :class:`Analysis`) and
+:func:`ncstudy.analysis.cli.analyze_main` (the command line). See ``docs/analysis.md``.
+"""
+from ncstudy.analysis.core import Analysis, analyze, analyze_runs
+from ncstudy.analysis.engine import AnalysisOptions, ExperimentSpec
+from ncstudy.analysis.sources import AnalysisInputError, RunInput
+
+__all__ = ["Analysis", "AnalysisInputError", "AnalysisOptions", "ExperimentSpec", "RunInput", "analyze",
+           "analyze_runs"]

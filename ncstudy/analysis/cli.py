@@ -1,0 +1,167 @@
+"""``ncstudy analyze``: statistics, figures and a Markdown report from logs or an MLflow study.
+
+Exit status: 0 done; 2 bad input (unknown experiment, empty folder, CSV without the required
+columns, unknown preset or grouping key) with a message on stderr and nothing written; 1 an
+unexpected failure (the output folder is still left untouched), or the report was written but
+could not be logged to the MLflow parent run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from ncstudy.analysis.engine import AnalysisOptions
+from ncstudy.analysis.sources import AnalysisInputError
+
+PROG = "ncstudy analyze"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Collapse onset (T_NC), fn*, group statistics, tests, figures and a Markdown "
+                               "report from a folder of reference-format CSV logs or an MLflow study.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--logs", metavar="DIR", help="folder of reference-format CSV logs (one run per file)")
+    src.add_argument("--experiment", metavar="NAME", help="MLflow experiment (= study name) to analyse")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: MLflow's, e.g. "
+                                                         "$MLFLOW_TRACKING_URI)")
+    p.add_argument("--preset", metavar="NAME", help="file-to-experiment map of a known log folder (rupa2026)")
+    p.add_argument("--group-by", metavar="KEYS", action="append",
+                   help="comma-separated grouping keys (model, dataset, depth, width, activation, "
+                        "weight_decay, lr, intervention_alpha, group); default: the keys that vary. "
+                        "With --preset: an extra 'custom' experiment")
+    p.add_argument("--threshold", choices=["strict", "relaxed-fallback"],
+                   help="strict: nc1 < 0.01 only; relaxed-fallback: cells that never reach 0.01 use 0.05 "
+                        "(default; with --preset, the preset's rule per cell)")
+    ph = p.add_mutually_exclusive_group()
+    ph.add_argument("--phase2-only", dest="phase2_only", action="store_const", const=True,
+                    help="count only phase-2 (MSE) evaluations for T_NC (default)")
+    ph.add_argument("--any-phase", dest="phase2_only", action="store_const", const=False,
+                    help="count evaluations of any phase for T_NC")
+    p.add_argument("--phase1-epochs", type=int, metavar="N",
+                   help="--logs without a preset: label epochs <= N phase 1 in files without a phase column")
+    p.add_argument("--out", metavar="DIR", default="analysis_report",
+                   help="output folder for report.md, figures/, runs.csv, groups.csv, results.json "
+                        "(default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print results.json to stdout instead of a summary")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--no-log-artifacts", action="store_true",
+                   help="with --experiment: do not log the report to the study's parent run")
+    return p
+
+
+def _group_keys(values: list[str] | None) -> tuple[str, ...] | None:
+    if not values:
+        return None
+    keys = tuple(k.strip() for v in values for k in v.split(",") if k.strip())
+    return keys or None
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished files from ``tmp`` into ``out`` (created if needed; our files replaced)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for src in sorted(tmp.rglob("*")):
+        if src.is_dir():
+            continue
+        dst = out / src.relative_to(tmp)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.replace(dst)
+
+
+def _log_to_parent(a, out: Path, files: list[Path]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=a.source.tracking_uri)
+    for f in files:
+        sub = f.parent.relative_to(out).as_posix()
+        client.log_artifact(a.source.parent_run_id, str(f),
+                            artifact_path="analysis" if sub == "." else f"analysis/{sub}")
+    client.set_tag(a.source.parent_run_id, "ncstudy.analysis", "analysis/report.md")
+
+
+def _summary(a) -> str:
+    lines = []
+    if a.headline:
+        w = max(len(h["quantity"]) for h in a.headline)
+        lines += [f"{h['quantity']:<{w}}  {h['ours']}" for h in a.headline]
+    else:
+        for name, r in a.experiments.items():
+            lines.append(f"[{name}] grouped by {', '.join(r.spec.group_by)}")
+            for _, g in r.groups.iterrows():
+                fn = f"fn* {g['fn_mean']:.3f}" if g["fn_mean"] is not None and g["fn_mean"] == g["fn_mean"] else "fn* -"
+                tn = (f"T_NC {g['t_nc_mean']:.0f}" if g["t_nc_mean"] is not None and g["t_nc_mean"] == g["t_nc_mean"]
+                      else "T_NC never")
+                lines.append(f"  {g['group']}: N={g['N']} collapsed={g['n_collapsed']} {tn} {fn}")
+    return "\n".join(lines)
+
+
+def analyze_main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        return int(e.code or 0)
+    if args.tracking_uri and not args.experiment:
+        print(f"{PROG}: error: --tracking-uri needs --experiment", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"{PROG}: error: --out {out} exists and is not a folder", file=sys.stderr)
+        return 2
+    opts = AnalysisOptions(threshold=args.threshold, phase2_only=args.phase2_only,
+                           group_by=_group_keys(args.group_by))
+    from ncstudy.analysis.core import analyze
+
+    try:
+        a = analyze(logs=args.logs, experiment=args.experiment, tracking_uri=args.tracking_uri,
+                    preset=args.preset, options=opts, phase1_epochs=args.phase1_epochs)
+    except AnalysisInputError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    command = "ncstudy analyze " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        figures = []
+        if not args.no_figures:
+            from ncstudy.analysis.figures import make_figures
+
+            figures = make_figures(a, tmp / "figures")
+        a.figures = [f"figures/{Path(f).name}" for f in figures]
+        from ncstudy.analysis.report import write_outputs
+
+        results = write_outputs(a, tmp, figures, command)
+        written = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())
+        _install(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        print(_summary(a))
+        print(f"report: {out / 'report.md'} ({len(figures)} figures)")
+    for w in a.source.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    if a.source.kind == "mlflow" and a.source.parent_run_id and not args.no_log_artifacts:
+        try:
+            _log_to_parent(a, out, [out / p for p in written])
+        except Exception as e:  # noqa: BLE001 - the local report exists; say what failed
+            print(f"{PROG}: error: report written to {out}, but logging it to parent run "
+                  f"{a.source.parent_run_id} failed: {e}", file=sys.stderr)
+            return 1
+        if not args.json:
+            print(f"logged to MLflow run {a.source.parent_run_id} under analysis/")
+    return 0
+
+
+def main() -> None:  # pragma: no cover - `python -m ncstudy.analysis.cli`
+    sys.exit(analyze_main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
