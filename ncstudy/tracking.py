@@ -25,11 +25,16 @@ log = logging.getLogger(__name__)
 
 ROLE_TAG, TRIAL_TAG, STUDY_TAG = "ncstudy.role", "ncstudy.trial_id", "ncstudy.study"
 PARENT_TAG = "mlflow.parentRunId"
+# Without it MLflow 3's UI opens a study on its GenAI tracing pages instead of the runs table.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_KEY, MAX_PARAM = 250, 6000
 MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH = 1000, 100
 # Result keys that are bookkeeping, not science.
 _SKIP = {"epoch", "timestamp", "time_this_iter_s", "time_total_s", "training_iteration", "pid",
          "time_since_restore", "iterations_since_restore", "done", "should_checkpoint"}
+
+# Result keys (set by the trainable) -> run tags: where the trial runs now (a retry may move it).
+PLACEMENT_TAGS = {"node_id": "ray.node_id", "gpu_ids": "ray.gpu_ids"}
 
 # (trial_id) -> {"metrics": {...}, "tags": {...}}: e.g. the forecaster scheduler's view of a trial.
 Annotator = Callable[[str], dict[str, dict[str, Any]]]
@@ -67,6 +72,7 @@ class _TrialLog:
     pending: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, ts, step
     end: dict[str, Any] | None = None  # {"tags": ..., "failed": bool} once the trial ended
     finished: bool = False
+    pending_tags: dict[str, str] = field(default_factory=dict)
 
 
 _FAILED = object()
@@ -146,7 +152,8 @@ class MLflowStudyCallback(Callback):
         c = self.client
         if self.experiment_id is None:
             exp = self._blocking(c.get_experiment_by_name, self.study_name)
-            self.experiment_id = exp.experiment_id if exp else self._blocking(c.create_experiment, self.study_name)
+            self.experiment_id = exp.experiment_id if exp else self._blocking(
+                c.create_experiment, self.study_name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         if self.parent_run_id is None:
             run = self._blocking(c.create_run, self.experiment_id, run_name=self.study_name,
                                  tags={ROLE_TAG: "study", STUDY_TAG: self.study_name})
@@ -164,6 +171,11 @@ class MLflowStudyCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info: Any) -> None:
         state = self._ensure_run(trial)
+        placement = {t: str(result[k]) for k, t in PLACEMENT_TAGS.items() if result.get(k) is not None}
+        moved = {k: v for k, v in placement.items() if state.tags.get(k) != v}
+        if moved:
+            state.tags.update(moved)
+            state.pending_tags.update(moved)
         step = result.get("epoch")
         if step is None:
             return
@@ -217,13 +229,16 @@ class MLflowStudyCallback(Callback):
             self._note_outage(e)
 
     def _flush_all(self) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         for tid, s in self.trials.items():
             if s.run_id is None:
                 run = self.client.create_run(self.experiment_id, run_name=s.run_name, tags=s.tags)
                 s.run_id = run.info.run_id
                 self._log_params(s.run_id, s.params)
+            if s.pending_tags:
+                self.client.log_batch(s.run_id, tags=[RunTag(k, v) for k, v in s.pending_tags.items()])
+                s.pending_tags = {}
             while s.pending:
                 chunk = s.pending[:MAX_METRICS_PER_BATCH]
                 self.client.log_batch(s.run_id, metrics=[Metric(k, v, ts, st) for k, v, ts, st in chunk])

@@ -10,12 +10,23 @@ from ncstudy.study.spec import load_study
 from study_helpers import child_runs, kill_group, spawn_cli, steps, synthetic_study, wait_for, write_study
 
 
-def test_small_study_tracks_every_trial(tmp_path, mlflow_uri, ray_local, capsys):
-    spec = load_study(write_study(tmp_path, synthetic_study("study_small", mse_epochs=30, widths=(16, 32),
-                                                            seeds=(0,))))
-    rc = run_study(spec, RunOptions(tracking_uri=mlflow_uri, storage=str(tmp_path / "res"), progress_interval_s=0))
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory, mlflow_uri, ray_local):
+    """One finished 2-trial study shared by the tracking and UI tests."""
+    import contextlib
+    import io
+
+    tmp = tmp_path_factory.mktemp("small")
+    spec = load_study(write_study(tmp, synthetic_study("study_small", mse_epochs=30, widths=(16, 32), seeds=(0,))))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = run_study(spec, RunOptions(tracking_uri=mlflow_uri, storage=str(tmp / "res"), progress_interval_s=0))
+    return rc, out.getvalue(), tmp
+
+
+def test_small_study_tracks_every_trial(small_study, mlflow_uri):
+    rc, out, tmp_path = small_study
     assert rc == 0
-    out = capsys.readouterr().out
     assert "Study summary" in out and "w16-s0" in out and "w32-s0" in out
 
     client, parents, children = child_runs(mlflow_uri, "study_small")
@@ -71,3 +82,58 @@ def test_interrupted_study_resumes_same_runs(tmp_path, mlflow_uri):
     for c in children:
         assert c.info.status == "FINISHED" and c.data.tags["stop_reason"] == "budget"
         assert steps(client, c.info.run_id) == list(range(5, 161, 5))
+
+
+def test_mlflow_ui_shows_trials_nested_under_study(small_study, mlflow_uri, artifacts_dir, tmp_path):
+    """Headless Chromium on `ncstudy ui`: the trial runs appear nested under the study run."""
+    import shutil
+    import socket
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_bin = shutil.which("chromedriver")
+    if not chromium or not driver_bin:
+        pytest.skip("Chromium/chromedriver absent (Debian packages chromium, chromium-driver; .ci/run installs them)")
+    from mlflow.tracking import MlflowClient
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    ui = spawn_cli(["ui", "--tracking-uri", mlflow_uri, "--port", str(port)], tmp_path, tmp_path / "ui.log")
+    browser = None
+    try:
+        import urllib.request
+
+        assert wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200,
+                        timeout=120), (tmp_path / "ui.log").read_text()[-2000:]
+        assert f"http://127.0.0.1:{port}" in (tmp_path / "ui.log").read_text()
+        exp = MlflowClient(mlflow_uri).get_experiment_by_name("study_small")
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = chromium
+        for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,900", f"--user-data-dir={tmp_path / 'chrome'}"):
+            opts.add_argument(a)
+        browser = webdriver.Chrome(service=Service(driver_bin), options=opts)
+        browser.get(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs")
+        wait = WebDriverWait(browser, 90)
+        parent = "//a[.//*[normalize-space(text())='study_small'] or normalize-space(text())='study_small']"
+        wait.until(EC.presence_of_element_located((By.XPATH, parent)))
+        assert "w16-s0" not in browser.page_source  # child runs are collapsed under the study run
+        # The parent row's expander (MLflow's run-name cell) reveals the nested trial runs.
+        expander = wait.until(EC.element_to_be_clickable(
+            (By.XPATH, "//button[contains(@data-component-id, 'runnamecellrenderer')]")))
+        expander.click()
+        wait.until(EC.presence_of_element_located((By.XPATH, "//*[normalize-space(text())='w16-s0']")))
+        wait.until(EC.presence_of_element_located((By.XPATH, "//*[normalize-space(text())='w32-s0']")))
+        browser.save_screenshot(str(artifacts_dir / "mlflow_ui_study.png"))
+        page = browser.page_source
+        assert page.index("study_small") < page.index("w16-s0")  # the parent row comes first
+    finally:
+        if browser is not None:
+            browser.quit()
+        kill_group(ui, signal.SIGTERM)
