@@ -1,0 +1,139 @@
+"""Forecast records, the :class:`Forecast` value and the :class:`Forecaster` protocol.
+
+A forecaster consumes one trial's evaluation records in epoch order. A record is a mapping with
+the reference-log keys (see ``docs/CONTRACTS.md``): ``epoch`` (required), ``phase`` (1 = CE,
+2 = MSE), ``train`` (training accuracy), ``feat_norm`` (fn), ``nc1``, optionally ``terminal``
+(0/1) and ``train_loss``. Missing or NaN values are allowed everywhere except ``epoch``.
+
+This package is pure Python (numpy/scipy): no Ray, Optuna or MLflow imports.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+
+EPOCH, PHASE, TRAIN, FN, NC1, LOSS, TERMINAL = (
+    "epoch", "phase", "train", "feat_norm", "nc1", "train_loss", "terminal")
+
+
+def finite(x: object) -> bool:
+    """True for a real, finite number (bools excluded)."""
+    if isinstance(x, bool) or x is None:
+        return False
+    try:
+        return math.isfinite(float(x))  # numpy scalars included
+    except (TypeError, ValueError):
+        return False
+
+
+def num(x: object) -> float | None:
+    """``float(x)`` when finite, else None."""
+    return float(x) if finite(x) else None
+
+
+def phase_of(record: Mapping[str, Any]) -> int | None:
+    p = record.get(PHASE)
+    return int(float(p)) if finite(p) else None
+
+
+def phase_ok(phase: int | None, phases: Sequence[int] | None) -> bool:
+    """An evaluation counts for a phase filter when the filter is off, the phase is not reported,
+    or the phase is one of ``phases``."""
+    return phases is None or phase is None or phase in phases
+
+
+class TerminalGate:
+    """The paper's "terminal" state: from the first evaluation with training accuracy >= 0.99 on,
+    never unset. Precedence per record: an explicit ``terminal`` flag, else ``train``, else a
+    finite ``feat_norm`` (the reference logs leave fn empty until terminal)."""
+
+    def __init__(self, terminal_acc: float = 0.99) -> None:
+        self.terminal_acc = terminal_acc
+        self.terminal = False
+
+    def update(self, record: Mapping[str, Any]) -> bool:
+        if not self.terminal:
+            flag, acc = record.get(TERMINAL), record.get(TRAIN)
+            if finite(flag):
+                self.terminal = float(flag) >= 0.5
+            elif finite(acc):
+                self.terminal = float(acc) >= self.terminal_acc
+            else:
+                self.terminal = finite(record.get(FN))
+        return self.terminal
+
+
+class MissingMetricError(KeyError):
+    """A trial result lacks the configured feature-norm metric (the message names metric and trial)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+Point = tuple  # (epoch: int, phase: int | None, fn: float)
+
+
+def first_crossing(points: Iterable[Point], threshold: float, phases: Sequence[int] | None = (2,),
+                   confirm: int = 1) -> tuple[int, int] | None:
+    """First terminal evaluation with ``fn <= threshold`` (``confirm`` consecutive eligible
+    evaluations in a row when ``confirm > 1``). Returns ``(crossing_epoch, confirmed_at_epoch)``
+    or None. ``points`` are ``(epoch, phase, fn)`` of terminal evaluations in epoch order."""
+    run_start, run_len = None, 0
+    for epoch, phase, fn in points:
+        if not phase_ok(phase, phases) or not finite(fn):
+            continue
+        if fn <= threshold:
+            if run_len == 0:
+                run_start = epoch
+            run_len += 1
+            if run_len >= confirm:
+                return int(run_start), int(epoch)
+        else:
+            run_len = 0
+    return None
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A forecast of one trial's collapse onset (T_NC), in global epochs."""
+
+    onset: float  # predicted onset epoch
+    low: float  # interval (``math.inf`` allowed for ``high``)
+    high: float
+    made_at: int  # epoch of the evaluation at which the forecast was (first) made
+    signal: str  # "fn_star_crossing", "nc1_extrapolation", "train_loss_extrapolation"
+    trusted: bool = True  # the calibration behind it is trusted (stopping policies act only then)
+    crossing_epoch: int | None = None  # fn* crossing (fn_star signal only)
+    calibration: str = ""  # human-readable description of what the forecast rests on
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["details"] = dict(self.details)
+        for k in ("onset", "low", "high"):
+            if not math.isfinite(d[k]):
+                d[k] = None if math.isnan(d[k]) else ("inf" if d[k] > 0 else "-inf")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Forecast":
+        d = dict(d)
+        for k in ("onset", "low", "high"):
+            v = d.get(k)
+            d[k] = float("nan") if v is None else float(v)
+        d["details"] = dict(d.get("details") or {})
+        return cls(**d)
+
+
+@runtime_checkable
+class Forecaster(Protocol):
+    """Consumes one trial's evaluation records one at a time, in epoch order.
+
+    ``observe`` returns the current forecast (the latest one made, possibly from an earlier
+    evaluation) or None while no forecast can be made.
+    """
+
+    signal: str
+
+    def observe(self, record: Mapping[str, Any]) -> Forecast | None: ...
