@@ -137,3 +137,31 @@ def test_mlflow_ui_shows_trials_nested_under_study(small_study, mlflow_uri, arti
         if browser is not None:
             browser.quit()
         kill_group(ui, signal.SIGTERM)
+
+
+def test_fnstar_stop_at_forecast_ends_trials_early(tmp_path, mlflow_uri, ray_local):
+    """A study with the fn* scheduler: trials stop once onset is forecast, tags reach MLflow."""
+    import contextlib
+    import io
+
+    data = synthetic_study("study_fnstar", mse_epochs=190, widths=(16, 32), seeds=(0,))
+    data["scheduler"] = {"name": "fnstar", "fnstar": {
+        "policy": "stop_at_forecast", "priors": {"mlp/synthetic": {"fn_star": 1.95, "lead": 30}}}}
+    spec = load_study(write_study(tmp_path, data))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = run_study(spec, RunOptions(tracking_uri=mlflow_uri, storage=str(tmp_path / "res"), progress_interval_s=0))
+    assert rc == 0, out.getvalue()
+    client, parents, children = child_runs(mlflow_uri, "study_fnstar")
+    assert len(children) == 2
+    for c in children:
+        tags = c.data.tags
+        assert tags["stop_reason"] == "forecast", tags
+        crossing, forecast = float(tags["forecast_crossing_epoch"]), float(tags["forecast_onset"])
+        assert forecast == crossing + 30
+        ran = steps(client, c.info.run_id)
+        assert ran[-1] == crossing < 200  # stopped at the evaluation that made the forecast
+        assert tags["forecast_calibration"]
+        hist = client.get_metric_history(c.info.run_id, "forecast_onset")
+        assert [m.value for m in hist][-1] == forecast
+    assert "forecast" in out.getvalue()

@@ -81,14 +81,20 @@ def test_bad_files_exit_2_naming_key(tmp_path, capsys, data, needle):
     assert needle in err and str(p) in err
 
 
-def test_bad_file_starts_no_ray_and_writes_nothing(tmp_path, capsys, monkeypatch):
-    import ray
+def test_bad_file_starts_no_ray_and_writes_nothing(tmp_path):
+    """In a fresh process: exit 2 before Ray or MLflow start, and nothing written."""
+    import subprocess
+    import sys
+    import tempfile
 
-    monkeypatch.chdir(tmp_path)
     p = _write(tmp_path, _mutate(**{"base/data/name": "imagenet"}))
-    assert main(["run", str(p)]) == 2
-    assert not ray.is_initialized()
+    proc = subprocess.Popen([sys.executable, "-m", "ncstudy.cli", "run", str(p)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "base.data.name" in err
     assert sorted(x.name for x in tmp_path.iterdir()) == ["study.yaml"]  # no mlflow.db, no results
+    assert not (Path(tempfile.gettempdir()) / f"ncstudy_ray_{proc.pid}").exists()  # no Ray session
 
 
 def test_not_yaml_and_missing_file(tmp_path, capsys):

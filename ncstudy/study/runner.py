@@ -34,6 +34,7 @@ class RunOptions:
     num_gpus: int | None = None  # local instance only
     progress_interval_s: float = 10.0
     quiet: bool = False
+    tracking_max_outage_s: float = 600.0  # MLflow down longer than this: spill to JSONL, fail the study
 
 
 def tune_domain(p: Param):
@@ -87,7 +88,7 @@ def build_search_alg(spec: StudySpec, max_concurrent: int | None):
     return BasicVariantGenerator(random_state=spec.seed, max_concurrent=max_concurrent or 0)
 
 
-def build_scheduler(spec: StudySpec, experiment_dir: Path):
+def build_scheduler(spec: StudySpec, experiment_dir: Path | None):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     name = spec.scheduler.name
@@ -98,11 +99,30 @@ def build_scheduler(spec: StudySpec, experiment_dir: Path):
                              reduction_factor=a.reduction_factor)
     if name == "fnstar":
         from ncstudy.adapters.ray_scheduler import FnStarConfig, FnStarScheduler
+        from ncstudy.onset import OnsetRule
 
         fcfg = FnStarConfig.model_validate(spec.scheduler.fnstar)
-        return FnStarScheduler.from_config(fcfg, objective_metric=spec.objective.metric,
-                                           state_path=experiment_dir / "fnstar_state.json")
+        ev = spec.base.eval
+        sched = FnStarScheduler.from_config(
+            fcfg, objective_metric=spec.objective.metric,
+            state_path=experiment_dir / "fnstar_state.json" if experiment_dir else None,
+            rule=OnsetRule(ev.strict_threshold, ev.relaxed_threshold, ev.onset_phase2_only),
+            terminal_acc=ev.terminal_acc)
+        # Trials carry only the searched keys; groups (model + dataset by default) need the full config.
+        sched.group_key = _FullConfigKey(spec, sched.group_key)
+        return sched
     return FIFOScheduler()
+
+
+class _FullConfigKey:
+    """Applies a group-key function to a trial's full config rather than its searched keys."""
+
+    def __init__(self, spec: StudySpec, inner) -> None:
+        self.spec, self.inner = spec, inner
+
+    def __call__(self, config: dict[str, Any]) -> str:
+        params = {k: config[k] for k in self.spec.space if k in config}
+        return self.inner(flatten(self.spec.config_for(params).model_dump()))
 
 
 def trial_tags(spec: StudySpec):
@@ -180,7 +200,9 @@ def run_study(spec: StudySpec, opts: RunOptions) -> int:
     from ncstudy.tracking import MLflowStudyCallback
 
     storage = opts.storage if "://" in opts.storage else str(Path(opts.storage).resolve())
-    experiment_dir = Path(storage) / spec.name if "://" not in storage else Path(tempfile.mkdtemp())
+    # Local (or NFS) storage keeps the scheduler's state file beside Tune's; with remote storage it
+    # goes to Tune's driver directory, which Tune syncs.
+    experiment_dir = Path(storage) / spec.name if "://" not in storage else None
     started = start_ray(opts)
     try:
         refs = preload_data(spec)
@@ -203,7 +225,7 @@ def run_study(spec: StudySpec, opts: RunOptions) -> int:
                                                          for k, p in spec.space.items()})},
                 trial_params=trial_params(spec), trial_tags=trial_tags(spec),
                 trial_label=_label_creator(spec), annotator=annotator,
-                spill_dir=str(experiment_dir) if "://" not in storage else None)
+                max_outage_s=opts.tracking_max_outage_s, spill_dir=str(experiment_dir) if experiment_dir else None)
             progress = ProgressTable(spec, annotator=annotator, interval_s=opts.progress_interval_s,
                                      quiet=opts.quiet)
             tuner = tune.Tuner(

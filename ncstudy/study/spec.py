@@ -120,7 +120,8 @@ class StudySpec(_Strict):
     def config_for(self, params: dict[str, Any]) -> TrainConfig:
         d = self.base.model_dump()
         for k, v in params.items():
-            set_dotted(d, k, v)
+            for dotted, value in expand_param(k, v).items():
+                set_dotted(d, dotted, value)
         return TrainConfig.model_validate(d)
 
     def grid_size(self) -> int:
@@ -135,7 +136,8 @@ class StudySpec(_Strict):
 
     def data_variants(self) -> list[dict[str, Any]]:
         """Every distinct (data, model.name) combination trials can ask for: preloaded once."""
-        keys = [k for k in self.space if k.startswith("data.") or k == "model.name"]
+        keys = [k for k, p in self.space.items() if k.startswith("data.") or k == "model.name"
+                or any(_touches_data(expand_param(k, v)) for v in p.probe_values())]
         values = [self.space[k].probe_values() for k in keys]
         out: list[dict[str, Any]] = []
         for combo in itertools.product(*values):
@@ -159,9 +161,27 @@ class StudySpec(_Strict):
             if k not in params:
                 continue
             v = params[k]
+            if isinstance(v, dict):  # a bundle: its label, else its values
+                parts.append(str(v.get("label") or "-".join(_fmt(x) for x in expand_param(k, v).values())))
+                continue
             short = SHORT_NAMES.get(k, k.split(".")[-1])
             parts.append(f"{short}{_fmt(v)}")
         return "-".join(parts) or self.name
+
+
+def expand_param(key: str, value: Any) -> dict[str, Any]:
+    """A plain key sets one config value; a bundle (a mapping of dotted keys) sets several at once.
+
+    Bundles vary keys together, e.g. the paper's MLP and ResNet-20 each with its own optimiser:
+    ``arch: {grid: [{label: mlp5, model.name: mlp, optimizer.name: adam}, {...}]}``.
+    """
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "label"}
+    return {key: value}
+
+
+def _touches_data(values: dict[str, Any]) -> bool:
+    return any(k.startswith("data.") or k == "model.name" for k in values)
 
 
 def _fmt(v: Any) -> str:
@@ -175,13 +195,19 @@ def _check_space_values(spec: StudySpec, source: str) -> None:
     base = spec.base.model_dump()
     valid_keys = set(flatten(base))
     for key, p in spec.space.items():
-        if key not in valid_keys:
+        bundles = [v for v in p.probe_values() if isinstance(v, dict)]
+        if bundles and p.form not in ("grid", "choice"):
+            raise ConfigError(f"{source}: space.{key}: bundles need grid or choice")
+        if key not in valid_keys and len(bundles) != len(p.probe_values()):
             near = [k for k in valid_keys if k.split(".")[-1] == key.split(".")[-1]]
             hint = f" (did you mean {', '.join(sorted(near))}?)" if near else ""
             raise ConfigError(f"{source}: space.{key}: unknown config key{hint}")
         for v in p.probe_values():
             d = copy.deepcopy(base)
-            set_dotted(d, key, v)
+            for dotted, value in expand_param(key, v).items():
+                if dotted not in valid_keys:
+                    raise ConfigError(f"{source}: space.{key}: unknown config key '{dotted}' in {v!r}")
+                set_dotted(d, dotted, value)
             try:
                 TrainConfig.model_validate(d)
             except ValidationError as e:

@@ -64,6 +64,11 @@ def run_trial(config: dict[str, Any], spec_json: str, data_refs: dict[str, Any])
             trainer.load_state_dict(torch.load(Path(d) / CKPT_FILE, map_location=trainer.device,
                                                weights_only=False))
     evals = {"n": 0}
+    # Where the trial runs: the MLflow callback tags the run with the node and GPU(s), and keeps
+    # them current when a retry lands elsewhere. Ray's own ``node_ip`` cannot tell apart nodes
+    # that share a host.
+    where = {"node_id": ray.get_runtime_context().get_node_id(),
+             "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
 
     def on_eval(rec: dict[str, Any], tr: Trainer) -> None:
         evals["n"] += 1
@@ -71,6 +76,7 @@ def run_trial(config: dict[str, Any], spec_json: str, data_refs: dict[str, Any])
         metrics = {k: v for k, v in rec.items() if isinstance(v, (int, float))}
         metrics["collapse_epoch"] = collapse_epoch(rec, cfg.total_epochs)
         metrics["stop_reason"] = tr.pending_stop or ""
+        metrics.update(where)
         if final or evals["n"] % spec.checkpoint_every == 0:
             metrics["checkpointed"] = 1
             with tempfile.TemporaryDirectory() as d:
