@@ -6,7 +6,7 @@ here is the public vocabulary of every study file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -152,12 +152,12 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raise ConfigError(format_validation_error(e, str(path))) from None
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mapping -> dotted keys (the search-space and MLflow-param vocabulary)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
+        if isinstance(v, Mapping):
             out.update(flatten(v, key + "."))
         else:
             out[key] = v

@@ -21,27 +21,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ncstudy.config import flatten
+
 from .core import first_crossing, finite
 
 GROUP_MODEL_KEYS = ("model.name", "model", "model_family", "arch")
 GROUP_DATA_KEYS = ("data.name", "dataset", "data")
 
 
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def default_group_key(config: Mapping[str, Any] | None) -> str:
     """``"<model family>/<dataset>"`` from a (nested or dotted) trial config or run metadata;
     ``"default"`` when neither is present. ``model.name``/``model``, ``data.name``/``dataset``."""
-    flat = _flat(config or {})
+    flat = flatten(config or {})
 
     def pick(keys: Sequence[str]) -> str | None:
         for k in keys:
@@ -61,7 +52,7 @@ def group_key_from(keys: Sequence[str]) -> Callable[[Mapping[str, Any] | None], 
     keys = list(keys)
 
     def key(config: Mapping[str, Any] | None) -> str:
-        flat = _flat(config or {})
+        flat = flatten(config or {})
         return "/".join(str(flat.get(k, "?")) for k in keys) if keys else "default"
 
     return key
