@@ -67,7 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     opts = RunOptions(address=args.address, tracking_uri=args.tracking_uri or DEFAULT_TRACKING_URI,
                       storage=args.storage, resume=args.resume, max_concurrent=args.max_concurrent,
-                      num_cpus=args.num_cpus, progress_interval_s=args.progress_interval)
+                      num_cpus=args.num_cpus, progress_interval_s=args.progress_interval,
+                      tracking_max_outage_s=args.tracking_max_outage)
     print(f"study {spec.name}: {spec.num_trials()} trial(s); tracking {opts.tracking_uri}; "
           f"results in {opts.storage}/{spec.name}", flush=True)
     return run_study(spec, opts)
@@ -81,8 +82,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port),
            "--workers", "1"]
     print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
+    # MLflow's job runner (GenAI jobs: ~7 extra processes) serves nothing a study logs.
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     try:
-        return subprocess.call(cmd)
+        return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         return 0
 
@@ -114,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     r.add_argument("--storage", default=os.environ.get("NCSTUDY_STORAGE", "ncstudy_results"),
                    help="Tune storage path (shared storage on clusters)")
+    r.add_argument("--tracking-max-outage", type=float, default=600.0, metavar="SECONDS",
+                   help="how long the MLflow server may stay unreachable before the study stops "
+                        "(unwritten metrics are kept in a local JSONL file); default 600")
     r.add_argument("--resume", action="store_true", help="continue an interrupted study")
     r.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
     r.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
