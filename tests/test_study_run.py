@@ -165,3 +165,23 @@ def test_fnstar_stop_at_forecast_ends_trials_early(tmp_path, mlflow_uri, ray_loc
         hist = client.get_metric_history(c.info.run_id, "forecast_onset")
         assert [m.value for m in hist][-1] == forecast
     assert "forecast" in out.getvalue()
+
+
+def test_analyze_a_finished_study(small_study, mlflow_uri, tmp_path):
+    """`ncstudy analyze --experiment` on a study that ncstudy itself ran: report, figures, artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    from ncstudy.cli import main
+
+    out = tmp_path / "report"
+    assert main(["analyze", "--experiment", "study_small", "--tracking-uri", mlflow_uri, "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "w16-s0" in report or "16" in report
+    pngs = list((out / "figures").glob("*.png"))
+    assert pngs and all(p.stat().st_size > 5000 for p in pngs)
+    client, parents, _ = child_runs(mlflow_uri, "study_small")
+    logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "analysis")}
+    assert "analysis/report.md" in logged
+    assert main(["analyze", "--experiment", "no_such_study", "--tracking-uri", mlflow_uri,
+                 "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
