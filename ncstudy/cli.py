@@ -16,6 +16,7 @@ from pathlib import Path
 from ncstudy.config import ConfigError
 
 EXIT_BAD_INPUT = 2
+EXIT_TRACKING_UNAVAILABLE = 3
 
 
 def _fmt(v: float) -> str:
@@ -62,16 +63,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_study(args.space)
     if args.max_concurrent is not None and args.max_concurrent <= 0:
         raise ConfigError("--max-concurrent: must be a positive integer")
+    if not args.tracking_max_outage > 0:
+        raise ConfigError("--tracking-max-outage: must be a positive number of seconds")
     if args.dry_run:
         print("\n".join(trial_plan(spec)))
         return 0
     opts = RunOptions(address=args.address, tracking_uri=args.tracking_uri or DEFAULT_TRACKING_URI,
+                      tracking_uri_given=args.tracking_uri is not None,
                       storage=args.storage, resume=args.resume, max_concurrent=args.max_concurrent,
                       num_cpus=args.num_cpus, progress_interval_s=args.progress_interval,
                       tracking_max_outage_s=args.tracking_max_outage)
     print(f"study {spec.name}: {spec.num_trials()} trial(s); tracking {opts.tracking_uri}; "
           f"results in {opts.storage}/{spec.name}", flush=True)
-    return run_study(spec, opts)
+    from ncstudy.tracking import TrackingUnavailable
+
+    try:
+        return run_study(spec, opts)
+    except TrackingUnavailable as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_TRACKING_UNAVAILABLE
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

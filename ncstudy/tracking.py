@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,15 @@ log = logging.getLogger(__name__)
 
 ROLE_TAG, TRIAL_TAG, STUDY_TAG = "ncstudy.role", "ncstudy.trial_id", "ncstudy.study"
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow's HTTP client retries a refused connection for minutes (7 retries, exponential backoff) and
+# waits up to 120 s for an answer. The driver would be stuck in that call, and Tune's function
+# trainables wait for the driver to take each result: the whole study would stall while MLflow is
+# down. This callback queues and retries on its own, so each request fails fast (unless the user
+# set these variables).
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+# Longest wait between two tries while MLflow is down: a refused connection costs nothing, and
+# the queue is written soon after the server is back.
+MAX_RETRY_DELAY_S = 10.0
 # Without it MLflow 3's UI opens a study on its GenAI tracing pages instead of the runs table.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_KEY, MAX_PARAM = 250, 6000
@@ -117,6 +127,9 @@ class MLflowStudyCallback(Callback):
         self._down_since: float | None = None
         self._backoff_until = 0.0
         self._delay = 0.5
+        self._resync = False
+        self._unsure: set[str] = set()  # trials whose run may exist although we hold no run id
+        self._gave_up: str | None = None  # the TrackingUnavailable message, once raised
 
     # ---- plumbing -----------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles run_config callbacks
@@ -124,10 +137,19 @@ class MLflowStudyCallback(Callback):
         d["_client"] = None
         return d
 
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)
+        self.__dict__.setdefault("_resync", False)
+        self.__dict__.setdefault("_unsure", set())
+        self.__dict__.setdefault("_gave_up", None)
+
     @property
     def client(self):
         if self._client is None:
             from mlflow.tracking import MlflowClient
+
+            for k, v in HTTP_ENV.items():
+                os.environ.setdefault(k, v)
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
@@ -144,6 +166,7 @@ class MLflowStudyCallback(Callback):
             s = dict(s)
             s["pending"] = [tuple(p) for p in s.get("pending", [])]
             self.trials[t] = _TrialLog(**s)
+        self._resync = True  # the saved state may be older than MLflow: checked in setup()
 
     # ---- Tune hooks ---------------------------------------------------------------------
     def setup(self, **info: Any) -> None:
@@ -161,6 +184,26 @@ class MLflowStudyCallback(Callback):
             self._blocking(self._log_params, self.parent_run_id, truncate_params(self.study_params))
         else:  # resumed launch: the same parent run continues
             self._blocking(c.update_run, self.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        if self._resync:
+            self._blocking(self._resync_trials)
+            self._resync = False
+
+    def _resync_trials(self) -> None:
+        """Bring restored trial state up to what MLflow holds.
+
+        Tune saves callback state every few seconds, so after a killed driver the state can be
+        older than MLflow: runs created and steps written after the save. Without this, a restored
+        trial that re-reports those steps (from its last checkpoint) would log them twice, and a
+        trial whose run was created after the save would get a second run. Queued points are kept:
+        re-sending one that was written is a no-op (same key, value, timestamp and step).
+        """
+        for tid, s in self.trials.items():
+            if s.run_id is None:
+                found = self._find_run(tid)
+                if found is not None:
+                    self._adopt(s, found)
+                continue
+            s.last_step = max(s.last_step, self._last_step(s.run_id))
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._ensure_run(trial)
@@ -206,6 +249,8 @@ class MLflowStudyCallback(Callback):
         import pandas as pd
         from mlflow.entities import RunStatus
 
+        if self._gave_up:  # Tune's clean-up after our error: the queue is spilled already
+            raise TrackingUnavailable(self._gave_up)
         self._blocking(self._flush_all)
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / "summary.csv"
@@ -233,9 +278,15 @@ class MLflowStudyCallback(Callback):
 
         for tid, s in self.trials.items():
             if s.run_id is None:
-                run = self.client.create_run(self.experiment_id, run_name=s.run_name, tags=s.tags)
-                s.run_id = run.info.run_id
-                self._log_params(s.run_id, s.params)
+                found = self._find_run(tid) if tid in self._unsure else None
+                self._unsure.add(tid)  # a create that fails (a timeout) may still have happened
+                if found is not None:
+                    self._adopt(s, found)
+                else:
+                    s.run_id = self.client.create_run(self.experiment_id, run_name=s.run_name,
+                                                      tags=s.tags).info.run_id
+                self._log_params(s.run_id, s.params)  # idempotent: same values
+                self._unsure.discard(tid)
             if s.pending_tags:
                 self.client.log_batch(s.run_id, tags=[RunTag(k, v) for k, v in s.pending_tags.items()])
                 s.pending_tags = {}
@@ -251,14 +302,20 @@ class MLflowStudyCallback(Callback):
         now = time.monotonic()
         self._down_since = self._down_since or now
         if now - self._down_since > self.max_outage_s:
-            path = self.spill()
-            raise TrackingUnavailable(
-                f"MLflow at {self.tracking_uri} unreachable for over {self.max_outage_s:.0f} s; "
-                f"what was not written is saved in {path}") from e
+            if self._gave_up is None:  # spill once: Tune calls us again while it cleans up
+                n = sum(len(s.pending) for s in self.trials.values())
+                path = self.spill()
+                for s in self.trials.values():
+                    s.pending = []
+                self._gave_up = (
+                    f"MLflow at {self.tracking_uri} unreachable for over {self.max_outage_s:g} s; the "
+                    f"{n} metric points not written are saved in {path}. Once the server is back, "
+                    f"`ncstudy run ... --resume` (same --storage) continues the study and writes them.")
+            raise TrackingUnavailable(self._gave_up) from e
         log.warning("MLflow unreachable (%s); %d metric points queued, retry in %.1f s",
                     type(e).__name__, sum(len(s.pending) for s in self.trials.values()), self._delay)
         self._backoff_until = now + self._delay
-        self._delay = min(self._delay * 2, 30.0)
+        self._delay = min(self._delay * 2, MAX_RETRY_DELAY_S)
 
     def _blocking(self, fn, *args, **kwargs):
         """For steps the study cannot go on without: retry with backoff up to ``max_outage_s``."""
@@ -302,6 +359,7 @@ class MLflowStudyCallback(Callback):
             if not _is_connection_error(e):
                 raise
             found = None
+            self._unsure.add(tid)  # looked up again before a run is created
         if found is not None:
             state.run_id, state.last_step = found
         self.trials[tid] = state
@@ -315,8 +373,18 @@ class MLflowStudyCallback(Callback):
         if not runs:
             return None
         run = runs[0]
-        hist = self.client.get_metric_history(run.info.run_id, "train") if "train" in run.data.metrics else []
-        return run.info.run_id, max((m.step for m in hist), default=-1)
+        return run.info.run_id, self._last_step(run.info.run_id)
+
+    @staticmethod
+    def _adopt(s: _TrialLog, found: tuple[str, int]) -> None:
+        """Continue an existing run: what it already holds is not queued or logged again."""
+        s.run_id, written = found
+        s.pending = [p for p in s.pending if p[3] > written]
+        s.last_step = max(s.last_step, written)
+
+    def _last_step(self, run_id: str) -> int:
+        """Last evaluation written (every evaluation logs ``train``), -1 for none."""
+        return max((m.step for m in self.client.get_metric_history(run_id, "train")), default=-1)
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param

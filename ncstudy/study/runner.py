@@ -34,7 +34,9 @@ class RunOptions:
     num_gpus: int | None = None  # local instance only
     progress_interval_s: float = 10.0
     quiet: bool = False
+    tracking_uri_given: bool = True  # False: --resume keeps the URI of the first launch
     tracking_max_outage_s: float = 600.0  # MLflow down longer than this: spill to JSONL, fail the study
+    tracking: bool = True  # False: no MLflow callback at all (benchmarks/tracking_overhead.py's baseline)
 
 
 def tune_domain(p: Param):
@@ -188,6 +190,22 @@ def preload_data(spec: StudySpec) -> dict[str, Any]:
 QUIET_TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 
 
+def _retarget_tracking(tuner, opts: RunOptions) -> None:
+    """Tune restores the callbacks pickled at the first launch; a resume may name a new server
+    (a replaced head node) or outage limit. Only options given explicitly override the old ones."""
+    from ncstudy.tracking import MLflowStudyCallback
+
+    local = getattr(tuner, "_local_tuner", None)  # Tune keeps no public handle on the run config
+    if local is None:  # Ray client mode: the tuner lives on the cluster
+        log.warning("--resume through Ray client: tracking options of the first launch are kept")
+        return
+    for cb in local.get_run_config().callbacks or []:
+        if isinstance(cb, MLflowStudyCallback):
+            if opts.tracking_uri_given:
+                cb.tracking_uri = opts.tracking_uri
+            cb.max_outage_s = opts.tracking_max_outage_s
+
+
 def run_study(spec: StudySpec, opts: RunOptions) -> int:
     """Run (or resume) a study; returns 0 only when every trial completed."""
     for k, v in QUIET_TUNE_ENV.items():
@@ -212,12 +230,13 @@ def run_study(spec: StudySpec, opts: RunOptions) -> int:
         path = f"{storage.rstrip('/')}/{spec.name}"
         if opts.resume and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            _retarget_tracking(tuner, opts)
         else:
             if opts.resume:
                 log.warning("--resume: nothing to resume at %s; starting the study", path)
             scheduler = build_scheduler(spec, experiment_dir)
             annotator = getattr(scheduler, "annotations", None)
-            tracking = MLflowStudyCallback(
+            tracking = None if not opts.tracking else MLflowStudyCallback(
                 opts.tracking_uri, spec.name,
                 study_params={"study.searcher": spec.searcher, "study.scheduler": spec.scheduler.name,
                               "study.num_trials": spec.num_trials(), "study.objective": spec.objective.metric,
@@ -238,7 +257,8 @@ def run_study(spec: StudySpec, opts: RunOptions) -> int:
                     max_concurrent_trials=opts.max_concurrent or spec.max_concurrent,
                     trial_name_creator=_label_creator(spec), trial_dirname_creator=_dirname_creator),
                 run_config=tune.RunConfig(
-                    name=spec.name, storage_path=storage, callbacks=[tracking, progress], verbose=0,
+                    name=spec.name, storage_path=storage, verbose=0,
+                    callbacks=[c for c in (tracking, progress) if c is not None],
                     failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
             )

@@ -1,0 +1,96 @@
+"""A real ``mlflow server`` subprocess on a free loopback port, for the cluster and fault tests.
+
+The server is its own process group (started with ``start_new_session``) and is stopped by its
+PID; :meth:`MlflowServer.stop` then :meth:`MlflowServer.start` brings it back on the same port and
+the same SQLite file, which is how the tests simulate a tracking server outage.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class MlflowServer:
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 90.0) -> "MlflowServer":
+        assert self.proc is None, "already running"
+        mlflow = str(Path(sys.executable).with_name("mlflow"))
+        cmd = [mlflow, "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--artifacts-destination", (self.root / "artifacts").as_uri(),
+               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        self.starts += 1
+        # MLflow 3 also starts GenAI job runners: 8 more processes, unused here
+        env = dict(os.environ, PYTHONUNBUFFERED="1", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        with (self.root / f"server{self.starts}.log").open("w") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, env=env)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}: {self.log_tail()}")
+            if self.healthy():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"mlflow server not healthy after {timeout} s: {self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        """Stop the server (and the workers it forked) by its PID / process group; wait until the port is free."""
+        p, self.proc = self.proc, None
+        if p is None:
+            return
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=timeout)
+        try:  # the group may have outlived its leader a moment
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        end = time.monotonic() + timeout
+        while port_open(self.port) and time.monotonic() < end:
+            time.sleep(0.1)
+
+    def log_tail(self, n: int = 3000) -> str:
+        logs = sorted(self.root.glob("server*.log"))
+        return logs[-1].read_text()[-n:] if logs else ""

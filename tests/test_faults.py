@@ -1,0 +1,182 @@
+"""Faults around a running study on a local multi-node cluster: the driver killed (SIGKILL) and
+resumed, the MLflow server stopped and restarted, the MLflow server gone for good."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from mlflow_server import MlflowServer, free_port
+from ray_cluster import LocalCluster
+from study_helpers import child_runs, kill_group, spawn_cli, steps, synthetic_study, wait_for, write_study
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    if ray.is_initialized():  # a driver connection from elsewhere in this session: not ours
+        ray.shutdown()
+    c = LocalCluster()
+    try:
+        ray.init(address=c.address, log_to_driver=False)
+        yield c
+    finally:
+        c.shutdown()
+
+
+@pytest.fixture
+def study(tmp_path, cluster, mlflow_server):
+    """Start `ncstudy run` against the cluster; returns a launcher; every driver is killed by PID at the end."""
+    assert cluster.wait_idle(), "trial actors of an earlier test still hold the workers"
+    if mlflow_server.proc is None:
+        mlflow_server.start()
+    procs = []
+
+    def launch(name: str, *extra: str, log: str = "driver.log", **over):
+        path = tmp_path / f"{name}.yaml"
+        if not path.exists():
+            write_study(tmp_path, synthetic_study(name, **over))
+        args = ["run", str(path), "--address", cluster.address, "--tracking-uri", mlflow_server.uri,
+                "--storage", str(tmp_path / "res"), "--progress-interval", "5", *extra]
+        p = spawn_cli(args, tmp_path, tmp_path / log)
+        procs.append(p)
+        return p
+
+    yield launch
+    for p in procs:
+        kill_group(p)
+
+
+def tail(p: Path, n: int = 3000) -> str:
+    return p.read_text()[-n:] if p.exists() else ""
+
+
+def last_steps(uri: str, name: str) -> dict[str, int]:
+    client, _, ch = child_runs(uri, name)
+    return {c.data.tags["ncstudy.trial_id"]: max(steps(client, c.info.run_id), default=0) for c in ch}
+
+
+def checkpoints(storage: Path, name: str) -> dict[str, int]:
+    """Newest checkpoint index per trial, as the trials write them to Tune storage (no MLflow, no driver)."""
+    out = {}
+    for d in (storage / name).glob("trial_*/checkpoint_*"):
+        t = d.parent.name
+        out[t] = max(out.get(t, -1), int(d.name.split("_")[-1]))
+    return out
+
+
+def assert_complete(uri: str, name: str, n_trials: int, last_epoch: int) -> None:
+    client, parents, children = child_runs(uri, name)
+    assert len(parents) == 1, [p.info.run_id for p in parents]
+    assert parents[0].info.status == "FINISHED"
+    assert len(children) == n_trials, sorted(c.data.tags["ncstudy.trial_id"] for c in children)
+    assert len({c.data.tags["ncstudy.trial_id"] for c in children}) == n_trials
+    for c in children:
+        assert c.info.status == "FINISHED" and c.data.tags["stop_reason"] == "budget", c.data.tags
+        for key in ("train", "nc1", "feat_norm"):
+            assert steps(client, c.info.run_id, key) == list(range(5, last_epoch + 1, 5)), (c.info.run_name, key)
+
+
+def test_driver_killed_then_resumed(tmp_path, study, mlflow_server):
+    """SIGKILL the driver's process group mid-study; `--resume` (with the tracking server at a new
+    address) completes it: the same parent run, exactly one run per trial, every step once."""
+    name = "fault_driver"
+    p = study(name, mse_epochs=110, widths=(16, 32), log="first.log")
+    def started():  # a trial past a checkpoint (every 2nd evaluation), Tune's experiment state saved
+        st = last_steps(mlflow_server.uri, name)
+        return max(st.values(), default=0) >= 20 and any((tmp_path / "res" / name).glob("experiment_state-*.json"))
+
+    assert wait_for(started, timeout=180, every=0.2), tail(tmp_path / "first.log")
+    kill_group(p, signal.SIGKILL)
+    assert p.returncode == -signal.SIGKILL  # killed, not finished
+    before = last_steps(mlflow_server.uri, name)
+    assert min(before.values(), default=0) < 120, before
+    # The tracking server comes back at a new address (as after a replaced head node), same store:
+    # `--resume --tracking-uri NEW` must write there, not to the address pickled at the first launch.
+    mlflow_server.stop()
+    mlflow_server.port = free_port()
+    mlflow_server.start()
+
+    p2 = study(name, "--resume", log="second.log")
+    assert p2.wait(timeout=300) == 0, tail(tmp_path / "second.log")
+    assert_complete(mlflow_server.uri, name, 2, 120)
+
+
+def test_mlflow_down_then_back(tmp_path, study, mlflow_server):
+    """Stop the MLflow server while trials train and start it again on the same port: training goes
+    on meanwhile, and what was queued is written once it is back (every step once, one run each)."""
+    name = "fault_mlflow_blip"
+    storage = tmp_path / "res"
+    p = study(name, mse_epochs=390, widths=(16, 32))  # 80 evaluations, a checkpoint every 2nd
+    # down as soon as the first result is in MLflow (the other trial may not have a run yet)
+    assert wait_for(lambda: max(last_steps(mlflow_server.uri, name).values(), default=0) >= 5,
+                    timeout=180, every=0.2), tail(tmp_path / "driver.log")
+    mlflow_server.stop()  # returns once the port is closed
+    down_at = int(time.time() * 1000)
+    at_stop = checkpoints(storage, name)
+    assert max(at_stop.values(), default=0) <= 30, at_stop  # trials far from done (last index: 39)
+    # training goes on without MLflow: every trial saves two more checkpoints (4 more evaluations)
+    assert wait_for(lambda: len(c := checkpoints(storage, name)) == 2
+                    and all(c[t] >= at_stop.get(t, -1) + 2 for t in c), timeout=120, every=0.2), \
+        tail(tmp_path / "driver.log")
+    assert p.poll() is None
+    up_at = int(time.time() * 1000)
+    mlflow_server.start()
+    assert p.wait(timeout=300) == 0, tail(tmp_path / "driver.log")
+
+    assert_complete(mlflow_server.uri, name, 2, 400)
+    client, _, children = child_runs(mlflow_server.uri, name)
+    for c in children:  # points reported while the server was down were written afterwards
+        ts = [m.timestamp for m in client.get_metric_history(c.info.run_id, "train")]
+        assert any(down_at < t < up_at for t in ts), c.info.run_name
+    assert "MLflow unreachable" in (tmp_path / "driver.log").read_text()
+
+
+def test_mlflow_down_for_good(tmp_path, study, mlflow_server):
+    """The server stays down past --tracking-max-outage: the study stops with an error naming the
+    tracking URI, what was not written is in a local JSONL file (every reported step is in MLflow or
+    there, once), and `--resume` once the server is back completes the runs."""
+    name = "fault_mlflow_gone"
+    storage = tmp_path / "res"
+    p = study(name, "--tracking-max-outage", "2", mse_epochs=290, widths=(16, 32))
+    assert wait_for(lambda: max(last_steps(mlflow_server.uri, name).values(), default=0) >= 10,
+                    timeout=180, every=0.2), tail(tmp_path / "driver.log")
+    mlflow_server.stop()
+    t0 = time.monotonic()
+    rc = p.wait(timeout=120)
+    took = time.monotonic() - t0
+    out = (tmp_path / "driver.log").read_text()
+    assert rc == 3, out[-3000:]
+    spill = storage / name / f"unsent_metrics_{name}.jsonl"
+    assert f"error: MLflow at {mlflow_server.uri} unreachable for over 2 s" in out and str(spill) in out, out[-3000:]
+    assert took < 60, took
+    rows = [json.loads(line) for line in spill.read_text().splitlines()]
+    assert rows and {"trial_id", "run_id", "key", "value", "step", "timestamp"} <= set(rows[0])
+
+    mlflow_server.start()
+    client, _, children = child_runs(mlflow_server.uri, name)
+    runs = {c.data.tags["ncstudy.trial_id"]: c for c in children}
+    assert all(r["run_id"] == (runs[r["trial_id"]].info.run_id if r["run_id"] else None) for r in rows)
+    for tid in {r["trial_id"] for r in rows} | set(runs):  # a trial may have no run yet: all in the file
+        written = steps(client, runs[tid].info.run_id) if tid in runs else []
+        spilled = sorted(r["step"] for r in rows if r["trial_id"] == tid and r["key"] == "train")
+        assert written + spilled == list(range(5, 5 * (len(written) + len(spilled)) + 1, 5)), tid
+        if spilled and tid in runs:
+            assert runs[tid].info.status == "RUNNING"
+
+    p2 = study(name, "--resume", log="resume.log")
+    assert p2.wait(timeout=300) == 0, tail(tmp_path / "resume.log")
+    assert_complete(mlflow_server.uri, name, 2, 300)
