@@ -1,0 +1,235 @@
+"""``make bench``: the five benchmarks of the performance issue, one table, one JSON.
+
+    .venv/bin/python benchmarks/run_all.py                 # all five, 5-8 min on the 2-core box
+    .venv/bin/python benchmarks/run_all.py --only 1 2      # a subset
+    .venv/bin/python benchmarks/run_all.py --update-docs   # also refresh docs/performance.md's table
+
+Order: the single-thread compute benchmarks first (1 trainer epoch, 2 metric share, 5 stopper
+replay), then one local Ray instance (2 CPUs) for 4 (scheduler overhead) and 3 (tracking
+overhead). Each benchmark writes ``benchmarks/results/<name>.json``; this script writes
+``benchmarks/results/summary.json`` and ``summary.md`` (the table printed at the end). A shared
+time budget (``--budget-s``) only decides whether benchmark 3 runs its optional second
+with/without pair; every benchmark runs its minimum.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import RESULTS, Deadline, machine, start_local_ray, write_json  # noqa: E402
+
+DOC = ROOT / "docs" / "performance.md"
+TABLE_START, TABLE_END = "<!-- bench:table:start -->", "<!-- bench:table:end -->"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
+
+
+def _x(x: float | None, nd: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}x"
+
+
+def _s(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f} s"
+
+
+def _met(ok: bool | None) -> str:
+    return {True: "yes", False: "NO", None: "-"}[ok]
+
+
+Row = tuple[str, str, str, str, str]  # benchmark, figure, value, target, met
+
+
+def rows_trainer(r: dict[str, Any]) -> list[Row]:
+    q, m, s = r["ratios"], r["amortised_epoch_s_median"], r["ratio_spread"]
+    sp = lambda k: f" [{s[k][0]:.2f}-{s[k][1]:.2f}]"  # noqa: E731
+    return [
+        ("1 trainer epoch", "paper-style loop / ncstudy (amortised epoch incl. eval)",
+         _x(q["paper_over_ncstudy"]) + sp("paper_over_ncstudy"), ">= 2x",
+         _met(q["paper_over_ncstudy"] >= 2.0)),
+        ("1 trainer epoch", "ncstudy / bare loop (torch default Adam)",
+         _x(q["ncstudy_over_bare"], 3) + sp("ncstudy_over_bare"), "<= 1.15x", _met(q["ncstudy_over_bare"] <= 1.15)),
+        ("1 trainer epoch", "ncstudy / bare loop with the Trainer's optimiser",
+         _x(q["ncstudy_over_bare_same_opt"], 3) + sp("ncstudy_over_bare_same_opt"), "(info)", "-"),
+        ("1 trainer epoch", "paper / ncstudy: training epoch only; evaluation only",
+         f"{_x(q['paper_train_epoch_over_ncstudy_train_epoch'])}; {_x(q['paper_eval_over_ncstudy_eval'])}",
+         "(info)", "-"),
+        ("1 trainer epoch", "amortised s/epoch (CPU time): ncstudy / paper / bare",
+         f"{m['ncstudy']:.2f} / {m['paper']:.2f} / {m['bare']:.2f} s", "(scale)", "-"),
+    ]
+
+
+def rows_metric(r: dict[str, Any]) -> list[Row]:
+    return [
+        ("2 metric share", "NC metric pass / (10 x training epoch)", _pct(r["metric_share"]), "<= 10%",
+         _met(r["metric_share"] <= 0.10)),
+        ("2 metric share", "whole evaluation / (10 x training epoch)", _pct(r["evaluation_share"]), "(info)", "-"),
+    ]
+
+
+def rows_tracking(r: dict[str, Any]) -> list[Row]:
+    per = r["overhead_wall_per_pair"]
+    resolvable = bool(per) and (len(per) > 1 and max(per) - min(per) <= 0.02)
+    wall_met = None if not resolvable else r["met"]
+    hook = r["callback_share_of_study_wall"]
+    lr = r["log_rates"]
+    return [
+        ("3 tracking", f"study wall with / without MLflow - 1 ({len(per)} pair(s): "
+         + ", ".join(f"{p:+.1%}" for p in per) + ")", f"{r['overhead_wall']:+.1%}" if per else "n/a", "<= 2%",
+         _met(wall_met) if wall_met is not None else "unresolved (noise > 2%)"),
+        ("3 tracking", "driver time inside the MLflow callback / study wall", _pct(hook), "<= 2%",
+         _met(hook is not None and hook <= 0.02)),
+        ("3 tracking", "points/s log_batch / log_metric (SQLite)",
+         f"{_x(lr['log_batch_over_log_metric'], 0)} ({lr['points_per_s']['log_batch']:.0f} vs "
+         f"{lr['points_per_s']['log_metric']:.0f}/s)", "(info)", "-"),
+    ]
+
+
+def rows_sched(r: dict[str, Any]) -> list[Row]:
+    a, b = r["ncstudy_run_setting"], r["reuse_actors"]
+    la, lb = a["last_report_to_finished_s"], b["last_report_to_finished_s"]
+    return [
+        ("4 scheduler", "trials/min, 50 trivial trials: ncstudy run's new actor per trial (25); reuse_actors (25)",
+         f"{a['trials_per_min']:.1f}; {b['trials_per_min']:.1f}", "(info)", "-"),
+        ("4 scheduler", "reuse_actors / ncstudy run trials per minute",
+         _x(r["reuse_over_ncstudy_run_trials_per_min"]), "(info)", "-"),
+        ("4 scheduler", "last report -> MLflow run FINISHED, median (max): new actor; reuse",
+         f"{_s(la['median'])} ({_s(la['max'])}); {_s(lb['median'])} ({_s(lb['max'])})", "(info)", "-"),
+        ("4 scheduler", "driver time inside ncstudy callbacks / wall: new actor; reuse",
+         f"{_pct(a['driver_share_in_callbacks'])}; {_pct(b['driver_share_in_callbacks'])}", "(info)", "-"),
+    ]
+
+
+def rows_stopper(r: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    for name, res in r["results"].items():
+        s = res["summary"]
+        out.append(("5 stopper replay", f"{name}: epochs saved vs stop-at-onset; vs full budget "
+                    f"({s['n_runs']} reference runs, leave-one-out)",
+                    f"{_pct(s['saved_vs_onset'])}; {_pct(s['saved_vs_budget'])}", ">= 30% vs onset (forecast issue)",
+                    _met(s["saved_vs_onset"] is not None and s["saved_vs_onset"] >= 0.30)))
+        out.append(("5 stopper replay", f"{name}: coverage, MAE (epochs)",
+                    f"{_pct(s['coverage'])}, {s['mae']:.1f}" if s["mae"] is not None else f"{_pct(s['coverage'])}, -",
+                    ">= 90%, <= 24 (forecast issue)", _met(bool(res["targets_met"]["coverage"] and res["targets_met"]["mae"]))))
+    return out
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = ["| benchmark | figure | value | target | met |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plain(rows: list[Row]) -> str:
+    w = [max(len(r[i]) for r in rows + [("benchmark", "figure", "value", "target", "met")]) for i in range(5)]
+    head = ("benchmark", "figure", "value", "target", "met")
+    out = ["  ".join(h.ljust(w[i]) for i, h in enumerate(head)), "  ".join("-" * x for x in w)]
+    out += ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+    return "\n".join(out)
+
+
+def update_docs(table: str, stamp: str) -> bool:
+    if not DOC.exists():
+        return False
+    text = DOC.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        return False
+    a, b = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    DOC.write_text(text[:a] + f"\n{stamp}\n\n{table}\n" + text[b:])
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="run every benchmark of make bench")
+    ap.add_argument("--only", nargs="*", type=int, default=[1, 2, 3, 4, 5])
+    ap.add_argument("--budget-s", type=float, default=560.0,
+                    help="total time; decides only benchmark 3's optional second pair")
+    ap.add_argument("--update-docs", action="store_true", help=f"refresh the table in {DOC.relative_to(ROOT)}")
+    ap.add_argument("--from-results", action="store_true",
+                    help="run nothing: rebuild the table from benchmarks/results/*.json")
+    args = ap.parse_args(argv)
+    deadline = Deadline(args.budget_s)
+    t_start, load_start = time.perf_counter(), os.getloadavg()[0]
+
+    from benchmarks import metric_share, scheduler_overhead, stopper_replay, tracking_overhead, trainer_epoch
+
+    plan: list[tuple[int, str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], list[Row]]]] = [
+        (1, "trainer_epoch", lambda: trainer_epoch.main(), rows_trainer),
+        (2, "metric_share", lambda: metric_share.main(), rows_metric),
+        (5, "stopper_replay", lambda: stopper_replay.main(), rows_stopper),
+        (4, "scheduler_overhead", lambda: scheduler_overhead.main(deadline=deadline), rows_sched),
+        (3, "tracking_overhead", lambda: tracking_overhead.main(deadline=deadline), rows_tracking),
+    ]
+    rows: list[Row] = []
+    results: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    failed: list[str] = []
+    ray_started = False
+    if args.from_results:
+        import json
+
+        for num, name, _, to_rows in plan:
+            if num in args.only and (RESULTS / f"{name}.json").exists():
+                rows += to_rows(json.loads((RESULTS / f"{name}.json").read_text()))
+        rows.sort(key=lambda r: int(r[0].split()[0]))
+        table_md = markdown(rows)
+        print(plain(rows))
+        if args.update_docs:
+            old = (RESULTS / "summary.md").read_text().split("\n", 1)[0] if (RESULTS / "summary.md").exists() else ""
+            print("docs updated" if update_docs(table_md, old) else f"no table markers in {DOC}")
+        return 0
+    try:
+        for num, name, fn, to_rows in plan:
+            if num not in args.only:
+                continue
+            if num in (3, 4) and not ray_started:
+                ray_started = start_local_ray(2)  # one local instance for both
+            print(f"[bench] {num} {name} ... ({deadline.left():.0f} s of budget left)", flush=True)
+            t = time.perf_counter()
+            try:
+                res = fn()
+                results[name] = res
+                rows += to_rows(res)
+            except Exception:  # report and go on: one broken benchmark must not hide the others
+                traceback.print_exc()
+                failed.append(name)
+                rows.append((f"{num} {name}", "FAILED (traceback above)", "-", "-", "NO"))
+            seconds[name] = time.perf_counter() - t
+            print(f"[bench] {num} {name} done in {seconds[name]:.0f} s", flush=True)
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+
+    rows.sort(key=lambda r: int(r[0].split()[0]))  # table in the issue's order
+    total = time.perf_counter() - t_start
+    stamp = (f"`make bench`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {os.cpu_count()} CPUs, "
+             f"load average {load_start:.1f} at start / {os.getloadavg()[0]:.1f} at end, total "
+             f"{total / 60:.1f} min. Ratios: medians of per-repetition ratios; [min-max] over repetitions.")
+    table_md = markdown(rows)
+    print()
+    print(plain(rows))
+    print()
+    print(stamp.replace("`", ""))
+    (RESULTS / "summary.md").write_text(stamp + "\n\n" + table_md + "\n")
+    write_json("summary", {"rows": [dict(zip(("benchmark", "figure", "value", "target", "met"), r)) for r in rows],
+                           "seconds": seconds, "total_s": total, "failed": failed, "load_avg_start": load_start,
+                           "machine": machine()})
+    if args.update_docs:
+        print("docs updated" if update_docs(table_md, stamp) else f"no table markers in {DOC}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

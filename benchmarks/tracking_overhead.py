@@ -1,0 +1,183 @@
+"""Benchmark 3: what MLflow tracking costs a study.
+
+* Study wall time with and without the MLflow callback: ``ncstudy.study.runner.run_study`` on
+  one local Ray instance (2 CPUs, started once), the same 8-trial synthetic study
+  (``tests/study_helpers.py``'s collapsing recipe: MLP width 16/32/48/64 x seeds 0/1, 10 CE + 30
+  MSE epochs, an evaluation every 5, a checkpoint every 2 evaluations), same seeds, once with
+  ``RunOptions(tracking=True)`` and once with ``tracking=False``, alternated (ABBA when there
+  are two pairs), after a 1-trial tracked warm-up study. The MLflow SQLite store exists before the
+  first study (creating its schema, a one-off ~4 s per store, is reported apart).
+* Time inside the callback's hooks during the tracked studies (:class:`HookTimer`): the time the
+  driver, and so every trial waiting on it, spends in MLflow calls. Less noisy than the
+  difference of two study wall times on a shared machine.
+* Metric points per second into SQLite with ``log_batch`` (1,000 points a call, as the callback
+  sends them) against one ``log_metric`` call per value, alternated.
+
+Target: <= 2 % overhead.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from benchmarks.common import (Deadline, HookTimer, interleave, machine, median, paired_ratios,  # noqa: E402
+                               quiet_tune, spread, start_local_ray, write_json)
+
+TARGET_OVERHEAD = 0.02
+
+
+def study_spec(name: str, warmup: bool = False):
+    from study_helpers import synthetic_study
+
+    from ncstudy.study.spec import StudySpec
+
+    if warmup:
+        return StudySpec.model_validate(synthetic_study(name, mse_epochs=5, widths=(16,), seeds=(0,)))
+    return StudySpec.model_validate(synthetic_study(name, mse_epochs=30, widths=(16, 32, 48, 64), seeds=(0, 1)))
+
+
+def run_one(name: str, tracking: bool, uri: str, storage: str, warmup: bool = False) -> tuple[float, int]:
+    from ncstudy.study.runner import RunOptions, run_study
+
+    spec = study_spec(name, warmup)
+    t = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = run_study(spec, RunOptions(tracking_uri=uri, storage=storage, progress_interval_s=3600,
+                                        quiet=True, tracking=tracking))
+    return time.perf_counter() - t, rc
+
+
+def log_rates(uri: str, reps: int, batch_points: int = 2000, single_points: int = 100) -> dict[str, Any]:
+    """Points/s into the store: log_batch (chunks of 1,000) vs one log_metric per point."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from ncstudy.tracking import MAX_METRICS_PER_BATCH
+
+    c = MlflowClient(uri)
+    exp = c.create_experiment(f"log_rates_{time.time_ns()}")
+    run = c.create_run(exp).info.run_id
+    step = {"batch": 0, "single": 0}
+
+    def batch() -> None:
+        ts = int(time.time() * 1000)
+        pts = [Metric(f"m{i % 20}", float(i), ts, step["batch"] + i // 20) for i in range(batch_points)]
+        step["batch"] += batch_points // 20
+        for i in range(0, len(pts), MAX_METRICS_PER_BATCH):
+            c.log_batch(run, metrics=pts[i:i + MAX_METRICS_PER_BATCH])
+
+    def single() -> None:
+        for i in range(single_points):
+            c.log_metric(run, f"s{i % 20}", float(i), step=step["single"] + i // 20)
+        step["single"] += single_points // 20
+
+    batch(), single()  # warm-up
+    t = interleave({"log_batch": batch, "log_metric": single}, reps)["wall"]
+    rate_b = [batch_points / s for s in t["log_batch"]]
+    rate_s = [single_points / s for s in t["log_metric"]]
+    r = paired_ratios(rate_b, rate_s)
+    return {"points_per_call_batch": MAX_METRICS_PER_BATCH, "batch_points": batch_points,
+            "single_points": single_points, "seconds": t,
+            "points_per_s": {"log_batch": median(rate_b), "log_metric": median(rate_s)},
+            "log_batch_over_log_metric": median(r), "spread": spread(r)}
+
+
+def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=2, help="with/without pairs (a second one only if time allows)")
+    ap.add_argument("--rate-reps", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args([] if argv is None else argv)
+    deadline = deadline or Deadline(None)
+    quiet_tune()
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="ncstudy_bench_tracking_"))
+    uri, storage = f"sqlite:///{work / 'mlflow.db'}", str(work / "results")
+    started = start_local_ray(2)
+    from mlflow.tracking import MlflowClient
+
+    from ncstudy.tracking import MLflowStudyCallback
+
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):
+        MlflowClient(uri).search_experiments()  # creates the schema: a one-off per store
+    schema_s = time.perf_counter() - t0
+    # Warm-up: a 1-trial tracked study, so neither side pays the driver's first imports (Tune,
+    # MLflow, matplotlib) or Ray's first worker start-ups.
+    warmup_s, _ = run_one("bench_tracking_warmup", True, uri, storage, warmup=True)
+
+    walls: dict[str, list[float]] = {"with": [], "without": []}
+    hook_s: list[float] = []
+    hooks: list[dict[str, float]] = []
+    rcs: list[int] = []
+    order: list[str] = []
+    try:
+        with HookTimer(MLflowStudyCallback) as timer:
+            for p in range(args.pairs):
+                pair_est = sum(walls["with"][-1:] + walls["without"][-1:])
+                if p > 0 and not deadline.allows(pair_est * 1.3 + 60):
+                    break
+                for mode in (("with", "without") if p % 2 == 0 else ("without", "with")):
+                    timer.reset()
+                    wall, rc = run_one(f"bench_tracking_{mode}_{p}", mode == "with", uri, storage)
+                    walls[mode].append(wall)
+                    rcs.append(rc)
+                    order.append(mode)
+                    if mode == "with":
+                        hook_s.append(timer.total)
+                        hooks.append({k: round(v, 4) for k, v in timer.seconds.items() if v})
+        rates = log_rates(uri, args.rate_reps)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+    over = [w / wo - 1.0 for w, wo in zip(walls["with"], walls["without"])]
+    hook_share = [h / w for h, w in zip(hook_s, walls["with"])]
+    out: dict[str, Any] = {
+        "benchmark": "tracking_overhead",
+        "config": {"trials": 8, "study": "synthetic MLP w16/32/48/64 x seeds 0/1, 10 CE + 30 MSE epochs, "
+                   "eval every 5, checkpoint every 2 evals", "ray_cpus": 2, "resources_per_trial": {"cpu": 1},
+                   "tracking_store": "sqlite (local file)", "order": order, **machine()},
+        "study_wall_s": walls,
+        "return_codes": rcs,
+        "overhead_wall": median(over) if over else None,
+        "overhead_wall_per_pair": over,
+        "callback_hook_s": hook_s,
+        "callback_hooks_by_name_s": hooks,
+        "callback_share_of_study_wall": median(hook_share) if hook_share else None,
+        "schema_creation_s": schema_s,
+        "warmup_study_s": warmup_s,
+        "log_rates": rates,
+        "target_overhead_le": TARGET_OVERHEAD,
+        "met": bool(over) and median(over) <= TARGET_OVERHEAD,
+    }
+    write_json("tracking_overhead", out)
+    if argv is not None:
+        print_summary(out)
+    return out
+
+
+def print_summary(r: dict[str, Any]) -> None:
+    w = r["study_wall_s"]
+    print(f"study of 8 trials: with MLflow {w['with']} s, without {w['without']} s -> overhead "
+          f"{r['overhead_wall']:+.1%} (target <= {TARGET_OVERHEAD:.0%}); time in callback hooks "
+          f"{r['callback_share_of_study_wall']:.1%} of the study")
+    lr = r["log_rates"]
+    print(f"log_batch {lr['points_per_s']['log_batch']:.0f} points/s vs log_metric "
+          f"{lr['points_per_s']['log_metric']:.0f} points/s: {lr['log_batch_over_log_metric']:.0f}x")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
