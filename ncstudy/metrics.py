@@ -59,6 +59,7 @@ Chosen: ``cached`` -- nc4 has to be exact like the other metrics, and the measur
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -115,8 +116,12 @@ class NCStats:
 
 
 def _scatter(z: Tensor) -> Tensor:
-    """ZᵀZ in float64; numpy's syrk path on CPU (2× faster than torch's MKL gemm here)."""
-    if z.device.type == "cpu":
+    """ZᵀZ in float64; numpy's syrk path on CPU (2× faster than torch's MKL gemm here).
+
+    numpy's BLAS ignores torch's thread setting and uses every core, so a process limited to fewer
+    threads than the machine has (a one-CPU Ray trial) keeps to torch, which honours the limit.
+    """
+    if z.device.type == "cpu" and torch.get_num_threads() >= (os.cpu_count() or 1):
         zn = z.numpy()
         return torch.from_numpy(zn.T @ zn)
     return z.T @ z
