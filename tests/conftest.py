@@ -33,3 +33,30 @@ def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
 
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` subprocess on a free loopback port, per test module; stopped by PID."""
+    from mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head and two worker nodes on this machine (`ray.cluster_utils.Cluster`), per test module."""
+    import ray
+
+    from ray_cluster import LocalCluster
+
+    if ray.is_initialized():  # a driver connection from elsewhere in this session: not ours
+        ray.shutdown()
+    c = LocalCluster()
+    try:
+        ray.init(address=c.address, log_to_driver=False)
+        yield c
+    finally:
+        c.shutdown()

@@ -9,32 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_server import MlflowServer, free_port
-from ray_cluster import LocalCluster
+from mlflow_server import free_port
 from study_helpers import child_runs, kill_group, spawn_cli, steps, synthetic_study, wait_for, write_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    import ray
-
-    if ray.is_initialized():  # a driver connection from elsewhere in this session: not ours
-        ray.shutdown()
-    c = LocalCluster()
-    try:
-        ray.init(address=c.address, log_to_driver=False)
-        yield c
-    finally:
-        c.shutdown()
 
 
 @pytest.fixture
