@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from abc import ABC, abstractmethod
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -52,7 +53,7 @@ class FnStarCrossing:
         return self.forecast
 
 
-class _LogLinearExtrapolation:
+class _LogLinearExtrapolation(ABC):
     """Fit ``log(metric)`` against epoch over the last ``window`` eligible evaluations (terminal,
     phase in ``phases``); forecast the epoch where the fit reaches ``target`` -- only when the
     fit is decreasing with R^2 >= ``r2_min``. The interval comes from the slope's 95 % CI."""
@@ -71,8 +72,9 @@ class _LogLinearExtrapolation:
         self._xy: list[tuple[int, float]] = []
         self.forecast: Forecast | None = None
 
+    @abstractmethod
     def _target(self) -> tuple[float | None, bool, str]:
-        raise NotImplementedError
+        """The level to extrapolate to, whether it is trusted, and where it comes from."""
 
     def observe(self, record: Mapping[str, Any]) -> Forecast | None:
         epoch = int(record[EPOCH])
