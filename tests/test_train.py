@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ncstudy.config import TrainConfig
+from ncstudy.config import TrainConfig, set_dotted
 from ncstudy.data import load_dataset
 from ncstudy.logs import REFERENCE_COLUMNS, read_log
 from ncstudy.train import Trainer, train
@@ -24,11 +24,7 @@ def synthetic_cfg(**over) -> TrainConfig:
         "eval": {"nc_every": 5, "stop_at_onset": True},
     }
     for k, v in over.items():
-        cur = d
-        parts = k.split(".")
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = v
+        set_dotted(d, k, v)
     return TrainConfig.model_validate(d)
 
 

@@ -334,23 +334,17 @@ def grid_effects(df: pd.DataFrame) -> dict[str, Any]:
     def cell(m: Any, d: Any) -> float:
         return means.at[m, d] if m in means.index and d in means.columns else np.nan
 
-    arch, data, add = [], [], []
-    for m in models:
-        if m == ref_m:
-            continue
-        for d in datasets:
-            a, b = cell(ref_m, d), cell(m, d)
-            if pd.notna(a) and pd.notna(b):
-                arch.append({"dataset": d, "from": ref_m, "to": m, "fn_from": float(a), "fn_to": float(b),
-                             "effect_pct": float((b / a - 1) * 100)})
-    for d in datasets:
-        if d == ref_d:
-            continue
-        for m in models:
-            a, b = cell(m, ref_d), cell(m, d)
-            if pd.notna(a) and pd.notna(b):
-                data.append({"model": m, "from": ref_d, "to": d, "fn_from": float(a), "fn_to": float(b),
-                             "effect_pct": float((b / a - 1) * 100)})
+    def effect(a: float, b: float, **where: Any) -> dict[str, Any] | None:
+        """fn* change from cell a to cell b, in % (None when either cell is empty)."""
+        if pd.isna(a) or pd.isna(b):
+            return None
+        return {**where, "fn_from": float(a), "fn_to": float(b), "effect_pct": float((b / a - 1) * 100)}
+
+    arch = [e for m in models if m != ref_m for d in datasets
+            if (e := effect(cell(ref_m, d), cell(m, d), dataset=d, **{"from": ref_m, "to": m}))]
+    data = [e for d in datasets if d != ref_d for m in models
+            if (e := effect(cell(m, ref_d), cell(m, d), model=m, **{"from": ref_d, "to": d}))]
+    add = []
     for m in models:
         for d in datasets:
             if m == ref_m or d == ref_d:
