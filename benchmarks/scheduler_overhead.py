@@ -6,9 +6,9 @@ Tune (FIFO scheduler, basic variant generator, failure and checkpoint config, tr
 with ncstudy's callbacks (``MLflowStudyCallback`` on a local SQLite store, ``ProgressTable``).
 The 50 are split between two settings, alternated in four chunks (A 13, B 13, B 12, A 12):
 
-* A: actors as ``ncstudy run`` has them (``reuse_actors=False``, Tune's default): a new worker
-  process per trial;
-* B: ``reuse_actors=True``: Tune hands a finished trial's actor to the next trial.
+* A: actors as ``ncstudy run`` has them (the study file's ``reuse_actors: true``, the default):
+  Tune hands a finished trial's actor to the next trial;
+* B: ``reuse_actors: false`` (Tune's own default): a new worker process per trial.
 
 Figures: trials per minute for each (and their ratio); time from a trial's last
 ``tune.report`` (wall clock stamped in the result) to the end time MLflow records when the run
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
         with HookTimer(MLflowStudyCallback) as mt, HookTimer(ProgressTable) as pt:
             for i, (setting, n) in enumerate(CHUNKS):
                 mt.reset(), pt.reset()
-                r = run_chunk(f"bench_sched_{setting}_{i}_{time.time_ns()}", n, setting == "B", uri, storage)
+                r = run_chunk(f"bench_sched_{setting}_{i}_{time.time_ns()}", n, setting == "A", uri, storage)
                 p = per[setting]
                 p["trials"] += n
                 p["wall"] += r["wall"]
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
                    "resources_per_trial": {"cpu": 1}, "chunks": [list(c) for c in CHUNKS],
                    "tracking_store": "sqlite (local file)", **machine()},
         "ncstudy_run_setting": a,
-        "reuse_actors": b,
-        "reuse_over_ncstudy_run_trials_per_min": b["trials_per_min"] / a["trials_per_min"],
+        "new_actor_per_trial": b,
+        "reuse_over_new_actor_trials_per_min": a["trials_per_min"] / b["trials_per_min"],
         "trials_per_min_all": 60.0 * (a["trials"] + b["trials"]) / (a["wall_s"] + b["wall_s"]),
     }
     write_json("scheduler_overhead", out)
@@ -159,14 +159,14 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
 
 
 def print_summary(r: dict[str, Any]) -> None:
-    for label, key in (("ncstudy run (new actor per trial)", "ncstudy_run_setting"),
-                       ("reuse_actors=True", "reuse_actors")):
+    for label, key in (("ncstudy run (reuse_actors)", "ncstudy_run_setting"),
+                       ("new actor per trial", "new_actor_per_trial")):
         s = r[key]
         lat = s["last_report_to_finished_s"]
         print(f"{label}: {s['trials_per_min']:.1f} trials/min ({s['trials']} trials), last report -> "
               f"MLflow FINISHED median {lat['median']:.2f}s max {lat['max']:.2f}s, driver in callbacks "
               f"{s['driver_share_in_callbacks']:.1%}")
-    print(f"reuse/new-actor trials per minute: {r['reuse_over_ncstudy_run_trials_per_min']:.2f}x")
+    print(f"reuse/new-actor trials per minute: {r['reuse_over_new_actor_trials_per_min']:.2f}x")
 
 
 if __name__ == "__main__":

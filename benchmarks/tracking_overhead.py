@@ -8,8 +8,10 @@
   are two pairs), after a 1-trial tracked warm-up study. The MLflow SQLite store exists before the
   first study (creating its schema, a one-off ~4 s per store, is reported apart).
 * Time inside the callback's hooks during the tracked studies (:class:`HookTimer`): the time the
-  driver, and so every trial waiting on it, spends in MLflow calls. Less noisy than the
-  difference of two study wall times on a shared machine.
+  driver's Tune loop, and so every trial waiting on it, is held by tracking; and the CPU time of
+  the callback's writer thread, which sends everything to MLflow (``writer_cpu_s``): what
+  tracking takes from the trials on a machine whose cores they fill. Both are less noisy than
+  the difference of two study wall times on a shared machine.
 * Metric points per second into SQLite with ``log_batch`` (1,000 points a call, as the callback
   sends them) against one ``log_metric`` call per value, alternated.
 
@@ -34,6 +36,7 @@ from benchmarks.common import (Deadline, HookTimer, interleave, machine, median,
                                quiet_tune, spread, start_local_ray, write_json)
 
 TARGET_OVERHEAD = 0.02
+TRIALS = 8
 
 
 def study_spec(name: str, warmup: bool = False):
@@ -94,7 +97,7 @@ def log_rates(uri: str, reps: int, batch_points: int = 2000, single_points: int 
 
 def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=2, help="with/without pairs (a second one only if time allows)")
+    ap.add_argument("--pairs", type=int, default=4, help="with/without pairs (after the first, only if time allows)")
     ap.add_argument("--rate-reps", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args([] if argv is None else argv)
@@ -118,9 +121,18 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
 
     walls: dict[str, list[float]] = {"with": [], "without": []}
     hook_s: list[float] = []
+    writer_cpu: list[float] = []
+    end_hook = MLflowStudyCallback.on_experiment_end
+
+    def on_experiment_end(self, *a: Any, **k: Any) -> None:  # the writer is joined in there
+        try:
+            end_hook(self, *a, **k)
+        finally:
+            writer_cpu.append(self.writer_cpu_s)
     hooks: list[dict[str, float]] = []
     rcs: list[int] = []
     order: list[str] = []
+    MLflowStudyCallback.on_experiment_end = on_experiment_end
     try:
         with HookTimer(MLflowStudyCallback) as timer:
             for p in range(args.pairs):
@@ -138,6 +150,7 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
                         hooks.append({k: round(v, 4) for k, v in timer.seconds.items() if v})
         rates = log_rates(uri, args.rate_reps)
     finally:
+        MLflowStudyCallback.on_experiment_end = end_hook
         if started:
             import ray
 
@@ -145,6 +158,10 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
 
     over = [w / wo - 1.0 for w, wo in zip(walls["with"], walls["without"])]
     hook_share = [h / w for h, w in zip(hook_s, walls["with"])]
+    cpu_share = [c / (2 * w) for c, w in zip(writer_cpu, walls["with"])]
+    # A fixed cost per trial: what it is, and the trial length (one core busy) at which it is 2 %.
+    per_trial = median([c / TRIALS for c in writer_cpu]) if writer_cpu else None
+    trial_s = median([2 * w / TRIALS for w in walls["without"]]) if walls["without"] else None
     out: dict[str, Any] = {
         "benchmark": "tracking_overhead",
         "config": {"trials": 8, "study": "synthetic MLP w16/32/48/64 x seeds 0/1, 10 CE + 30 MSE epochs, "
@@ -157,6 +174,11 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
         "callback_hook_s": hook_s,
         "callback_hooks_by_name_s": hooks,
         "callback_share_of_study_wall": median(hook_share) if hook_share else None,
+        "writer_cpu_s": writer_cpu,
+        "writer_cpu_share_of_study_cpu": median(cpu_share) if cpu_share else None,
+        "writer_cpu_per_trial_s": per_trial,
+        "untracked_trial_core_s": trial_s,
+        "trial_core_s_for_2pct": per_trial / TARGET_OVERHEAD if per_trial is not None else None,
         "schema_creation_s": schema_s,
         "warmup_study_s": warmup_s,
         "log_rates": rates,
@@ -173,7 +195,10 @@ def print_summary(r: dict[str, Any]) -> None:
     w = r["study_wall_s"]
     print(f"study of 8 trials: with MLflow {w['with']} s, without {w['without']} s -> overhead "
           f"{r['overhead_wall']:+.1%} (target <= {TARGET_OVERHEAD:.0%}); time in callback hooks "
-          f"{r['callback_share_of_study_wall']:.1%} of the study")
+          f"{r['callback_share_of_study_wall']:.1%} of the study; writer thread CPU "
+          f"{r['writer_cpu_share_of_study_cpu']:.1%} of the study's 2-core CPU time, "
+          f"{r['writer_cpu_per_trial_s']:.2f} s per trial (trials of {r['untracked_trial_core_s']:.1f} core-s; "
+          f"2 % from {r['trial_core_s_for_2pct']:.0f} core-s)")
     lr = r["log_rates"]
     print(f"log_batch {lr['points_per_s']['log_batch']:.0f} points/s vs log_metric "
           f"{lr['points_per_s']['log_metric']:.0f} points/s: {lr['log_batch_over_log_metric']:.0f}x")

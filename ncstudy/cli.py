@@ -65,6 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--max-concurrent: must be a positive integer")
     if not args.tracking_max_outage > 0:
         raise ConfigError("--tracking-max-outage: must be a positive number of seconds")
+    if not args.tracking_flush_interval >= 0:
+        raise ConfigError("--tracking-flush-interval: must be a number of seconds >= 0")
     if args.dry_run:
         print("\n".join(trial_plan(spec)))
         return 0
@@ -72,7 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                       tracking_uri_given=args.tracking_uri is not None,
                       storage=args.storage, resume=args.resume, max_concurrent=args.max_concurrent,
                       num_cpus=args.num_cpus, progress_interval_s=args.progress_interval,
-                      tracking_max_outage_s=args.tracking_max_outage)
+                      tracking_max_outage_s=args.tracking_max_outage,
+                      tracking_flush_interval_s=args.tracking_flush_interval)
     print(f"study {spec.name}: {spec.num_trials()} trial(s); tracking {opts.tracking_uri}; "
           f"results in {opts.storage}/{spec.name}", flush=True)
     from ncstudy.tracking import TrackingUnavailable
@@ -131,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-max-outage", type=float, default=600.0, metavar="SECONDS",
                    help="how long the MLflow server may stay unreachable before the study stops "
                         "(unwritten metrics are kept in a local JSONL file); default 600")
+    r.add_argument("--tracking-flush-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="how often queued metrics are sent to MLflow (and how fresh the UI is); default 5")
     r.add_argument("--resume", action="store_true", help="continue an interrupted study")
     r.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
     r.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")

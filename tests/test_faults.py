@@ -28,7 +28,9 @@ def study(tmp_path, cluster, mlflow_server):
         if not path.exists():
             write_study(tmp_path, synthetic_study(name, **over))
         args = ["run", str(path), "--address", cluster.address, "--tracking-uri", mlflow_server.uri,
-                "--storage", str(tmp_path / "res"), "--progress-interval", "5", *extra]
+                "--storage", str(tmp_path / "res"), "--progress-interval", "5",
+                # the tests poll MLflow for progress: no 5-s lag between a result and its point
+                "--tracking-flush-interval", "0.2", *extra]
         p = spawn_cli(args, tmp_path, tmp_path / log)
         procs.append(p)
         return p

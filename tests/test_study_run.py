@@ -185,3 +185,27 @@ def test_analyze_a_finished_study(small_study, mlflow_uri, tmp_path):
     assert main(["analyze", "--experiment", "no_such_study", "--tracking-uri", mlflow_uri,
                  "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_reused_actor_runs_the_next_trial_identically(tmp_path, mlflow_uri, ray_local):
+    """`reuse_actors` (the default): one trial after another in the same worker process, and the
+    second is bit-for-bit the first (same config and seed), so nothing leaks between trials."""
+    import contextlib
+    import io
+    import json
+
+    data = synthetic_study("study_reuse", mse_epochs=30, widths=(16,), seeds=(0,), num_samples=2,
+                           max_concurrent=1)
+    spec = load_study(write_study(tmp_path, data))
+    assert spec.reuse_actors
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = run_study(spec, RunOptions(tracking_uri=mlflow_uri, storage=str(tmp_path / "res"), progress_interval_s=0))
+    assert rc == 0
+    pids = {json.loads(line)["pid"] for f in (tmp_path / "res" / "study_reuse").glob("trial_*/result.json")
+            for line in f.read_text().splitlines()}
+    assert len(pids) == 1  # both trials ran in one actor
+    client, _, children = child_runs(mlflow_uri, "study_reuse")
+    assert len(children) == 2
+    hist = [{k: [(m.step, m.value) for m in sorted(client.get_metric_history(c.info.run_id, k), key=lambda m: m.step)]
+             for k in ("train_loss", "nc1", "feat_norm", "test")} for c in children]
+    assert hist[0]["nc1"] and hist[0] == hist[1]

@@ -36,6 +36,7 @@ class RunOptions:
     quiet: bool = False
     tracking_uri_given: bool = True  # False: --resume keeps the URI of the first launch
     tracking_max_outage_s: float = 600.0  # MLflow down longer than this: spill to JSONL, fail the study
+    tracking_flush_interval_s: float = 5.0  # queued metrics are sent at most this often (and at each trial's end)
     tracking: bool = True  # False: no MLflow callback at all (benchmarks/tracking_overhead.py's baseline)
 
 
@@ -192,7 +193,7 @@ QUIET_TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHE
 
 def _retarget_tracking(tuner, opts: RunOptions) -> None:
     """Tune restores the callbacks pickled at the first launch; a resume may name a new server
-    (a replaced head node) or outage limit. Only options given explicitly override the old ones."""
+    (a replaced head node), outage limit or flush interval. Only options given explicitly override the old ones."""
     from ncstudy.tracking import MLflowStudyCallback
 
     local = getattr(tuner, "_local_tuner", None)  # Tune keeps no public handle on the run config
@@ -204,6 +205,7 @@ def _retarget_tracking(tuner, opts: RunOptions) -> None:
             if opts.tracking_uri_given:
                 cb.tracking_uri = opts.tracking_uri
             cb.max_outage_s = opts.tracking_max_outage_s
+            cb.flush_interval_s = opts.tracking_flush_interval_s
 
 
 def run_study(spec: StudySpec, opts: RunOptions) -> int:
@@ -244,7 +246,8 @@ def run_study(spec: StudySpec, opts: RunOptions) -> int:
                                                          for k, p in spec.space.items()})},
                 trial_params=trial_params(spec), trial_tags=trial_tags(spec),
                 trial_label=_label_creator(spec), annotator=annotator,
-                max_outage_s=opts.tracking_max_outage_s, spill_dir=str(experiment_dir) if experiment_dir else None)
+                max_outage_s=opts.tracking_max_outage_s, flush_interval_s=opts.tracking_flush_interval_s,
+                spill_dir=str(experiment_dir) if experiment_dir else None)
             progress = ProgressTable(spec, annotator=annotator, interval_s=opts.progress_interval_s,
                                      quiet=opts.quiet)
             tuner = tune.Tuner(
@@ -255,6 +258,7 @@ def run_study(spec: StudySpec, opts: RunOptions) -> int:
                     search_alg=build_search_alg(spec, opts.max_concurrent or spec.max_concurrent),
                     scheduler=scheduler, num_samples=spec.num_samples,
                     max_concurrent_trials=opts.max_concurrent or spec.max_concurrent,
+                    reuse_actors=spec.reuse_actors,
                     trial_name_creator=_label_creator(spec), trial_dirname_creator=_dirname_creator),
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=storage, verbose=0,

@@ -105,6 +105,9 @@ class StudySpec(_Strict):
     max_concurrent: int | None = Field(None, gt=0)
     failure: Failure = Field(default_factory=Failure)
     checkpoint_every: int = Field(5, gt=0, description="evaluations between trial checkpoints")
+    reuse_actors: bool = Field(
+        True, description="run the next trial in a finished trial's worker process instead of starting a new "
+        "one (seconds saved per trial; every trial re-seeds and rebuilds its model and optimiser)")
     trial_name: str | None = Field(None, description="format string over dotted keys, e.g. 'w{model.width}-s{seed}'")
 
     @model_validator(mode="after")

@@ -1,0 +1,217 @@
+"""MLflowStudyCallback's hooks driven directly, on a real SQLite store, without Ray.
+
+The study tests (test_study_run, test_faults, test_multinode) cover the callback inside Tune; these
+pin down what is hard to reach from there: hooks only queue and the writer thread sends, a write
+that fails is retried and nothing queued is lost, the saved state is consistent while the writer
+runs, and a bug in the writer reaches the driver.
+"""
+from __future__ import annotations
+
+import pickle
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ncstudy.tracking import TRIAL_TAG, MLflowStudyCallback
+
+EPOCHS = (5, 10, 15, 20)
+
+
+@dataclass
+class FakeTrial:
+    """What the callback reads of a Tune ``Trial``."""
+
+    trial_id: str
+    config: dict[str, Any] = field(default_factory=dict)
+    last_result: dict[str, Any] = field(default_factory=dict)
+    status: str = "RUNNING"
+
+    def __str__(self) -> str:
+        return f"trial_{self.trial_id}"
+
+
+def _result(epoch: int) -> dict[str, Any]:
+    return {"epoch": epoch, "train": 0.5 + epoch / 100, "feat_norm": 1.0 + epoch / 50, "nc1": 1.0 / (1 + epoch),
+            "t_nc": float("nan")}
+
+
+def _callback(uri: str, name: str, tmp_path, **kw: Any) -> MLflowStudyCallback:
+    MlflowClient(uri).create_experiment(name, artifact_location=str(tmp_path / "artifacts"))
+    cb = MLflowStudyCallback(uri, name, study_params={"study.searcher": "grid"}, flush_interval_s=3600,
+                             spill_dir=str(tmp_path), **kw)
+    cb.setup()
+    return cb
+
+
+def _report(cb: MLflowStudyCallback, trial: FakeTrial, epochs=EPOCHS) -> None:
+    for e in epochs:
+        trial.last_result = _result(e)
+        cb.on_trial_result(0, [trial], trial, trial.last_result)
+
+
+def _child(client: MlflowClient, cb: MLflowStudyCallback, trial: FakeTrial):
+    runs = client.search_runs([cb.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial.trial_id}'")
+    assert len(runs) == 1
+    return runs[0]
+
+
+def _steps(client: MlflowClient, run_id: str, key: str = "train") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+class _Gate:
+    """Holds the writer inside MLflow calls until released (the driver thread is never held)."""
+
+    def __init__(self, cb: MLflowStudyCallback) -> None:
+        self.open, self.entered = threading.Event(), threading.Event()
+        real = cb.client.create_run
+
+        def create_run(*a: Any, **k: Any):
+            self.entered.set()
+            assert self.open.wait(60)
+            return real(*a, **k)
+
+        cb.client.create_run = create_run
+
+
+def _dead_client() -> MlflowClient:
+    with socket.socket() as s:  # a port nobody listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        return MlflowClient(f"http://127.0.0.1:{s.getsockname()[1]}")
+
+
+def test_hooks_queue_and_the_writer_sends(mlflow_uri, tmp_path):
+    cb = _callback(mlflow_uri, "tracking_writer", tmp_path)
+    client = MlflowClient(mlflow_uri)
+    trials = [FakeTrial("a0"), FakeTrial("a1")]
+    gate = _Gate(cb)
+    for t in trials:
+        cb.on_trial_start(0, trials, t)
+    assert gate.entered.wait(60)  # the writer is inside MLflow, held there ...
+    for t in trials:  # ... while the driver's hooks go on: they only queue
+        _report(cb, t)
+        t.status = "TERMINATED"
+        cb.on_trial_complete(0, trials, t)
+    # Tune pickles callbacks and saves their state while trials run: both work mid-write, and the
+    # saved queue still holds every point not yet confirmed written.
+    assert pickle.loads(pickle.dumps(cb)).trials.keys() == {"a0", "a1"}
+    state = cb.get_state()
+    assert sum(len(s["pending"]) for s in state["trials"].values()) == 2 * len(EPOCHS) * 3
+    gate.open.set()
+    assert cb.flush()
+    for t in trials:
+        run = _child(client, cb, t)
+        assert _steps(client, run.info.run_id) == list(EPOCHS)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["status"] == "completed" and run.data.tags["stop_reason"] == "budget"
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"trajectory.csv", "trajectory.png"}
+    cb.on_experiment_end(trials)
+    assert client.get_run(cb.parent_run_id).info.status == "FINISHED"
+    assert cb.pending_points() == 0 and cb.writer_cpu_s > 0
+    # trajectory.csv came from the rows kept in memory: the same as MLflow's own history
+    run_id = cb.trials["a0"].run_id
+    got, want = _trajectory(client, run_id, tmp_path), _frame(cb.history(run_id))
+    assert [r.keys() for r in got] == [r.keys() for r in want] and len(want) == len(EPOCHS)
+    assert all(g == pytest.approx(w, rel=1e-12) for g, w in zip(got, want))
+
+
+def _trajectory(client: MlflowClient, run_id: str, tmp_path) -> list[dict[str, Any]]:
+    from ncstudy.logs import read_log
+
+    d = tmp_path / run_id
+    d.mkdir()
+    return _frame(read_log(client.download_artifacts(run_id, "trajectory.csv", str(d))).to_dict("records"))
+
+
+def _frame(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: float(v) for k, v in r.items() if v == v and v is not None} for r in rows]  # NaN cells out
+
+
+def test_resumed_callback_continues_the_same_runs(mlflow_uri, tmp_path):
+    """A driver restart: the callback restored from Tune's saved state (pickled callback +
+    ``get_state``) continues the study run and the trial's run, with no step twice."""
+    first = _callback(mlflow_uri, "tracking_resume", tmp_path)
+    client = MlflowClient(mlflow_uri)
+    trial = FakeTrial("e0")
+    first.on_trial_start(0, [trial], trial)
+    _report(first, trial, (5, 10))
+    assert first.flush()
+    blob, state = pickle.dumps(first), first.get_state()
+    first._stop_writer()  # the old driver is gone
+
+    second = pickle.loads(blob)
+    second.set_state(state)
+    second.setup()
+    assert second.parent_run_id == first.parent_run_id
+    second.on_trial_restore(0, [trial], trial)
+    _report(second, trial, (5, 10, 15, 20))  # restored from an older checkpoint: 5, 10 again
+    trial.status = "TERMINATED"
+    second.on_trial_complete(0, [trial], trial)
+    second.on_experiment_end([trial])
+    run = _child(client, second, trial)
+    assert run.info.run_id == state["trials"]["e0"]["run_id"] and run.info.status == "FINISHED"
+    assert _steps(client, run.info.run_id) == list(EPOCHS)
+    # this process saw only part of the history: the trajectory is read back from MLflow
+    assert [r["epoch"] for r in _trajectory(client, run.info.run_id, tmp_path)] == list(EPOCHS)
+
+
+def test_outage_queues_and_retries_then_writes_everything(mlflow_uri, tmp_path):
+    cb = _callback(mlflow_uri, "tracking_outage", tmp_path)
+    client = MlflowClient(mlflow_uri)
+    trial = FakeTrial("b0")
+    cb.on_trial_start(0, [trial], trial)
+    assert cb.flush()
+    run_id = cb.trials["b0"].run_id
+    good, cb._client = cb._client, _dead_client()  # the server goes away
+    _report(cb, trial)
+    trial.status = "TERMINATED"
+    cb.on_trial_complete(0, [trial], trial)
+    assert cb.flush()
+    # Nothing written, nothing lost, a backoff window; the hooks still only queue.
+    assert cb.pending_points() == len(EPOCHS) * 3 and not cb.trials["b0"].finished
+    assert cb._down_since is not None and cb._backoff_until > 0
+    assert _steps(client, run_id) == [] and client.get_run(run_id).info.status == "RUNNING"
+
+    cb._client = good  # back
+    cb.on_experiment_end([trial])  # waits for the retry, which writes the queue and the finish
+    assert _steps(client, run_id) == list(EPOCHS)
+    assert client.get_run(run_id).info.status == "FINISHED" and cb._down_since is None
+
+
+def test_outage_past_the_limit_spills_and_the_driver_raises(mlflow_uri, tmp_path):
+    from ncstudy.tracking import TrackingUnavailable
+
+    cb = _callback(mlflow_uri, "tracking_gone", tmp_path, max_outage_s=0.5)
+    trial = FakeTrial("c0")
+    cb.on_trial_start(0, [trial], trial)
+    assert cb.flush()
+    cb._client = _dead_client()
+    _report(cb, trial)
+    deadline = time.monotonic() + 30  # backoff 0.5 s, then 1 s: past the limit within a few tries
+    while not cb._gave_up and time.monotonic() < deadline:
+        cb.flush()
+        time.sleep(0.1)
+    assert cb._gave_up and cb.pending_points() == 0
+    spilled = (tmp_path / "unsent_metrics_tracking_gone.jsonl").read_text().splitlines()
+    assert len(spilled) == len(EPOCHS) * 3
+    with pytest.raises(TrackingUnavailable, match="unreachable"):
+        cb.on_trial_result(0, [trial], trial, _result(25))
+    with pytest.raises(TrackingUnavailable):
+        cb.on_experiment_end([trial])
+
+
+def test_a_bug_in_the_writer_reaches_the_driver(mlflow_uri, tmp_path):
+    cb = _callback(mlflow_uri, "tracking_writer_bug", tmp_path)
+    trial = FakeTrial("d0")
+    cb.on_trial_start(0, [trial], trial)
+    assert cb.flush()
+    cb.trials["d0"].run_id = "0" * 32  # a run MLflow does not have: a bug, not an outage
+    _report(cb, trial)
+    cb.flush()
+    with pytest.raises(Exception, match="not found"):
+        cb.on_trial_result(0, [trial], trial, _result(25))
