@@ -265,6 +265,21 @@ def test_reference_meta():
     assert not is_mnist_mlp5(reference_meta("baseline.csv"))
 
 
+
+def test_reference_run_attrs():
+    from ncstudy.forecast.reference import run_attrs
+
+    assert run_attrs("mnist_twophase.csv") == {"model": "mlp", "dataset": "mnist", "depth": 5, "width": 512,
+                                               "activation": "relu", "weight_decay": 1e-4, "lr": 1e-3, "seed": 0}
+    assert run_attrs("cifar10_s2.csv") == {"model": "resnet20", "dataset": "cifar10", "depth": None, "width": None,
+                                           "activation": None, "weight_decay": 1e-3, "lr": 0.1, "seed": 2}
+    assert run_attrs("depth2_s1_ext.csv")["variant"] == "ext" and run_attrs("depth3_s0.csv")["variant"] == "no-stop"
+    assert "variant" not in run_attrs("depth7_s0.csv")
+    assert run_attrs("wd0p0005_s1.csv")["weight_decay"] == 5e-4 and run_attrs("gelu_s3.csv")["activation"] == "gelu"
+    with pytest.raises(ValueError, match="sweep_width.csv: not a file of the reference logs"):
+        run_attrs("sweep_width.csv")
+
+
 @needs_ref
 def test_leave_one_out_replay_matches_independent_computation():
     trajs = [t for t in load_reference_logs([REF], ce_epochs=200) if is_mnist_mlp5(t.meta)]

@@ -16,8 +16,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from ncstudy.analysis.engine import ExperimentSpec
-from ncstudy.analysis.sources import (AnalysisInputError, RunInput, SourceInfo, attrs_from_filename,
-                                      read_run_log)
+from ncstudy.analysis.sources import AnalysisInputError, RunInput, SourceInfo, read_run_log
+from ncstudy.forecast.reference import MLP5_MNIST, RESNET20, run_attrs
 
 
 @dataclass(frozen=True)
@@ -234,14 +234,13 @@ def _f(v: Any) -> float | None:
 # =============================================================================================
 # rupa2026: ../shared/reference/rupa2026_logs (arXiv 2604.00230, repository Rupawheatly/NC)
 # =============================================================================================
-# Protocol (README "Definitions"): MLPs Adam lr 1e-3, weight decay 1e-4, width 512, depth 5, ReLU;
-# ResNet-20 SGD lr 0.1, weight decay 1e-3.
-_MLP = dict(model="mlp", dataset="mnist", depth=5, width=512, activation="relu", weight_decay=1e-4, lr=1e-3)
-_RESNET = dict(model="resnet20", depth=None, width=None, activation=None, weight_decay=1e-3, lr=0.1)
+# What each file is (model, dataset, depth, ..., seed, variant) comes from one place,
+# ncstudy.forecast.reference (README file table and "Definitions"); what follows adds the analysis
+# choices: threshold rule, cell, experiments.
 
 
-def _mlp(**kw: Any) -> dict[str, Any]:
-    return {**_MLP, **kw}
+def _run(file: str, cell: str, rule: str, experiments: tuple[str, ...], **kw: Any) -> FileRun:
+    return FileRun(file, run_attrs(file), cell, rule, experiments, **kw)
 
 
 def _rupa_files() -> list[FileRun]:
@@ -250,73 +249,62 @@ def _rupa_files() -> list[FileRun]:
     # The baseline is the ReLU cell of the activation sweep, the depth-5 cell of the depth sweep and
     # the 1e-4 cell of the weight-decay sweep; strict threshold, phase 2.
     base_exps = ("grid", "depth", "activation", "weight_decay")
-    F.append(FileRun("mnist_twophase.csv", _mlp(seed=0), "mlp5_mnist", "strict", base_exps))
+    F.append(_run("mnist_twophase.csv", "mlp5_mnist", "strict", base_exps))
     for s in (1, 2):
-        F.append(FileRun(f"depth5_s{s}.csv", _mlp(seed=s), "mlp5_mnist", "strict", base_exps))
+        F.append(_run(f"depth5_s{s}.csv", "mlp5_mnist", "strict", base_exps))
     # README numbers: "fn*, MNIST / MLP-5, 12 runs (depth 5 x3, depth 7 x3, wd 1e-5 x3, wd 5e-5 x3)":
     # depth-7 and the two lower weight decays join the baseline in the MNIST / MLP-5 cell of the grid.
     for s in range(3):
-        F.append(FileRun(f"depth7_s{s}.csv", _mlp(depth=7, seed=s), "mlp7_mnist", "strict", ("grid", "depth")))
+        F.append(_run(f"depth7_s{s}.csv", "mlp7_mnist", "strict", ("grid", "depth")))
     # README numbers: "depth 2 / 3 / 5 / 7 T_NC (2, 3 relaxed, ext runs)": the depth sweep uses the
     # *_ext runs of depths 2 and 3 with the relaxed threshold (nc1 never reaches 0.01 there).
     for d in (2, 3):
         for s in range(3):
-            F.append(FileRun(f"depth{d}_s{s}_ext.csv", _mlp(depth=d, seed=s, variant="ext"), f"mlp{d}_mnist_ext",
-                             "relaxed", ("depth",)))
+            F.append(_run(f"depth{d}_s{s}_ext.csv", f"mlp{d}_mnist_ext", "relaxed", ("depth",)))
     # README file table: "depth2_s*, depth3_s* (400 epochs, no stop)": the no-stop runs, not used by
     # the README's depth numbers; analysed as a supplementary experiment.
     for d in (2, 3):
         for s in range(3):
-            F.append(FileRun(f"depth{d}_s{s}.csv", _mlp(depth=d, seed=s, variant="no-stop"),
-                             f"mlp{d}_mnist_nostop", "relaxed", ("depth_nostop",)))
+            F.append(_run(f"depth{d}_s{s}.csv", f"mlp{d}_mnist_nostop", "relaxed", ("depth_nostop",)))
     # README numbers: "activation T_NC: ReLU / Tanh (relaxed) / GELU (relaxed, seeds 1-4)".
     for s in range(3):
-        F.append(FileRun(f"actTanh_s{s}.csv", _mlp(activation="tanh", seed=s), "tanh_mnist", "relaxed",
-                         ("activation",)))
-    F.append(FileRun("actGELU_s0.csv", _mlp(activation="gelu", seed=0), "gelu_mnist", "relaxed", (),
-                     note="not in the activation sweep: README uses GELU seeds 1-4"))
+        F.append(_run(f"actTanh_s{s}.csv", "tanh_mnist", "relaxed", ("activation",)))
+    F.append(_run("actGELU_s0.csv", "gelu_mnist", "relaxed", (),
+                  note="not in the activation sweep: README uses GELU seeds 1-4"))
     for s in (1, 2):
-        F.append(FileRun(f"actGELU_s{s}.csv", _mlp(activation="gelu", seed=s), "gelu_mnist", "relaxed",
-                         ("activation",)))
+        F.append(_run(f"actGELU_s{s}.csv", "gelu_mnist", "relaxed", ("activation",)))
     # gelu_s3/4 have no phase column; they follow the 200-epoch CE + MSE protocol (README
     # "Definitions": "200 epochs cross-entropy, then MSE"), so epochs > 200 are phase 2.
     for s in (3, 4):
-        F.append(FileRun(f"gelu_s{s}.csv", _mlp(activation="gelu", seed=s), "gelu_mnist", "relaxed",
-                         ("activation",), phase1_epochs=200))
+        F.append(_run(f"gelu_s{s}.csv", "gelu_mnist", "relaxed", ("activation",), phase1_epochs=200))
     # README numbers: "weight decay 1e-5 / 5e-5 / 1e-4 / 5e-4 | T_NC 380 / 290 / 297 / never (min nc1
     # about 0.03)": strict threshold in every cell, including 5e-4 -- which crosses 0.05 but never
     # 0.01, and the paper calls it "never". So no relaxed fallback in this sweep.
-    for tag, wd in (("1e-05", 1e-5), ("5e-05", 5e-5)):
+    for tag in ("1e-05", "5e-05"):
         for s in range(3):
-            F.append(FileRun(f"wd{tag}_s{s}.csv", _mlp(weight_decay=wd, seed=s), f"wd{tag}_mnist", "strict",
-                             ("grid", "weight_decay")))
+            F.append(_run(f"wd{tag}_s{s}.csv", f"wd{tag}_mnist", "strict", ("grid", "weight_decay")))
     for s in range(3):
-        F.append(FileRun(f"wd0p0005_s{s}.csv", _mlp(weight_decay=5e-4, seed=s), "wd5e-04_mnist", "strict",
-                         ("weight_decay",)))
+        F.append(_run(f"wd0p0005_s{s}.csv", "wd5e-04_mnist", "strict", ("weight_decay",)))
     # README file table: "width128_s*, width256_s*, width512_s0, sweep_width.csv | width sweep".
     for w, seeds in ((128, (0, 1, 2)), (256, (0, 1, 2)), (512, (0,))):
         for s in seeds:
-            F.append(FileRun(f"width{w}_s{s}.csv", _mlp(width=w, seed=s), f"width{w}_mnist", "strict", ("width",)))
+            F.append(_run(f"width{w}_s{s}.csv", f"width{w}_mnist", "strict", ("width",)))
     # README file table: "cifar10_s* | ResNet-20 on CIFAR-10"; numbers: "(3 runs, T_NC 660 each)", strict.
     for s in range(3):
-        F.append(FileRun(f"cifar10_s{s}.csv", {**_RESNET, "dataset": "cifar10", "seed": s}, "resnet20_cifar10",
-                         "strict", ("grid",)))
+        F.append(_run(f"cifar10_s{s}.csv", "resnet20_cifar10", "strict", ("grid",)))
     # README: "mlp5_cifar10_s* | MLP-5 on CIFAR-10 (relaxed threshold)".
     for s in range(3):
-        F.append(FileRun(f"mlp5_cifar10_s{s}.csv", _mlp(dataset="cifar10", seed=s), "mlp5_cifar10", "relaxed",
-                         ("grid",)))
+        F.append(_run(f"mlp5_cifar10_s{s}.csv", "mlp5_cifar10", "relaxed", ("grid",)))
     # README: "resnet20_mnist_s1/2 ... | ResNet-20 on MNIST (collapse at epoch 110, inside phase 1)":
     # the onset counts phase-1 evaluations for this cell (any phase), strict.
     for s in (1, 2):
-        F.append(FileRun(f"resnet20_mnist_s{s}.csv", {**_RESNET, "dataset": "mnist", "seed": s}, "resnet20_mnist",
-                         "strict", ("grid",), phase2_only=False))
+        F.append(_run(f"resnet20_mnist_s{s}.csv", "resnet20_mnist", "strict", ("grid",), phase2_only=False))
     # README: "ce_only_ablation.csv, baseline.csv, mnist_baseline.csv, wd0p001.csv, wd0p002.csv,
     # wd0p0005.csv | single-phase and early exploratory runs": listed in the run table, in no experiment.
     for f in ("ce_only_ablation.csv", "baseline.csv", "mnist_baseline.csv", "wd0p001.csv", "wd0p002.csv",
               "wd0p0005.csv"):
-        a = {k: v for k, v in attrs_from_filename(Path(f).stem).items() if k != "group"}
-        F.append(FileRun(f, a, Path(f).stem, "relaxed-fallback", (), phase2_only=False, optional=True,
-                         note="single-phase / exploratory run (README); not in the paper's numbers"))
+        F.append(_run(f, Path(f).stem, "relaxed-fallback", (), phase2_only=False, optional=True,
+                      note="single-phase / exploratory run (README); not in the paper's numbers"))
     return F
 
 
@@ -324,14 +312,14 @@ def _rupa_table_rows() -> list[TableRow]:
     rows = [
         # README numbers: "fn*, MNIST / ResNet-20 (3 runs)" but only resnet20_mnist_s1/2 have a per-epoch
         # log here; seed 0's T_NC and fn* are the author's, from resnet20_mnist_summary.csv.
-        TableRow("resnet20_mnist_summary.csv", {"seed": 0}, {**_RESNET, "dataset": "mnist", "seed": 0},
+        TableRow("resnet20_mnist_summary.csv", {"seed": 0}, {**RESNET20, "dataset": "mnist", "seed": 0},
                  "resnet20_mnist", "strict", ("grid",), test_col=None,
                  note="no per-epoch log for seed 0 in the folder: T_NC, fn* from resnet20_mnist_summary.csv"),
     ]
     # README file table: "width sweep (no per-run file for 512 s1/s2 and 1024)": those five runs come
     # from sweep_width.csv; the other seven are computed from their logs (and checked against it).
     for w, s in ((512, 1), (512, 2), (1024, 0), (1024, 1), (1024, 2)):
-        rows.append(TableRow("sweep_width.csv", {"width": w, "seed": s}, _mlp(width=w, seed=s), f"width{w}_mnist",
+        rows.append(TableRow("sweep_width.csv", {"width": w, "seed": s}, {**MLP5_MNIST, "width": w, "seed": s}, f"width{w}_mnist",
                              "strict", ("width",),
                              note="no per-epoch log in the folder: T_NC, fn* from sweep_width.csv"))
     return rows
