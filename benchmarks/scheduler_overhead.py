@@ -74,7 +74,7 @@ def run_chunk(name: str, n: int, reuse: bool, uri: str, storage: str) -> dict[st
                                     trial_dirname_creator=_dirname_creator),
         run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=0, callbacks=[tracking, progress],
                                   failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints)))
     t = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         grid = tuner.fit()

@@ -264,7 +264,7 @@ def run_study(spec: StudySpec, opts: RunOptions) -> int:
                     name=spec.name, storage_path=storage, verbose=0,
                     callbacks=[c for c in (tracking, progress) if c is not None],
                     failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints)),
             )
         results = tuner.fit()
         failed = [r for r in results if r.error is not None]

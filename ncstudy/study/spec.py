@@ -105,6 +105,10 @@ class StudySpec(_Strict):
     max_concurrent: int | None = Field(None, gt=0)
     failure: Failure = Field(default_factory=Failure)
     checkpoint_every: int = Field(5, gt=0, description="evaluations between trial checkpoints")
+    keep_checkpoints: int | None = Field(
+        None, gt=0, description="checkpoints kept per trial; null keeps all. Any limit can lose a trial's "
+        "restore point when the driver dies: Tune deletes the oldest checkpoint before its saved experiment "
+        "state has caught up with the newer ones")
     reuse_actors: bool = Field(
         True, description="run the next trial in a finished trial's worker process instead of starting a new "
         "one (seconds saved per trial; every trial re-seeds and rebuilds its model and optimiser)")
