@@ -58,9 +58,10 @@ def test_small_study_tracks_every_trial(small_study, mlflow_uri):
 @pytest.mark.slow
 def test_interrupted_study_resumes_same_runs(tmp_path, mlflow_uri):
     """SIGINT a running study after some results, `--resume` it: one run per trial, no gaps."""
-    study = write_study(tmp_path, synthetic_study("study_resume", mse_epochs=150, widths=(16, 32), seeds=(0,)))
+    study = write_study(tmp_path, synthetic_study("study_resume", mse_epochs=390, widths=(16, 32), seeds=(0,)))
+    # polled below: no 5-s lag between a result and MLflow, and trials long enough to be mid-run
     args = ["run", str(study), "--tracking-uri", mlflow_uri, "--storage", str(tmp_path / "res"),
-            "--num-cpus", "2"]
+            "--num-cpus", "2", "--tracking-flush-interval", "0.2"]
     p = spawn_cli(args, tmp_path, tmp_path / "first.log")
     try:
         def some_results():
@@ -81,7 +82,7 @@ def test_interrupted_study_resumes_same_runs(tmp_path, mlflow_uri):
     assert len(parents) == 1 and len(children) == 2
     for c in children:
         assert c.info.status == "FINISHED" and c.data.tags["stop_reason"] == "budget"
-        assert steps(client, c.info.run_id) == list(range(5, 161, 5))
+        assert steps(client, c.info.run_id) == list(range(5, 401, 5))
 
 
 def test_mlflow_ui_shows_trials_nested_under_study(small_study, mlflow_uri, artifacts_dir, tmp_path):

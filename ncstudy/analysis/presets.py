@@ -319,8 +319,8 @@ def _rupa_table_rows() -> list[TableRow]:
     # README file table: "width sweep (no per-run file for 512 s1/s2 and 1024)": those five runs come
     # from sweep_width.csv; the other seven are computed from their logs (and checked against it).
     for w, s in ((512, 1), (512, 2), (1024, 0), (1024, 1), (1024, 2)):
-        rows.append(TableRow("sweep_width.csv", {"width": w, "seed": s}, {**MLP5_MNIST, "width": w, "seed": s}, f"width{w}_mnist",
-                             "strict", ("width",),
+        rows.append(TableRow("sweep_width.csv", {"width": w, "seed": s}, {**MLP5_MNIST, "width": w, "seed": s},
+                             f"width{w}_mnist", "strict", ("width",),
                              note="no per-epoch log in the folder: T_NC, fn* from sweep_width.csv"))
     return rows
 

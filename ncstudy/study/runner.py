@@ -193,7 +193,8 @@ QUIET_TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHE
 
 def _retarget_tracking(tuner, opts: RunOptions) -> None:
     """Tune restores the callbacks pickled at the first launch; a resume may name a new server
-    (a replaced head node), outage limit or flush interval. Only options given explicitly override the old ones."""
+    (a replaced head node), outage limit or flush interval. The tracking URI is overridden only when
+    given explicitly; the outage limit and flush interval are the resumed launch's."""
     from ncstudy.tracking import MLflowStudyCallback
 
     local = getattr(tuner, "_local_tuner", None)  # Tune keeps no public handle on the run config
