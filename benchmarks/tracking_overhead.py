@@ -36,7 +36,8 @@ from benchmarks.common import (Deadline, HookTimer, interleave, machine, median,
                                quiet_tune, spread, start_local_ray, write_json)
 
 TARGET_OVERHEAD = 0.02
-TRIALS = 8
+TRIALS = 8  # the study of study_spec()
+CPUS = 2  # of the local Ray instance: 2 trials at a time
 
 
 def study_spec(name: str, warmup: bool = False):
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ncstudy_bench_tracking_"))
     uri, storage = f"sqlite:///{work / 'mlflow.db'}", str(work / "results")
-    started = start_local_ray(2)
+    started = start_local_ray(CPUS)
     from mlflow.tracking import MlflowClient
 
     from ncstudy.tracking import MLflowStudyCallback
@@ -158,14 +159,14 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
 
     over = [w / wo - 1.0 for w, wo in zip(walls["with"], walls["without"])]
     hook_share = [h / w for h, w in zip(hook_s, walls["with"])]
-    cpu_share = [c / (2 * w) for c, w in zip(writer_cpu, walls["with"])]
+    cpu_share = [c / (CPUS * w) for c, w in zip(writer_cpu, walls["with"])]
     # A fixed cost per trial: what it is, and the trial length (one core busy) at which it is 2 %.
     per_trial = median([c / TRIALS for c in writer_cpu]) if writer_cpu else None
-    trial_s = median([2 * w / TRIALS for w in walls["without"]]) if walls["without"] else None
+    trial_s = median([CPUS * w / TRIALS for w in walls["without"]]) if walls["without"] else None
     out: dict[str, Any] = {
         "benchmark": "tracking_overhead",
-        "config": {"trials": 8, "study": "synthetic MLP w16/32/48/64 x seeds 0/1, 10 CE + 30 MSE epochs, "
-                   "eval every 5, checkpoint every 2 evals", "ray_cpus": 2, "resources_per_trial": {"cpu": 1},
+        "config": {"trials": TRIALS, "study": "synthetic MLP w16/32/48/64 x seeds 0/1, 10 CE + 30 MSE epochs, "
+                   "eval every 5, checkpoint every 2 evals", "ray_cpus": CPUS, "resources_per_trial": {"cpu": 1},
                    "tracking_store": "sqlite (local file)", "order": order, **machine()},
         "study_wall_s": walls,
         "return_codes": rcs,

@@ -254,7 +254,7 @@ class MLflowStudyCallback(Callback):
         self._raise_if_failed()
         state = self._ensure_run(trial)
         placement = {t: str(result[k]) for k, t in PLACEMENT_TAGS.items() if result.get(k) is not None}
-        step = result.get("epoch")
+        step = None if result.get("epoch") is None else int(result["epoch"])
         metrics = finite_metrics(result) if step is not None else {}
         if metrics and self.annotator is not None:
             metrics.update(finite_metrics(self.annotator(trial.trial_id).get("metrics", {})))
@@ -264,12 +264,12 @@ class MLflowStudyCallback(Callback):
             if moved:
                 state.tags.update(moved)
                 state.pending_tags.update(moved)
-            if step is None or int(step) <= state.last_step:
+            if step is None or step <= state.last_step:
                 return  # a retried trial re-reports epochs it already logged: keep the first
-            state.pending.extend((k, v, ts, int(step)) for k, v in metrics.items())
-            state.last_step = int(step)
+            state.pending.extend((k, v, ts, step) for k, v in metrics.items())
+            state.last_step = step
             if trial.trial_id in self._rows:
-                self._rows[trial.trial_id][int(step)] = {"epoch": int(step), **{
+                self._rows[trial.trial_id][step] = {"epoch": step, **{
                     k: metrics[k] for k in HISTORY_KEYS if k in metrics}}
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
@@ -426,7 +426,7 @@ class MLflowStudyCallback(Callback):
         now = time.monotonic()
         with self._lock:
             self._down_since = self._down_since or now
-            n = sum(len(s.pending) for s in self.trials.values())
+            n = self.pending_points()
             if now - self._down_since > self.max_outage_s:
                 if self._gave_up is None:  # spill once
                     path = self.spill()
