@@ -141,7 +141,7 @@ def measure_variant(model: str, variant: dict[str, Any], data, device: str, sz: 
         loss = {"v": math.nan}
 
         def epoch() -> None:
-            loss["v"] = tr._train_epoch()
+            loss["v"], _ = tr._train_epoch()
             tr.epoch += 1
 
         with amp:
@@ -216,13 +216,13 @@ def _worker(rank: int, barrier, queue, window_s: float, device: str, torch_only:
         w = sizes()["mlp"]  # the child re-imports this module: SMOKE comes from the same environment
         cfg = train_config(config_dict("mlp", device, w["batch"], w["eval_batch"], w["width"]))
         tr = Trainer(cfg, make_data("mlp", w["n_train"], w["n_test"], seed=rank))
-        loss = tr._train_epoch()
+        loss, _ = tr._train_epoch()
         tr.evaluate(loss)  # warm-up and terminal
         sync(device)
         barrier.wait(timeout=300)
         t0, n, evals = time.perf_counter(), 0, 0
         while time.perf_counter() - t0 < window_s:
-            loss = tr._train_epoch()
+            loss, _ = tr._train_epoch()
             tr.epoch += 1
             n += 1
             if n % EVAL_EVERY == 0:
@@ -380,7 +380,8 @@ def main() -> int:
                                              lambda v=v: measure_variant("resnet", v, data["resnet"], device, sz))
             save()
         for label, v in MLP_EAGER:
-            res["mlp5"][label] = attempt(f"MLP-5 {label}", 15, lambda v=v: measure_variant("mlp", v, data["mlp"], device, sz))
+            res["mlp5"][label] = attempt(f"MLP-5 {label}", 15,
+                                         lambda v=v: measure_variant("mlp", v, data["mlp"], device, sz))
             save()
         res["bench1"] = attempt("benchmark 1 on this device", 30, lambda: bench1(device, sz))
         save()
@@ -432,7 +433,8 @@ def print_table(res: dict[str, Any]) -> None:
         for n, lv in c["levels"].items():
             if lv.get("mean_per_trial_epochs_per_s"):
                 print(f"concurrent MLP trials N={n}: per trial {lv['mean_per_trial_epochs_per_s']:.2f} epochs/s "
-                      f"({lv.get('per_trial_vs_single', float('nan')):.0%} of N=1), total {lv['total_epochs_per_s']:.2f}"
+                      f"({lv.get('per_trial_vs_single', float('nan')):.0%} of N=1), "
+                      f"total {lv['total_epochs_per_s']:.2f}"
                       f"{', errors ' + str(len(lv['errors'])) if lv['errors'] else ''}")
             else:
                 print(f"concurrent MLP trials N={n}: {lv.get('skipped') or lv.get('errors')}")

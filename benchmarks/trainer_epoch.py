@@ -42,8 +42,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (interleave, machine, median, paired_ratios, spread,  # noqa: E402
-                               write_json)
+from benchmarks.common import interleave, machine, median, paired_ratios, spread, write_json  # noqa: E402
 from ncstudy.config import TrainConfig  # noqa: E402
 from ncstudy.data import Dataset, make_synthetic  # noqa: E402
 from ncstudy.models import build_model  # noqa: E402
@@ -89,7 +88,7 @@ class NcstudyImpl:
         assert self.trainer.terminal
 
     def epoch(self) -> None:
-        self.loss = self.trainer._train_epoch()
+        self.loss, _ = self.trainer._train_epoch()
         self.trainer.epoch += 1
 
     def evaluation(self) -> dict[str, Any]:

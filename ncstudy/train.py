@@ -26,6 +26,10 @@ from ncstudy.onset import Onset, OnsetRule, OnsetTracker
 NAN = float("nan")
 NC_KEYS = ("nc1", "nc2", "nc3", "feat_norm", "nc1_papyan", "equinorm_means", "equinorm_weights",
            "etf_distance", "self_duality", "nc4")
+# Optimisation signals of every evaluation (forecasters and the literature use them): the mean over
+# the epoch's steps of the total gradient L2 norm, and the L2 norm of all parameters and of the
+# classifier's weight matrix at the evaluation.
+OPT_KEYS = ("grad_norm", "weight_norm", "classifier_weight_norm")
 
 # Callback: returns a stop reason (e.g. "forecast") to end the run after this evaluation.
 EvalCallback = Callable[[dict[str, Any], "Trainer"], "str | None"]
@@ -136,13 +140,17 @@ class Trainer:
         c = self.cfg
         return epoch % c.eval.nc_every == 0 or epoch == c.ce_epochs or epoch == c.total_epochs
 
-    def _train_epoch(self) -> float:
+    def _train_epoch(self) -> tuple[float, float]:
+        """One epoch; returns the mean training loss and the mean total gradient norm per step."""
         model, opt, d = self.model, self.optimizer, self.data
+        params = [p for p in model.parameters() if p.requires_grad]
         model.train()
         n = d.x_train.shape[0]
         bs = self.cfg.batch_size
         perm = torch.randperm(n, generator=self.shuffle_gen).to(self.device, non_blocking=True)
         total = torch.zeros((), device=self.device)
+        grad_total = torch.zeros((), device=self.device)
+        steps = 0
         mse = self.phase == 2
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
@@ -154,10 +162,12 @@ class Trainer:
                 loss = F.cross_entropy(logits, d.y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            grad_total += torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             opt.step()
             total += loss.detach() * idx.numel()
+            steps += 1
         self.schedule.step()
-        return float(total) / n  # one host sync per epoch
+        return float(total) / n, float(grad_total) / max(steps, 1)  # one host sync each per epoch
 
     @torch.inference_mode()
     def _accuracy_pass(self, x: torch.Tensor, y: torch.Tensor, acc: NCAccumulator | None) -> float:
@@ -172,7 +182,13 @@ class Trainer:
                 acc.update(feats, yb, logits)
         return int(correct) / x.shape[0]
 
-    def evaluate(self, train_loss: float) -> dict[str, Any]:
+    @torch.no_grad()
+    def _weight_norms(self) -> dict[str, float]:
+        params = [p.detach() for p in self.model.parameters()]
+        return {"weight_norm": float(torch.nn.utils.get_total_norm(params)),
+                "classifier_weight_norm": float(torch.linalg.vector_norm(self.model.head.weight.detach()))}
+
+    def evaluate(self, train_loss: float, grad_norm: float = NAN) -> dict[str, Any]:
         """One pass over the training set gives accuracy and, once terminal, fn and NC metrics."""
         self.model.eval()
         d = self.data
@@ -192,7 +208,8 @@ class Trainer:
         else:
             rec.update({k: NAN for k in NC_KEYS})
         self.onset.update(self.epoch, rec["nc1"], rec["feat_norm"], self.phase)
-        rec.update(train_loss=train_loss, lr=self.optimizer.param_groups[0]["lr"],
+        rec.update(train_loss=train_loss, grad_norm=grad_norm, **self._weight_norms(),
+                   lr=self.optimizer.param_groups[0]["lr"],
                    elapsed_s=self.elapsed, terminal=int(self.terminal),
                    t_nc=float(self.onset.t_strict) if self.onset.t_strict is not None else NAN,
                    fn_star=float(self.onset.fn_strict) if self.onset.fn_strict is not None else NAN)
@@ -209,13 +226,14 @@ class Trainer:
                 self._start_phase(2)
                 if cfg.intervention_alpha is not None:
                     self._intervene(cfg.intervention_alpha)
-            loss = self._train_epoch()
+            loss, grad_norm = self._train_epoch()
             self.epoch = next_epoch
             self.elapsed += time.perf_counter() - t0
             if not math.isfinite(loss):
                 self.status, self.stop_reason = "diverged", "diverged"
-                rec = {"epoch": self.epoch, "phase": self.phase, "train_loss": loss, "elapsed_s": self.elapsed}
-                self.records.append({**{k: NAN for k in ("train", "test", *NC_KEYS)}, **rec})
+                rec = {"epoch": self.epoch, "phase": self.phase, "train_loss": loss, "grad_norm": grad_norm,
+                       "elapsed_s": self.elapsed}
+                self.records.append({**{k: NAN for k in ("train", "test", *NC_KEYS, *OPT_KEYS)}, **rec})
                 self.pending_stop = "diverged"
                 if on_eval:
                     on_eval(self.records[-1], self)
@@ -223,7 +241,7 @@ class Trainer:
             if not self._is_eval_epoch(self.epoch):
                 continue
             t1 = time.perf_counter()
-            rec = self.evaluate(loss)
+            rec = self.evaluate(loss, grad_norm)
             self.elapsed += time.perf_counter() - t1
             rec["elapsed_s"] = self.elapsed
             # Known before the callback, so a reporter can mark the final record as final.
