@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test lint paper bench venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,15 @@ demo: $(STAMP)
 	$(VENV)/bin/ncstudy run search_spaces/quickstart.yaml
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# The paper reproduction (analysis/rupa2026/README.md): report and figures from the author's logs.
+paper: $(STAMP)
+	$(VENV)/bin/ncstudy analyze --logs ../shared/reference/rupa2026_logs --preset rupa2026 --out analysis/rupa2026/report
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

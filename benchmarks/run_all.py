@@ -124,7 +124,8 @@ def rows_stopper(r: dict[str, Any]) -> list[Row]:
                     _met(s["saved_vs_onset"] is not None and s["saved_vs_onset"] >= 0.30)))
         out.append(("5 stopper replay", f"{name}: coverage, MAE (epochs)",
                     f"{_pct(s['coverage'])}, {s['mae']:.1f}" if s["mae"] is not None else f"{_pct(s['coverage'])}, -",
-                    ">= 90%, <= 24 (forecast issue)", _met(bool(res["targets_met"]["coverage"] and res["targets_met"]["mae"]))))
+                    ">= 90%, <= 24 (forecast issue)",
+                    _met(bool(res["targets_met"]["coverage"] and res["targets_met"]["mae"]))))
     return out
 
 

@@ -55,22 +55,29 @@ def spec_for(name: str, n: int):
 def run_chunk(name: str, n: int, reuse: bool, uri: str, storage: str) -> dict[str, Any]:
     from ray import tune
 
+    from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
     from ncstudy.study.progress import ProgressTable
-    from ncstudy.study.runner import (_dirname_creator, _label_creator, build_search_alg, build_scheduler,
-                                      trial_params, trial_tags, tune_domain)
-    from ncstudy.tracking import MLflowStudyCallback
+    from ncstudy.study.runner import (
+        _dirname_creator,
+        build_scheduler,
+        build_search_alg,
+        trial_namer,
+        trial_params,
+        trial_tags,
+        tune_domain,
+    )
 
     spec = spec_for(name, n)
     tracking = MLflowStudyCallback(uri, spec.name, study_params={"study.num_trials": n},
                                    trial_params=trial_params(spec), trial_tags=trial_tags(spec),
-                                   trial_label=_label_creator(spec), spill_dir=storage)
-    progress = ProgressTable(spec, interval_s=3600, quiet=True, stream=io.StringIO())
+                                   trial_label=trial_namer(spec), spill_dir=storage)
+    progress = ProgressTable(trial_namer(spec), interval_s=3600, quiet=True, stream=io.StringIO())
     tuner = tune.Tuner(
         tune.with_resources(trivial_trainable, {"cpu": 1}),
         param_space={k: tune_domain(p) for k, p in spec.space.items()},
         tune_config=tune.TuneConfig(metric="nc1", mode="min", search_alg=build_search_alg(spec, None),
                                     scheduler=build_scheduler(spec, None), num_samples=1, reuse_actors=reuse,
-                                    trial_name_creator=_label_creator(spec),
+                                    trial_name_creator=trial_namer(spec),
                                     trial_dirname_creator=_dirname_creator),
         run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=0, callbacks=[tracking, progress],
                                   failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
@@ -108,8 +115,8 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
     started = start_local_ray(2)
     from mlflow.tracking import MlflowClient
 
+    from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
     from ncstudy.study.progress import ProgressTable
-    from ncstudy.tracking import MLflowStudyCallback
 
     with contextlib.redirect_stderr(io.StringIO()):
         MlflowClient(uri).search_experiments()  # schema: a one-off per store, not a per-trial cost

@@ -25,8 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ncstudy.forecast import (FORECASTERS, PAPER_PRIORS, format_summaries, is_mnist_mlp5,  # noqa: E402
-                              load_reference_logs, replay)
+from ncstudy.forecast import FORECASTERS, PAPER_PRIORS, format_summaries, load_logs, read_manifest, replay  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "stopper_replay.json"
 BUDGET = 600
@@ -53,11 +52,19 @@ def _targets(s) -> dict:
     }
 
 
+RUNS = ROOT / "analysis" / "rupa2026" / "runs.csv"  # what each reference file is
+
+
+def _mnist_mlp5(t) -> bool:
+    m = t.meta
+    return (m.get("model"), m.get("dataset"), m.get("depth"), m.get("protocol")) == ("mlp", "mnist", 5, "two-phase")
+
+
 def main() -> dict:
     t0 = time.time()
-    trajs = [t for t in load_reference_logs([reference_dir()], ce_epochs=200) if is_mnist_mlp5(t.meta)]
-    cell_trajs = [t for t in load_reference_logs([reference_dir()], group_by="cell", ce_epochs=200)
-                  if is_mnist_mlp5(t.meta)]
+    manifest = read_manifest(RUNS)
+    trajs = [t for t in load_logs([reference_dir()], manifest) if _mnist_mlp5(t)]
+    cell_trajs = [t for t in load_logs([reference_dir()], manifest, group_by="cell") if _mnist_mlp5(t)]
 
     main_results = {name: replay(trajs, name, "leave-one-out", "stop_at_forecast", budget=BUDGET)
                     for name in FORECASTERS}

@@ -32,8 +32,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchmarks.common import (Deadline, HookTimer, interleave, machine, median, paired_ratios,  # noqa: E402
-                               quiet_tune, spread, start_local_ray, write_json)
+from benchmarks.common import (  # noqa: E402
+    Deadline,
+    HookTimer,
+    interleave,
+    machine,
+    median,
+    paired_ratios,
+    quiet_tune,
+    spread,
+    start_local_ray,
+    write_json,
+)
 
 TARGET_OVERHEAD = 0.02
 TRIALS = 8  # the study of study_spec()
@@ -66,7 +76,7 @@ def log_rates(uri: str, reps: int, batch_points: int = 2000, single_points: int 
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from ncstudy.tracking import MAX_METRICS_PER_BATCH
+    from ncstudy.adapters.mlflow.layout import MAX_METRICS_PER_BATCH
 
     c = MlflowClient(uri)
     exp = c.create_experiment(f"log_rates_{time.time_ns()}")
@@ -110,7 +120,7 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
     started = start_local_ray(CPUS)
     from mlflow.tracking import MlflowClient
 
-    from ncstudy.tracking import MLflowStudyCallback
+    from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
 
     t0 = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
         try:
             end_hook(self, *a, **k)
         finally:
-            writer_cpu.append(self.writer_cpu_s)
+            writer_cpu.append(self.writer.cpu_s)
     hooks: list[dict[str, float]] = []
     rcs: list[int] = []
     order: list[str] = []

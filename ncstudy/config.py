@@ -11,6 +11,8 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ncstudy.errors import ConfigError
+
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "mnist5k", "synthetic"]
 ModelName = Literal["mlp", "resnet20"]
 ActivationName = Literal["relu", "leaky_relu", "gelu", "tanh", "silu"]
@@ -112,10 +114,6 @@ class TrainConfig(_Strict):
     @property
     def total_epochs(self) -> int:
         return self.ce_epochs + self.mse_epochs
-
-
-class ConfigError(ValueError):
-    """A configuration file or value that cannot be used; the message names file and field."""
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

@@ -181,7 +181,8 @@ def preprocess_images(images: torch.Tensor, dataset: str, model: str = "mlp") ->
 # Subsets
 
 
-def balanced_subset(labels: torch.Tensor, n: int, num_classes: int, seed: int, what: str = "data.n_train") -> torch.Tensor:
+def balanced_subset(labels: torch.Tensor, n: int, num_classes: int, seed: int,
+                    what: str = "data.n_train") -> torch.Tensor:
     """Indices (sorted, int64) of a class-balanced subset of size ``n``, drawn by ``seed``.
 
     Each class gets ``n // num_classes`` samples; the ``n % num_classes`` leftover go one each to

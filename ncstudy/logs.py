@@ -10,12 +10,13 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-REFERENCE_COLUMNS = ["epoch", "phase", "train", "test", "nc1", "nc2", "nc3", "feat_norm"]
-REQUIRED_COLUMNS = ["epoch", "nc1", "feat_norm"]
+from ncstudy.errors import LogFormatError
+from ncstudy.records import ALIASES, EPOCH, FN, NC1, REFERENCE_COLUMNS
 
+REQUIRED_COLUMNS = [EPOCH, NC1, FN]
 
-class LogFormatError(ValueError):
-    """A log file that lacks what is needed; the message names the file and the columns."""
+__all__ = ["REFERENCE_COLUMNS", "REQUIRED_COLUMNS", "LogFormatError", "read_log", "write_log", "infer_phase",
+           "records_to_frame"]
 
 
 def read_log(path: str | Path, required: Iterable[str] = REQUIRED_COLUMNS,
@@ -31,8 +32,12 @@ def read_log(path: str | Path, required: Iterable[str] = REQUIRED_COLUMNS,
         df = pd.read_csv(p)
     except FileNotFoundError:
         raise LogFormatError(f"{p}: file not found") from None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-        raise LogFormatError(f"{p}: not a readable CSV ({e})") from None
+    except IsADirectoryError:
+        raise LogFormatError(f"{p}: is a folder, not a CSV log") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise LogFormatError(f"{p}: not a readable CSV ({type(e).__name__}: {e})") from None
+    # Names other tools use for the same columns (train_acc, fn, loss): see ncstudy.records.ALIASES.
+    df = df.rename(columns={a: k for a, k in ALIASES.items() if a in df.columns and k not in df.columns})
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise LogFormatError(

@@ -17,8 +17,8 @@ import math
 from typing import Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ncstudy.config import ConfigError, ModelConfig
 

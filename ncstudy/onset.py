@@ -5,10 +5,10 @@ The trainer (online), the analysis (offline over logs) and the forecaster's repl
 """
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Iterable, Mapping
+
+from ncstudy.records import EPOCH, FN, NC1, PHASE, finite
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,6 @@ class Onset:
     min_nc1: float | None
 
 
-def _finite(x: object) -> bool:
-    # numbers.Real also admits numpy scalars (np.int64 is not an int subclass), e.g. a ``phase``
-    # column read by pandas.
-    return isinstance(x, numbers.Real) and math.isfinite(x)
-
-
 class OnsetTracker:
     """Feed evaluations in epoch order; remembers the first strict and relaxed crossings."""
 
@@ -49,8 +43,9 @@ class OnsetTracker:
 
     def update(self, epoch: int, nc1: float | None, fn: float | None, phase: int | None = None) -> bool:
         """Returns True when this evaluation is the strict onset."""
-        if not _finite(nc1):
+        if not finite(nc1):
             return False
+        nc1 = float(nc1)
         if self.rule.phase2_only and phase is not None and phase != 2:
             return False
         self.min_nc1 = nc1 if self.min_nc1 is None else min(self.min_nc1, nc1)
@@ -80,7 +75,6 @@ def onset_of(records: Iterable[Mapping[str, object]], rule: OnsetRule = OnsetRul
     """Onset of a logged trajectory (rows with ``epoch``, ``nc1``, ``feat_norm``, optional ``phase``)."""
     tr = OnsetTracker(rule)
     for r in records:
-        phase = r.get("phase")
-        tr.update(int(r["epoch"]), r.get("nc1"), r.get("feat_norm"),
-                  int(phase) if _finite(phase) else None)
+        phase = r.get(PHASE)
+        tr.update(int(r[EPOCH]), r.get(NC1), r.get(FN), int(phase) if finite(phase) else None)
     return tr.result(relaxed_fallback)

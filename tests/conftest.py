@@ -49,7 +49,6 @@ def mlflow_server(tmp_path_factory):
 def cluster():
     """A head and two worker nodes on this machine (`ray.cluster_utils.Cluster`), per test module."""
     import ray
-
     from ray_cluster import LocalCluster
 
     if ray.is_initialized():  # a driver connection from elsewhere in this session: not ours

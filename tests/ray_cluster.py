@@ -23,6 +23,10 @@ def _keep_ray_address_file() -> Iterator[None]:
 
     f = Path(get_ray_address_file(None))
     before = f.read_text() if f.exists() else None
+    # Ray's Cluster writes this file without creating its folder (/tmp/ray), which exists only if
+    # some Ray once ran with the default temp dir on this machine: do not depend on that.
+    made = not f.parent.exists()
+    f.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield
     finally:
@@ -30,6 +34,9 @@ def _keep_ray_address_file() -> Iterator[None]:
             f.unlink(missing_ok=True)
         else:
             f.write_text(before)
+        if made:
+            with contextlib.suppress(OSError):  # only if nothing else was put there meanwhile
+                f.parent.rmdir()
 
 
 class LocalCluster:

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ncstudy.analysis import AnalysisInputError, AnalysisOptions, analyze
-from ncstudy.analysis.cli import analyze_main
+from ncstudy.analysis import AnalysisOptions, analyze
+from ncstudy.cli import main
+from ncstudy.errors import InputError
 from ncstudy.logs import read_log, write_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ needs_logs = pytest.mark.skipif(not LOGS.is_dir(), reason=f"reference logs not f
 @pytest.fixture(scope="session")
 def rupa(tmp_path_factory):
     out = tmp_path_factory.mktemp("rupa") / "report"
-    assert analyze_main(["--logs", str(LOGS), "--preset", "rupa2026", "--out", str(out)]) == 0
+    assert main(["analyze", "--logs", str(LOGS), "--preset", "rupa2026", "--out", str(out)]) == 0
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -191,14 +192,14 @@ def test_phase_inference_for_files_without_phase(tmp_path):
 def test_empty_folder(tmp_path, capsys):
     (tmp_path / "logs").mkdir()
     out = tmp_path / "out"
-    assert analyze_main(["--logs", str(tmp_path / "logs"), "--out", str(out)]) == 2
+    assert main(["analyze", "--logs", str(tmp_path / "logs"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "no *.csv" in err and str(tmp_path / "logs") in err
     assert not out.exists()
 
 
 def test_missing_folder(tmp_path, capsys):
-    assert analyze_main(["--logs", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+    assert main(["analyze", "--logs", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert "no such folder" in capsys.readouterr().err
 
 
@@ -209,7 +210,7 @@ def test_csv_without_required_columns(tmp_path, capsys):
     pd.DataFrame({"epoch": [10, 20], "train": [0.9, 0.99], "feat_norm": [3.0, 2.0]}).to_csv(d / "broken_s1.csv",
                                                                                              index=False)
     out = tmp_path / "out"
-    assert analyze_main(["--logs", str(d), "--out", str(out)]) == 2
+    assert main(["analyze", "--logs", str(d), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "broken_s1.csv" in err and "nc1" in err and "missing required column" in err
     assert "width128_s0.csv" not in err
@@ -220,13 +221,13 @@ def test_other_bad_input(tmp_path, capsys):
     d = tmp_path / "logs"
     d.mkdir()
     write_log(synthetic_rows(300, 1.1), d / "width128_s0.csv")
-    assert analyze_main(["--logs", str(d), "--preset", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert main(["analyze", "--logs", str(d), "--preset", "nope", "--out", str(tmp_path / "o")]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
-    assert analyze_main(["--logs", str(d), "--group-by", "colour", "--out", str(tmp_path / "o")]) == 2
+    assert main(["analyze", "--logs", str(d), "--group-by", "colour", "--out", str(tmp_path / "o")]) == 2
     assert "unknown --group-by key(s) colour" in capsys.readouterr().err
-    assert analyze_main(["--logs", str(d), "--preset", "rupa2026", "--out", str(tmp_path / "o")]) == 2
+    assert main(["analyze", "--logs", str(d), "--preset", "rupa2026", "--out", str(tmp_path / "o")]) == 2
     assert "preset rupa2026 needs file(s) missing" in capsys.readouterr().err
-    assert analyze_main(["--out", str(tmp_path / "o")]) == 2  # no source: argparse usage error
+    assert main(["analyze", "--out", str(tmp_path / "o")]) == 2  # no source: argparse usage error
     assert not (tmp_path / "o").exists()
 
 
@@ -256,7 +257,7 @@ def test_generic_folder_group_by_width(tmp_path, capsys):
         for s, t in enumerate(ts):
             write_log(synthetic_rows(t, 1.0 + w / 1000 + s / 100), d / f"width{w}_s{s}.csv")
     out = tmp_path / "out"
-    assert analyze_main(["--logs", str(d), "--group-by", "width", "--out", str(out), "--no-figures", "--json"]) == 0
+    assert main(["analyze", "--logs", str(d), "--group-by", "width", "--out", str(out), "--no-figures", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res == json.loads((out / "results.json").read_text())
     g = {x["width"]: x for x in res["experiments"]["study"]["groups"]}
@@ -319,7 +320,7 @@ def test_mlflow_study(mlflow_study, tmp_path):
 
     uri, parent, children = mlflow_study
     out = tmp_path / "report"
-    assert analyze_main(["--experiment", STUDY, "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert main(["analyze", "--experiment", STUDY, "--tracking-uri", uri, "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     runs = {r["run_id"]: r for r in res["runs"]}
     assert set(runs) == set(children)
@@ -359,12 +360,28 @@ def test_mlflow_study(mlflow_study, tmp_path):
 def test_mlflow_unknown_experiment(mlflow_study, tmp_path, capsys):
     uri, _, _ = mlflow_study
     out = tmp_path / "out"
-    assert analyze_main(["--experiment", "no-such-study", "--tracking-uri", uri, "--out", str(out)]) == 2
+    assert main(["analyze", "--experiment", "no-such-study", "--tracking-uri", uri, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "unknown experiment 'no-such-study'" in err and STUDY in err
     assert not out.exists()
 
 
 def test_api_error_type():
-    with pytest.raises(AnalysisInputError):
+    with pytest.raises(InputError):
         analyze()
+
+
+def test_rupa2026_run_attrs_from_its_table():
+    from ncstudy.analysis.presets import load_preset_module
+
+    run_attrs = load_preset_module("rupa2026").run_attrs
+    assert run_attrs("mnist_twophase.csv") == {"model": "mlp", "dataset": "mnist", "depth": 5, "width": 512,
+                                               "activation": "relu", "weight_decay": 1e-4, "lr": 1e-3, "seed": 0}
+    assert run_attrs("cifar10_s2.csv") == {"model": "resnet20", "dataset": "cifar10", "depth": None, "width": None,
+                                           "activation": None, "weight_decay": 1e-3, "lr": 0.1, "seed": 2}
+    assert run_attrs("depth2_s1_ext.csv")["variant"] == "ext" and run_attrs("depth3_s0.csv")["variant"] == "no-stop"
+    assert "variant" not in run_attrs("depth7_s0.csv")
+    assert run_attrs("wd0p0005_s1.csv")["weight_decay"] == 5e-4 and run_attrs("gelu_s3.csv")["activation"] == "gelu"
+    with pytest.raises(ValueError, match="sweep_width.csv: not a file of the reference logs"):
+        run_attrs("sweep_width.csv")
+

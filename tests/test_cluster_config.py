@@ -18,15 +18,14 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
-
-from ncstudy.cluster_config import check_cluster_config
+from cluster_config import check_cluster_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from ncstudy.cli import main
-from ncstudy.config import ConfigError, TrainConfig, flatten, load_train_config, set_dotted
+from ncstudy.config import TrainConfig, flatten, load_train_config, set_dotted
+from ncstudy.errors import ConfigError
 
 
 def _write(tmp_path, text: str):

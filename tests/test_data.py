@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from ncstudy.config import ConfigError, DataConfig
+from ncstudy.config import DataConfig
 from ncstudy.data import (
     DEBIAN_FASHION_MNIST_DIR,
     NORMALIZATION,
@@ -24,6 +24,7 @@ from ncstudy.data import (
     make_synthetic,
     preprocess_images,
 )
+from ncstudy.errors import ConfigError
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 

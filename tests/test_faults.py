@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from mlflow_server import free_port
 from study_helpers import child_runs, kill_group, spawn_cli, steps, synthetic_study, wait_for, write_study
 

@@ -12,12 +12,26 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ncstudy.forecast import (Calibration, FnStarCrossing, ForecastStopper, NC1Extrapolation,
-                              Observation, Prior, TrainLossExtrapolation, Trajectory, default_group_key,
-                              first_crossing, is_mnist_mlp5, lead_statistics, load_reference_logs,
-                              observation_from_records, paper_insample_rule, reference_meta, replay,
-                              synthetic_trajectory)
-from ncstudy.forecast.replay_cli import replay_main
+from ncstudy.cli import main
+from ncstudy.forecast import (
+    Calibration,
+    FnStarCrossing,
+    ForecastStopper,
+    NC1Extrapolation,
+    Observation,
+    Prior,
+    TrainLossExtrapolation,
+    Trajectory,
+    default_group_key,
+    first_crossing,
+    lead_statistics,
+    load_logs,
+    observation_from_records,
+    paper_insample_rule,
+    read_manifest,
+    replay,
+    synthetic_trajectory,
+)
 from ncstudy.logs import read_log
 from ncstudy.onset import onset_of
 
@@ -26,6 +40,13 @@ _CANDIDATES = [os.environ.get("NCSTUDY_REFERENCE_LOGS"), _ROOT.parent / "shared"
                _ROOT / "shared" / "reference" / "rupa2026_logs", "/work/shared/reference/rupa2026_logs"]
 REF = next((Path(p) for p in _CANDIDATES if p and Path(p).is_dir()), Path("/nonexistent"))
 needs_ref = pytest.mark.skipif(not REF.is_dir(), reason="reference logs not available")
+RUNS = _ROOT / "analysis" / "rupa2026" / "runs.csv"  # what each reference file is
+
+
+def _mnist_mlp5(t: Trajectory) -> bool:
+    """The two-phase MNIST MLP runs of depth 5 (any width, activation or weight decay)."""
+    m = t.meta
+    return (m.get("model"), m.get("dataset"), m.get("depth"), m.get("protocol")) == ("mlp", "mnist", 5, "two-phase")
 
 
 def records(name: str) -> list[dict]:
@@ -34,7 +55,9 @@ def records(name: str) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------
 def test_forecast_package_is_pure_python():
-    code = ("import sys, ncstudy.forecast, ncstudy.forecast.replay_cli; "
+    code = ("import importlib, pkgutil, sys, ncstudy.forecast; "
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(ncstudy.forecast.__path__, "
+            "'ncstudy.forecast.')]; "
             "bad = [m for m in ('ray', 'optuna', 'mlflow') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -235,10 +258,10 @@ def test_stopper_policies_and_online_learning():
     # third run is stopped at its crossing, before its onset at 340
     crossing = next(r["epoch"] for r in trajs[2] if r["phase"] == 2 and r["feat_norm"] <= est.fn_star)
     assert first_stop[2] == (crossing, "forecast") and crossing == 290
-    ann = s.annotations("t2")
-    assert ann["tags"]["stop_reason"] == "forecast" and ann["metrics"]["forecast_onset"] == 340.0
-    assert ann["tags"]["forecast_crossing_epoch"] == "290" and "mean of 2 runs" in ann["tags"]["forecast_calibration"]
-    assert s.annotations("t0")["tags"]["stop_reason"] == "onset"
+    ann = s.state("t2")
+    assert ann.stop_reason == "forecast" and ann.onset == 340.0
+    assert ann.forecast.crossing_epoch == 290 and "mean of 2 runs" in ann.forecast.calibration
+    assert s.state("t0").stop_reason == "onset"
 
 
 def test_monitor_rewinds_on_repeated_epochs():
@@ -255,34 +278,24 @@ def test_monitor_rewinds_on_repeated_epochs():
 
 # -- replay ---------------------------------------------------------------------------------------
 @needs_ref
-def test_reference_meta():
-    assert reference_meta("mnist_twophase.csv")["cell"] == "baseline"
-    m = reference_meta("wd1e-05_s2.csv")
+def test_manifest_gives_reference_logs_their_groups():
+    trajs = {t.run_id: t for t in load_logs([REF], read_manifest(RUNS))}
+    assert trajs["mnist_twophase"].meta["cell"] == "baseline" and trajs["mnist_twophase"].group == "mlp/mnist"
+    m = trajs["wd1e-05_s2"].meta
     assert (m["model"], m["dataset"], m["weight_decay"], m["seed"]) == ("mlp", "mnist", 1e-5, 2)
-    assert reference_meta("cifar10_s0.csv")["model"] == "resnet20"
-    assert reference_meta("mlp5_cifar10_s1.csv")["dataset"] == "cifar10"
-    assert not is_mnist_mlp5(reference_meta("depth7_s0.csv"))
-    assert not is_mnist_mlp5(reference_meta("baseline.csv"))
-
-
-
-def test_reference_run_attrs():
-    from ncstudy.forecast.reference import run_attrs
-
-    assert run_attrs("mnist_twophase.csv") == {"model": "mlp", "dataset": "mnist", "depth": 5, "width": 512,
-                                               "activation": "relu", "weight_decay": 1e-4, "lr": 1e-3, "seed": 0}
-    assert run_attrs("cifar10_s2.csv") == {"model": "resnet20", "dataset": "cifar10", "depth": None, "width": None,
-                                           "activation": None, "weight_decay": 1e-3, "lr": 0.1, "seed": 2}
-    assert run_attrs("depth2_s1_ext.csv")["variant"] == "ext" and run_attrs("depth3_s0.csv")["variant"] == "no-stop"
-    assert "variant" not in run_attrs("depth7_s0.csv")
-    assert run_attrs("wd0p0005_s1.csv")["weight_decay"] == 5e-4 and run_attrs("gelu_s3.csv")["activation"] == "gelu"
-    with pytest.raises(ValueError, match="sweep_width.csv: not a file of the reference logs"):
-        run_attrs("sweep_width.csv")
+    assert trajs["cifar10_s0"].group == "resnet20/cifar10" and trajs["mlp5_cifar10_s1"].group == "mlp/cifar10"
+    assert not _mnist_mlp5(trajs["depth7_s0"]) and not _mnist_mlp5(trajs["baseline"])
+    assert "sweep_width" not in trajs  # a summary table, not a log
+    # phase from the manifest's ce_epochs where a file has no phase column (gelu_s3)
+    assert {r["phase"] for r in trajs["gelu_s3"].records if r["epoch"] > 200} == {2}
+    # without a manifest every log is in one group, and --group names it
+    assert {t.group for t in load_logs([REF / "width128_s0.csv"])} == {"default"}
+    assert {t.group for t in load_logs([REF / "width128_s0.csv"], group="mlp/mnist")} == {"mlp/mnist"}
 
 
 @needs_ref
 def test_leave_one_out_replay_matches_independent_computation():
-    trajs = [t for t in load_reference_logs([REF], ce_epochs=200) if is_mnist_mlp5(t.meta)]
+    trajs = [t for t in load_logs([REF], read_manifest(RUNS)) if _mnist_mlp5(t)]
     assert len(trajs) == 27
     res = replay(trajs, "fn_star", "leave-one-out", "stop_at_forecast", budget=600)
     by = {r.run_id: r for r in res.runs}
@@ -306,7 +319,7 @@ def test_leave_one_out_replay_matches_independent_computation():
     assert len(others) == 15 and r.crossing_epoch == mine == 220
     assert r.forecast_onset == pytest.approx(mine + lead) and r.t_nc == 310
     assert r.stop_epoch == 220 and r.epochs_saved == 380 and r.epochs_saved_vs_onset == 90
-    assert f"mean of 15 runs" in r.calibration
+    assert "mean of 15 runs" in r.calibration
     s = res.summary
     assert s.n_runs == 27 and s.n_collapsing == 27 and s.n_no_strict == 11
     # every forecast run: error and lead consistent
@@ -333,7 +346,8 @@ def test_replay_prior_mode_and_never_collapsing_runs():
             Trajectory("n", "g", synthetic_trajectory(collapse=False, nc1_floor=0.08, fn_end=1.0))]
     res = replay(runs, "fn_star", "prior", "stop_at_forecast", priors={"g": Prior(1.1, 50.0)}, budget=600)
     c, n = res.runs
-    assert (c.crossing_epoch, c.forecast_onset, c.stop_epoch, c.t_nc, c.error, c.lead) == (290, 340.0, 290, 350, -10.0, 60.0)
+    assert (c.crossing_epoch, c.forecast_onset, c.stop_epoch, c.t_nc, c.error, c.lead) == \
+        (290, 340.0, 290, 350, -10.0, 60.0)
     assert n.t_nc is None and n.forecast_onset == 340.0  # fn crosses although NC1 never collapses
     s = res.summary
     assert (s.n_never, s.forecasts_on_never, s.coverage, s.mae) == (1, 1, 1.0, 10.0)
@@ -347,26 +361,26 @@ def test_replay_prior_mode_and_never_collapsing_runs():
 @needs_ref
 def test_replay_cli_json_and_errors(tmp_path, capsys):
     files = [str(REF / f"width{w}.csv") for w in ("128_s0", "256_s0", "256_s1", "256_s2", "512_s0")]
-    assert replay_main([*files, "--forecaster", "fn_star", "--forecaster", "nc1", "--json", "--budget", "600"]) == 0
+    assert main(["replay", *files, "--forecaster", "fn_star", "--forecaster", "nc1", "--json", "--budget", "600"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["summary"]["forecaster"] for r in out["results"]] == ["fn_star", "nc1"]
     assert out["results"][0]["summary"]["n_runs"] == 5
-    assert replay_main([str(REF / "width256_s1.csv"), "--calibration", "prior", "--prior", "paper"]) == 0
+    assert main(["replay", str(REF / "width256_s1.csv"), "--calibration", "prior", "--prior", "paper"]) == 0
     text = capsys.readouterr().out
     assert "width256_s1" in text and "forecaster" in text
     cal_path = tmp_path / "cal.json"
-    assert replay_main([*files, "--save-calibration", str(cal_path)]) == 0
+    assert main(["replay", *files, "--group", "mlp/mnist", "--save-calibration", str(cal_path)]) == 0
     assert Calibration.load(cal_path).estimate("mlp/mnist").n_fn == 5
     capsys.readouterr()
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
-    assert replay_main([str(tmp_path / "missing.csv")]) == 2
-    assert replay_main([str(bad)]) == 2
+    assert main(["replay", str(tmp_path / "missing.csv")]) == 2
+    assert main(["replay", str(bad)]) == 2
     assert "missing required column" in capsys.readouterr().err
-    assert replay_main([]) == 2
-    assert replay_main([files[0], "--calibration", "prior"]) == 2
-    assert replay_main([files[0], "--forecaster", "nope"]) == 2
-    assert replay_main([files[0], "--prior", str(bad)]) == 2
+    assert main(["replay"]) == 2
+    assert main(["replay", files[0], "--calibration", "prior"]) == 2
+    assert main(["replay", files[0], "--forecaster", "nope"]) == 2
+    assert main(["replay", files[0], "--prior", str(bad)]) == 2
 
 
 def test_replay_cli_reads_an_mlflow_experiment(tmp_path, capsys, mlflow_uri):  # mlflow_uri: conftest.py
@@ -384,10 +398,10 @@ def test_replay_cli_reads_an_mlflow_experiment(tmp_path, capsys, mlflow_uri):  #
                                            "ncstudy.trial_id": f"trial{i}", "model": "mlp", "dataset": "synthetic"})
         p = write_log(synthetic_trajectory(t_nc=t_nc, fn_end=0.95, seed=i), tmp_path / f"t{i}" / "trajectory.csv")
         client.log_artifact(run.info.run_id, str(p))
-    assert replay_main(["--experiment", name, "--tracking-uri", uri, "--json", "--min-observations", "2"]) == 0
+    assert main(["replay", "--experiment", name, "--tracking-uri", uri, "--json", "--min-observations", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     runs = out["results"][0]["runs"]
     assert sorted(r["run_id"] for r in runs) == ["trial0", "trial1", "trial2", "trial3"]
     assert {r["group"] for r in runs} == {"mlp/synthetic"} and {r["t_nc"] for r in runs} == {320, 330, 340, 350}
-    assert replay_main(["--experiment", "no_such_experiment", "--tracking-uri", uri]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert main(["replay", "--experiment", "no_such_experiment", "--tracking-uri", uri]) == 2
+    assert "unknown experiment 'no_such_experiment'" in capsys.readouterr().err

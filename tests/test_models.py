@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from ncstudy.config import ConfigError, DataConfig, ModelConfig
+from ncstudy.config import DataConfig, ModelConfig
 from ncstudy.data import load_dataset
+from ncstudy.errors import ConfigError
 from ncstudy.models import MLP, BasicBlock, ResNet20, build_model, count_parameters
 
 
@@ -34,12 +35,12 @@ def test_mlp_shapes_and_feature_interface():
 def test_mlp_layout_and_parameter_count():
     m = MLP(784, 10, depth=5, width=512)
     lin = _linears(m)
-    assert [(l.in_features, l.out_features) for l in lin] == [(784, 512)] + [(512, 512)] * 4 + [(512, 10)]
+    assert [(x.in_features, x.out_features) for x in lin] == [(784, 512)] + [(512, 512)] * 4 + [(512, 10)]
     assert isinstance(m.body[0], nn.Flatten) and len(m.body) == 1 + 2 * 5
     assert count_parameters(m) == 784 * 512 + 512 + 4 * (512 * 512 + 512) + 512 * 10 + 10 == 1_457_674
     assert len(m.hidden_layers) == 5 and m.last_hidden is lin[4] and m.last_hidden is not m.head
     small = MLP(32, 3, depth=1, width=8)
-    assert [(l.in_features, l.out_features) for l in _linears(small)] == [(32, 8), (8, 3)]
+    assert [(x.in_features, x.out_features) for x in _linears(small)] == [(32, 8), (8, 3)]
     assert small.last_hidden is small.body[1]
 
 
@@ -61,7 +62,8 @@ def test_mlp_kaiming_normal_init_statistics_and_zero_bias():
 
 
 @pytest.mark.parametrize(
-    "name, cls", [("relu", nn.ReLU), ("leaky_relu", nn.LeakyReLU), ("gelu", nn.GELU), ("tanh", nn.Tanh), ("silu", nn.SiLU)]
+    "name, cls",
+    [("relu", nn.ReLU), ("leaky_relu", nn.LeakyReLU), ("gelu", nn.GELU), ("tanh", nn.Tanh), ("silu", nn.SiLU)]
 )
 def test_mlp_activations(name, cls):
     m = MLP(20, 4, depth=3, width=16, activation=name)
@@ -119,7 +121,8 @@ def test_resnet20_structure():
     assert [len(s) for s in stages] == [3, 3, 3] and all(isinstance(b, BasicBlock) for s in stages for b in s)
     assert [s[0].conv2.out_channels for s in stages] == [16, 32, 64]
     assert [s[0].conv1.stride for s in stages] == [(1, 1), (2, 2), (2, 2)]
-    projections = [(i, j) for i, s in enumerate(stages) for j, b in enumerate(s) if not isinstance(b.shortcut, nn.Identity)]
+    projections = [(i, j) for i, s in enumerate(stages) for j, b in enumerate(s)
+                   if not isinstance(b.shortcut, nn.Identity)]
     assert projections == [(1, 0), (2, 0)]
     conv, bn = m.layer2[0].shortcut
     assert conv.kernel_size == (1, 1) and conv.stride == (2, 2) and isinstance(bn, nn.BatchNorm2d)

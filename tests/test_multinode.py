@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from ncstudy.tracking import HTTP_ENV
 from study_helpers import child_runs, kill_group, spawn_cli, steps, synthetic_study, wait_for, write_study
+
+from ncstudy.adapters.mlflow.reader import HTTP_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -43,7 +43,7 @@ def test_pruner_learns_and_stops_at_forecast_in_a_real_study():
     study.optimize(make_objective(pruner), n_trials=8)
     trials = study.trials
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    reasons = [pruner.annotations(t.number)["tags"]["stop_reason"] for t in trials]
+    reasons = [pruner.trial_forecast(t.number).stop_reason for t in trials]
     # the first two trials reach onset (nothing to forecast with yet) and calibrate the group
     assert reasons[:2] == ["onset", "onset"]
     assert "forecast" in reasons
@@ -51,9 +51,9 @@ def test_pruner_learns_and_stops_at_forecast_in_a_real_study():
         last = max(int(k[len("fnstar.e"):]) for k in t.user_attrs if k.startswith("fnstar.e"))
         onset = t_nc_of(t.params["weight_decay"])
         if reason == "forecast":
-            ann = pruner.annotations(t.number)
-            assert last < onset and last == int(ann["tags"]["forecast_crossing_epoch"])
-            assert t.value == ann["metrics"]["forecast_onset"] == pruner.forecast_onset(t.number)
+            ann = pruner.trial_forecast(t.number)
+            assert last < onset and last == ann.forecast.crossing_epoch
+            assert t.value == ann.onset == pruner.forecast_onset(t.number)
         else:
             assert reason == "onset" and last == onset and t.value == onset
     cal = pruner.calibration
@@ -74,7 +74,7 @@ def test_pruner_with_intermediate_values_prior_and_trial_pruned():
         steps = sorted(t.intermediate_values)
         last, before = steps[-1], steps[-2]
         assert t.intermediate_values[last] <= 1.1 < t.intermediate_values[before] and last > 200
-        assert pruner.annotations(t.number)["metrics"]["forecast_onset"] == last + 50.0
+        assert pruner.trial_forecast(t.number).onset == last + 50.0
         assert last < t_nc_of(t.params["weight_decay"])
 
 
@@ -82,10 +82,10 @@ def test_record_policy_never_prunes_and_missing_metric_raises():
     pruner = FnStarPruner("record", priors={"mlp/synthetic": Prior(fn_star=1.1, lead=50.0)})
     study = optuna.create_study(pruner=pruner)
     study.optimize(make_objective(pruner), n_trials=2, callbacks=[pruner])
-    assert pruner.annotations(1)["tags"]["stop_reason"] == "budget"  # finalised by the callback
+    assert pruner.trial_forecast(1).stop_reason == "budget"  # finalised by the callback
     assert all(len([k for k in t.user_attrs if k.startswith("fnstar.e")]) == 50 for t in study.trials)
-    assert pruner.annotations(0)["metrics"]["forecast_onset"] == 310.0  # crossing 1.1 at 260, + 50
-    assert pruner.annotations(0)["tags"]["stop_reason"] == "budget"
+    assert pruner.trial_forecast(0).onset == 310.0  # crossing 1.1 at 260, + 50
+    assert pruner.trial_forecast(0).stop_reason == "budget"
     # a record without fn
     study = optuna.create_study(pruner=pruner)
     trial = study.ask()

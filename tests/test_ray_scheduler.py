@@ -10,8 +10,10 @@ import pytest
 from pydantic import ValidationError
 from ray.tune.schedulers import TrialScheduler
 
-from ncstudy.adapters.ray_scheduler import SIDECAR_NAME, FnStarConfig, FnStarScheduler
+from ncstudy.adapters.ray_scheduler import SIDECAR_NAME, FnStarScheduler
 from ncstudy.forecast import Calibration, MissingMetricError, Prior, synthetic_trajectory
+from ncstudy.study.runner import build_scheduler
+from ncstudy.study.spec import FnStarConfig, StudySpec
 
 CONFIG = {"model": {"name": "mlp"}, "data": {"name": "synthetic"}}
 GROUP = "mlp/synthetic"
@@ -49,11 +51,9 @@ def test_crossing_stops_at_forecast_and_searcher_sees_forecast(tmp_path):
     stop = run_trial(sched, trial, traj)
     # fn = 1 + 2 exp(-(t-200)/30) <= 1.1 first at epoch 290
     assert stop == 290
-    ann = sched.annotations("a")
-    assert ann["metrics"] == {"forecast_onset": 340.0}
-    assert ann["tags"] == {"forecast_onset": "340.0", "forecast_crossing_epoch": "290",
-                           "forecast_calibration": ann["tags"]["forecast_calibration"], "stop_reason": "forecast"}
-    assert ann["tags"]["forecast_calibration"].startswith(GROUP + ": fn*=1.1 (prior")
+    ann = sched.trial_forecast("a")
+    assert ann.onset == 340.0 and ann.stop_reason == "forecast" and ann.forecast.crossing_epoch == 290
+    assert ann.forecast.calibration.startswith(GROUP + ": fn*=1.1 (prior")
     # the dict Tune hands to search_alg.on_trial_complete is flatten(trial.last_result)
     assert trial.last_result["t_nc"] == 340.0
     # the sidecar is in the experiment directory
@@ -68,19 +68,19 @@ def test_record_policy_never_stops_but_forecasts(tmp_path):
     sched.on_trial_add(None, trial)
     for rec in synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0):
         assert sched.on_trial_result(None, trial, dict(rec)) == TrialScheduler.CONTINUE
-        seen.append(sched.annotations("a")["metrics"].get("forecast_onset"))
+        seen.append(sched.trial_forecast("a").onset)
     assert seen[27] is None and seen[28] == 340.0 and seen[-1] == 340.0  # epochs 280 / 290 / 600
     sched.on_trial_complete(None, trial, {})
-    assert sched.annotations("a")["tags"]["stop_reason"] == "budget"
+    assert sched.trial_forecast("a").stop_reason == "budget"
 
 
 def test_no_crossing_runs_to_onset(tmp_path):
     sched = FnStarScheduler("stop_at_forecast", priors={GROUP: Prior(fn_star=1.1, lead=50.0)}, objective="t_nc")
     trial = FakeTrial("a", tmp_path)
     stop = run_trial(sched, trial, synthetic_trajectory(t_nc=330, fn_end=1.3, tau=30.0))
-    ann = sched.annotations("a")
-    assert stop == 330 and ann["tags"]["stop_reason"] == "onset" and ann["metrics"] == {}
-    assert ann["tags"]["forecast_onset"] == "" and trial.last_result["t_nc"] == 330.0
+    ann = sched.trial_forecast("a")
+    assert stop == 330 and ann.stop_reason == "onset" and ann.onset is None
+    assert ann.forecast is None and trial.last_result["t_nc"] == 330.0
     # stop_at_onset on the same trajectory, no fn* at all
     sched = FnStarScheduler("stop_at_onset")
     assert run_trial(sched, FakeTrial("b", tmp_path / "x"), synthetic_trajectory(t_nc=330)) == 330
@@ -97,8 +97,8 @@ def test_noisy_crossing_first_dip_or_confirmed(tmp_path):
     assert run_trial(s1, FakeTrial("a", tmp_path), traj) == 250
     s2 = FnStarScheduler("stop_at_forecast", priors=prior, forecaster_options={"confirm": 2})
     assert run_trial(s2, FakeTrial("a", tmp_path / "c"), traj) == 300  # 290 and 300 below: confirmed at 300
-    assert s2.annotations("a")["tags"]["forecast_crossing_epoch"] == "290"
-    assert s2.annotations("a")["metrics"]["forecast_onset"] == 340.0
+    assert s2.trial_forecast("a").forecast.crossing_epoch == 290
+    assert s2.trial_forecast("a").onset == 340.0
 
 
 def test_missing_feature_norm_metric_raises_at_first_result(tmp_path):
@@ -118,7 +118,7 @@ def test_learns_online_then_stops_at_forecast(tmp_path):
     stops = [run_trial(sched, FakeTrial(f"t{i}", tmp_path), synthetic_trajectory(t_nc=t, fn_end=f, tau=20.0, seed=i))
              for i, (t, f) in enumerate(spec)]
     assert stops == [330, 350, 290]
-    assert [sched.annotations(f"t{i}")["tags"]["stop_reason"] for i in range(3)] == ["onset", "onset", "forecast"]
+    assert [sched.trial_forecast(f"t{i}").stop_reason for i in range(3)] == ["onset", "onset", "forecast"]
     assert len(sched.calibration.observations(GROUP)) == 2
     # a trial of another group learns nothing from these
     other = FakeTrial("o", tmp_path, {"model": {"name": "resnet20"}, "data": {"name": "synthetic"}})
@@ -143,21 +143,26 @@ def test_restore_from_sidecar_continues_identically(tmp_path):
     b = FnStarScheduler("stop_at_forecast", min_observations=2)
     b.on_trial_add(None, FakeTrial("t0", exp))
     assert b.calibration.to_dict() == a.calibration.to_dict()
-    assert b.annotations("t1")["tags"]["stop_reason"] == "onset"
+    assert b.trial_forecast("t1").stop_reason == "onset"
     stop = run_trial(b, FakeTrial("t2", exp), [r for r in trajs[2] if r["epoch"] >= 240])
     assert stop == ref_stops[2] == 290
-    assert b.annotations("t2") == ref.annotations("t2")
+    assert b.trial_forecast("t2") == ref.trial_forecast("t2")
     assert [r["epoch"] for r in b.stopper.monitors["t2"].records] == list(range(10, 291, 10))
 
 
+def _study(fnstar: dict, objective: str = "collapse_epoch") -> StudySpec:
+    return StudySpec.model_validate({"name": "s", "scheduler": {"name": "fnstar", "fnstar": fnstar},
+                                     "objective": {"metric": objective}})
+
+
 def test_fnstar_config_builds_a_scheduler(tmp_path):
-    cfg = FnStarConfig.model_validate({
+    s = build_scheduler(_study({
         "policy": "stop_at_forecast", "margin": 0.05, "min_observations": 2, "objective": "t_nc",
         "priors": {"mlp/mnist": {"fn_star": 1.05, "lead": 60}}, "paper_priors": True,
-        "metrics": {"feat_norm": "fn"}})
-    s = cfg.build(state_path=str(tmp_path / "s.json"))
+        "metrics": {"feat_norm": "fn"}}), tmp_path)
     assert s.policy == "stop_at_forecast" and s.metrics.feat_norm == "fn" and s.objective == "t_nc"
-    assert s.calibration.priors["mlp/mnist"].fn_star == 1.05 and s.calibration.priors["mlp/mnist"].source == "study file"
+    prior = s.calibration.priors["mlp/mnist"]
+    assert prior.fn_star == 1.05 and prior.source == "study file"
     assert s.calibration.priors["resnet20/mnist"].fn_star == pytest.approx(5.867)
     assert s.stopper.forecaster_options["margin"] == 0.05
     with pytest.raises(ValidationError):
@@ -166,28 +171,30 @@ def test_fnstar_config_builds_a_scheduler(tmp_path):
         FnStarConfig.model_validate({"polcy": "record"})
     cal = Calibration({"g": Prior(1.0, 10.0)})
     cal.save(tmp_path / "cal.json")
-    s = FnStarConfig(calibration_file=str(tmp_path / "cal.json")).build()
+    s = build_scheduler(_study({"calibration_file": str(tmp_path / "cal.json")}), None)
     assert s.calibration.estimate("g").fn_star == 1.0
 
 
-def test_from_config_takes_a_collapse_time_objective_and_trainer_stop_reason(tmp_path):
-    s = FnStarScheduler.from_config({"policy": "stop_at_forecast", "priors": {GROUP: {"fn_star": 1.1, "lead": 50}}},
-                                    objective_metric="collapse_epoch", state_path=tmp_path / "fnstar_state.json")
+def test_study_scheduler_takes_a_collapse_time_objective_and_trainer_stop_reason(tmp_path):
+    s = build_scheduler(_study({"policy": "stop_at_forecast", "priors": {GROUP: {"fn_star": 1.1, "lead": 50}}}),
+                        tmp_path)
+    s.group_key = lambda config: GROUP  # the study's own key resolves full trainer configs
     assert s.objective == "collapse_epoch" and s.state_path == tmp_path / "fnstar_state.json"
-    assert FnStarScheduler.from_config({}, objective_metric="test").objective is None
-    assert FnStarScheduler.from_config({"objective": "t_nc"}, objective_metric="test").objective == "t_nc"
+    assert build_scheduler(_study({}, objective="test"), None).objective is None
+    assert build_scheduler(_study({"objective": "t_nc"}, objective="test"), None).objective == "t_nc"
     trial = FakeTrial("a", tmp_path)
     traj = [dict(r, collapse_epoch=1200.0, stop_reason="") for r in synthetic_trajectory(t_nc=350, fn_end=1.0)]
     assert run_trial(s, trial, traj) == 290
     assert trial.last_result["collapse_epoch"] == 340.0  # not the trainer's censored penalty
     assert (tmp_path / "fnstar_state.json").is_file()
     # a trial the trainer ended itself keeps the trainer's reason and its own objective
-    s = FnStarScheduler.from_config({"policy": "record"}, objective_metric="collapse_epoch")
+    s = build_scheduler(_study({"policy": "record"}), None)
+    s.group_key = lambda config: GROUP
     trial = FakeTrial("b", tmp_path)
     traj = [dict(r, collapse_epoch=1200.0, stop_reason="") for r in synthetic_trajectory(t_nc=350)][:20]
     traj[-1]["stop_reason"] = "diverged"
     run_trial(s, trial, traj)
-    assert s.annotations("b")["tags"]["stop_reason"] == "diverged" and trial.last_result["collapse_epoch"] == 1200.0
+    assert s.trial_forecast("b").stop_reason == "diverged" and trial.last_result["collapse_epoch"] == 1200.0
 
 
 # -- a real Tune run ------------------------------------------------------------------------------
@@ -216,12 +223,12 @@ def test_real_tune_run_stops_trials_at_forecast(ray_local, tmp_path):  # ray_loc
             self.per_result, self.final = {}, {}
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            m = sched.annotations(trial.trial_id)["metrics"]
-            if "forecast_onset" in m:
-                self.per_result.setdefault(trial.trial_id, []).append((result["epoch"], m["forecast_onset"]))
+            fc = sched.trial_forecast(trial.trial_id)
+            if fc is not None and fc.onset is not None:
+                self.per_result.setdefault(trial.trial_id, []).append((result["epoch"], fc.onset))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self.final[trial.trial_id] = (sched.annotations(trial.trial_id)["tags"], trial.last_result["t_nc"])
+            self.final[trial.trial_id] = (sched.trial_forecast(trial.trial_id), trial.last_result["t_nc"])
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
     tags = Tags()
@@ -240,8 +247,8 @@ def test_real_tune_run_stops_trials_at_forecast(ray_local, tmp_path):  # ray_loc
         expected_onset = int(round(330 + 2000 * res.config["weight_decay"], -1))
         assert res.metrics["epoch"] == 290 < expected_onset  # stopped early, at the fn* crossing
         assert res.metrics["t_nc"] == 340.0  # objective = forecast onset, not NaN
-        final_tags, last_t_nc = tags.final[tid]
-        assert final_tags["stop_reason"] == "forecast" and final_tags["forecast_crossing_epoch"] == "290"
+        final, last_t_nc = tags.final[tid]
+        assert final.stop_reason == "forecast" and final.forecast.crossing_epoch == 290
         assert last_t_nc == 340.0
         assert tags.per_result[tid] == [(290, 340.0)]
     # the searcher was told the forecast onset

@@ -4,10 +4,10 @@ from __future__ import annotations
 import signal
 
 import pytest
+from study_helpers import child_runs, kill_group, spawn_cli, steps, synthetic_study, wait_for, write_study
 
 from ncstudy.study.runner import RunOptions, run_study
 from ncstudy.study.spec import load_study
-from study_helpers import child_runs, kill_group, spawn_cli, steps, synthetic_study, wait_for, write_study
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,6 @@ def test_fnstar_stop_at_forecast_ends_trials_early(tmp_path, mlflow_uri, ray_loc
 
 def test_analyze_a_finished_study(small_study, mlflow_uri, tmp_path):
     """`ncstudy analyze --experiment` on a study that ncstudy itself ran: report, figures, artifacts."""
-    from mlflow.tracking import MlflowClient
 
     from ncstudy.cli import main
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from ncstudy.cli import main
-from ncstudy.config import ConfigError
+from ncstudy.errors import ConfigError
 from ncstudy.study.spec import load_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ncstudy.tracking import TRIAL_TAG, MLflowStudyCallback
+from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
+from ncstudy.adapters.mlflow.layout import TRIAL_TAG
 
 EPOCHS = (5, 10, 15, 20)
 
@@ -69,14 +70,14 @@ class _Gate:
 
     def __init__(self, cb: MLflowStudyCallback) -> None:
         self.open, self.entered = threading.Event(), threading.Event()
-        real = cb.client.create_run
+        real = cb.writer.client.create_run
 
         def create_run(*a: Any, **k: Any):
             self.entered.set()
             assert self.open.wait(60)
             return real(*a, **k)
 
-        cb.client.create_run = create_run
+        cb.writer.client.create_run = create_run
 
 
 def _dead_client() -> MlflowClient:
@@ -112,10 +113,10 @@ def test_hooks_queue_and_the_writer_sends(mlflow_uri, tmp_path):
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"trajectory.csv", "trajectory.png"}
     cb.on_experiment_end(trials)
     assert client.get_run(cb.parent_run_id).info.status == "FINISHED"
-    assert cb.pending_points() == 0 and cb.writer_cpu_s > 0
+    assert cb.pending_points() == 0 and cb.writer.cpu_s > 0
     # trajectory.csv came from the rows kept in memory: the same as MLflow's own history
     run_id = cb.trials["a0"].run_id
-    got, want = _trajectory(client, run_id, tmp_path), _frame(cb.history(run_id))
+    got, want = _trajectory(client, run_id, tmp_path), _frame(cb.writer.reader.history(run_id))
     assert [r.keys() for r in got] == [r.keys() for r in want] and len(want) == len(EPOCHS)
     assert all(g == pytest.approx(w, rel=1e-12) for g, w in zip(got, want))
 
@@ -142,7 +143,7 @@ def test_resumed_callback_continues_the_same_runs(mlflow_uri, tmp_path):
     _report(first, trial, (5, 10))
     assert first.flush()
     blob, state = pickle.dumps(first), first.get_state()
-    first._stop_writer()  # the old driver is gone
+    first.writer.stop()  # the old driver is gone
 
     second = pickle.loads(blob)
     second.set_state(state)
@@ -167,36 +168,36 @@ def test_outage_queues_and_retries_then_writes_everything(mlflow_uri, tmp_path):
     cb.on_trial_start(0, [trial], trial)
     assert cb.flush()
     run_id = cb.trials["b0"].run_id
-    good, cb._client = cb._client, _dead_client()  # the server goes away
+    good, cb.writer._client = cb.writer._client, _dead_client()  # the server goes away
     _report(cb, trial)
     trial.status = "TERMINATED"
     cb.on_trial_complete(0, [trial], trial)
     assert cb.flush()
     # Nothing written, nothing lost, a backoff window; the hooks still only queue.
     assert cb.pending_points() == len(EPOCHS) * 3 and not cb.trials["b0"].finished
-    assert cb._down_since is not None and cb._backoff_until > 0
+    assert cb.writer.down_since is not None and cb.writer.backoff_until > 0
     assert _steps(client, run_id) == [] and client.get_run(run_id).info.status == "RUNNING"
 
-    cb._client = good  # back
+    cb.writer._client = good  # back
     cb.on_experiment_end([trial])  # waits for the retry, which writes the queue and the finish
     assert _steps(client, run_id) == list(EPOCHS)
-    assert client.get_run(run_id).info.status == "FINISHED" and cb._down_since is None
+    assert client.get_run(run_id).info.status == "FINISHED" and cb.writer.down_since is None
 
 
 def test_outage_past_the_limit_spills_and_the_driver_raises(mlflow_uri, tmp_path):
-    from ncstudy.tracking import TrackingUnavailable
+    from ncstudy.adapters.mlflow.writer import TrackingUnavailable
 
     cb = _callback(mlflow_uri, "tracking_gone", tmp_path, max_outage_s=0.5)
     trial = FakeTrial("c0")
     cb.on_trial_start(0, [trial], trial)
     assert cb.flush()
-    cb._client = _dead_client()
+    cb.writer._client = _dead_client()
     _report(cb, trial)
     deadline = time.monotonic() + 30  # backoff 0.5 s, then 1 s: past the limit within a few tries
-    while not cb._gave_up and time.monotonic() < deadline:
+    while not cb.writer.gave_up and time.monotonic() < deadline:
         cb.flush()
         time.sleep(0.1)
-    assert cb._gave_up and cb.pending_points() == 0
+    assert cb.writer.gave_up and cb.pending_points() == 0
     spilled = (tmp_path / "unsent_metrics_tracking_gone.jsonl").read_text().splitlines()
     assert len(spilled) == len(EPOCHS) * 3
     with pytest.raises(TrackingUnavailable, match="unreachable"):

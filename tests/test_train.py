@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from ncstudy.config import TrainConfig, set_dotted
-from ncstudy.data import load_dataset
 from ncstudy.logs import REFERENCE_COLUMNS, read_log
 from ncstudy.train import Trainer, train
 

@@ -10,7 +10,7 @@ Where the evaluation history comes from (``source``):
 
 ``FnStarPruner.report(trial, record)`` writes a record the configured way; then call
 ``trial.should_prune()``. Optuna passes the pruner a frozen copy of the trial, so the pruner
-keeps its forecasts in memory (``annotations(trial.number)``, ``forecast_onset(...)``) and
+keeps its forecasts in memory (``trial_forecast(trial.number)``, ``forecast_onset(...)``) and
 learns its calibration from the study's finished trials (COMPLETE or PRUNED) whose history
 reached strict onset -- which also works across processes sharing one storage.
 """
@@ -24,8 +24,10 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
 from ncstudy.forecast import Calibration, ForecastStopper, Prior, default_group_key
-from ncstudy.forecast.core import EPOCH, FN, LOSS, NC1, PHASE, TERMINAL, TRAIN, MissingMetricError, finite
+from ncstudy.forecast.core import MissingMetricError
+from ncstudy.forecast.stopper import TrialForecast
 from ncstudy.onset import OnsetRule
+from ncstudy.records import EPOCH, FN, LOSS, NC1, PHASE, TERMINAL, TRAIN, finite
 
 SOURCES = ("user_attrs", "intermediate_values")
 _KEYS = (EPOCH, PHASE, TRAIN, FN, NC1, LOSS, TERMINAL)
@@ -104,9 +106,9 @@ class FnStarPruner(BasePruner):
             self._finished.add(trial.number)
 
     # -- queries -------------------------------------------------------------------------------
-    def annotations(self, trial_number: int) -> dict[str, Any]:
-        """Same shape as :meth:`FnStarScheduler.annotations`."""
-        return self.stopper.annotations(str(trial_number))
+    def trial_forecast(self, trial_number: int) -> TrialForecast | None:
+        """As :meth:`FnStarScheduler.trial_forecast`: the trial's forecast and stop reason."""
+        return self.stopper.state(str(trial_number))
 
     def forecast_onset(self, trial_number: int) -> float | None:
         """The onset a trial's stop rests on: the acted-on forecast, else the observed strict

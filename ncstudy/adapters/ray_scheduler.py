@@ -26,20 +26,20 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from ncstudy.forecast import (PAPER_PRIORS, Calibration, ForecastStopper, Prior, default_group_key,
-                              group_key_from)
-from ncstudy.forecast.core import EPOCH, FN, LOSS, NC1, PHASE, TERMINAL, TRAIN, MissingMetricError, finite
+from ncstudy.forecast import Calibration, ForecastStopper, Prior, default_group_key, group_key_from
+from ncstudy.forecast.core import MissingMetricError
+from ncstudy.forecast.stopper import TrialForecast
 from ncstudy.onset import OnsetRule
+from ncstudy.records import EPOCH, FN, LOSS, NC1, PHASE, TERMINAL, TRAIN, finite
 
 logger = logging.getLogger(__name__)
 
 SIDECAR_NAME = "fnstar_scheduler_state.json"
-COLLAPSE_TIME_METRICS = ("collapse_epoch", "t_nc")  # objectives that from_config fills by default
 
 
 class MetricNames(BaseModel):
@@ -145,7 +145,7 @@ class FnStarScheduler(FIFOScheduler):
             if finite(rec.get(EPOCH)) and (m.last_epoch is None or int(float(rec[EPOCH])) > m.last_epoch):
                 self.stopper.observe(trial.trial_id, rec, m.group)
         reported = result.get("stop_reason") if result else None  # e.g. the trainer's "diverged"
-        reason = self.stopper.complete(trial.trial_id, reported if isinstance(reported, str) and reported else None)
+        self.stopper.complete(trial.trial_id, reported if isinstance(reported, str) and reported else None)
         if self.objective:
             value = self._objective_value(trial.trial_id)
             if value is not None:
@@ -178,26 +178,10 @@ class FnStarScheduler(FIFOScheduler):
         self.stopper.load_dict(json.loads(Path(checkpoint_path).read_text()))
         self._loaded = True
 
-    @classmethod
-    def from_config(cls, config: "FnStarConfig | Mapping[str, Any]", objective_metric: str | None = None,
-                    state_path: str | os.PathLike | None = None, rule: OnsetRule = OnsetRule(),
-                    terminal_acc: float = 0.99) -> "FnStarScheduler":
-        """Build from a study file's ``scheduler.fnstar`` section. ``objective_metric`` is the
-        study's objective: it becomes the scheduler's ``objective`` when the section sets none and
-        it is a collapse-time metric (:data:`COLLAPSE_TIME_METRICS`)."""
-        cfg = config if isinstance(config, FnStarConfig) else FnStarConfig.model_validate(dict(config))
-        objective = cfg.objective
-        if objective is None and objective_metric in COLLAPSE_TIME_METRICS:
-            objective = objective_metric
-        return cfg.model_copy(update={"objective": objective}).build(rule, state_path, terminal_acc)
-
-    # -- public query API (MLflow callback) -------------------------------------------------------
-    def annotations(self, trial_id: str) -> dict[str, Any]:
-        """Latest forecast state of a trial: ``{"metrics": {"forecast_onset": float} (when a
-        forecast exists), "tags": {"forecast_onset", "forecast_crossing_epoch",
-        "forecast_calibration", "stop_reason"}}`` (tag values are strings; "" when unknown,
-        stop_reason "" while the trial runs)."""
-        return self.stopper.annotations(trial_id)
+    # -- public query API (MLflow callback, progress table) --------------------------------------
+    def trial_forecast(self, trial_id: str) -> TrialForecast | None:
+        """What the scheduler knows of a trial: its forecast and stop reason (None if never seen)."""
+        return self.stopper.state(trial_id)
 
     # -- internals -----------------------------------------------------------------------------
     def _objective_value(self, trial_id: str) -> float | None:
@@ -272,81 +256,3 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
             nxt = cur[p] = {}
         cur = nxt
     cur[parts[-1]] = value
-
-
-# ------------------------------------------------------------------------------------------------
-class PriorConfig(BaseModel):
-    """A group's prior in a study file."""
-
-    model_config = ConfigDict(extra="forbid")
-    fn_star: float | None = Field(None, gt=0)
-    lead: float | None = None
-    fn_star_sd: float | None = Field(None, ge=0)
-    lead_sd: float | None = Field(None, ge=0)
-    train_loss: float | None = Field(None, gt=0, description="training loss at onset (train_loss forecaster)")
-    source: str = "study file"
-
-    def to_prior(self) -> Prior:
-        levels = {LOSS: self.train_loss} if self.train_loss is not None else {}
-        return Prior(self.fn_star, self.lead, self.fn_star_sd, self.lead_sd, levels, self.source)
-
-
-class FnStarConfig(BaseModel):
-    """The ``scheduler: {name: fnstar, ...}`` section of a study file (embed as a field)."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: Literal["fnstar"] = Field("fnstar", description="scheduler kind (for a discriminated union)")
-    policy: Literal["record", "stop_at_forecast", "stop_at_onset"] = "record"
-    forecaster: Literal["fn_star", "nc1", "train_loss"] = "fn_star"
-    margin: float = Field(0.0, ge=0, lt=1, description="crossing when fn <= fn*(1 + margin)")
-    confirm: int = Field(1, ge=1, description="evaluations in a row below the threshold")
-    phases: list[int] | None = Field([2], description="phases where a crossing counts (null: any)")
-    min_observations: int = Field(3, ge=1, description="runs of a group before its own calibration is trusted")
-    group_by: list[str] | None = Field(None, description="dotted config keys; default model + dataset")
-    priors: dict[str, PriorConfig] = Field(default_factory=dict, description="group -> prior")
-    paper_priors: bool = Field(False, description="use the paper's fn*/lead where no prior is given")
-    calibration_file: str | None = Field(None, description="Calibration JSON (ncstudy replay --save-calibration)")
-    prior_experiment: str | None = Field(None, description="MLflow experiment whose trial runs give priors")
-    tracking_uri: str | None = Field(None, description="for prior_experiment; default MLflow's")
-    objective: str | None = Field(None, description="searcher metric that holds collapse time, e.g. t_nc")
-    learn: bool = True
-    metrics: MetricNames = Field(default_factory=MetricNames)
-    window: int = Field(5, ge=3, description="nc1/train_loss: fit window (evaluations)")
-    min_points: int = Field(3, ge=3)
-    r2_min: float = Field(0.9, ge=0, le=1)
-    max_horizon: float | None = Field(None, gt=0, description="nc1/train_loss: distrust forecasts further ahead")
-
-    def forecaster_options(self) -> dict[str, Any]:
-        if self.forecaster == "fn_star":
-            return {"margin": self.margin, "confirm": self.confirm, "phases": self.phases}
-        return {"window": self.window, "min_points": self.min_points, "r2_min": self.r2_min,
-                "max_horizon": self.max_horizon, "phases": self.phases}
-
-    def build_calibration(self) -> Calibration:
-        if self.calibration_file:
-            cal = Calibration.load(self.calibration_file)
-            cal.min_observations = self.min_observations
-        else:
-            cal = Calibration(min_observations=self.min_observations)
-        if self.prior_experiment:
-            from ncstudy.forecast.replay_cli import load_mlflow_trajectories
-            from ncstudy.forecast.replay import priors_from_trajectories
-
-            trajs = load_mlflow_trajectories(self.prior_experiment, self.tracking_uri)
-            for g, p in priors_from_trajectories(trajs, margin=self.margin, phases=self.phases,
-                                                 confirm=self.confirm).items():
-                cal.set_prior(g, p)
-        if self.paper_priors:
-            for g, p in PAPER_PRIORS.items():
-                if g not in cal.priors:
-                    cal.set_prior(g, p)
-        for g, p in self.priors.items():
-            cal.set_prior(g, p.to_prior())
-        return cal
-
-    def build(self, rule: OnsetRule = OnsetRule(), state_path: str | os.PathLike | None = None,
-              terminal_acc: float = 0.99) -> FnStarScheduler:
-        return FnStarScheduler(self.policy, self.forecaster, metrics=self.metrics,
-                               calibration=self.build_calibration(), group_key=self.group_by,
-                               objective=self.objective, rule=rule, terminal_acc=terminal_acc, learn=self.learn,
-                               state_path=state_path, forecaster_options=self.forecaster_options())

@@ -1,11 +1,10 @@
 """``ncstudy analyze``: the paper's statistics, figures and report from logs or an MLflow study.
 
-Entry points: :func:`analyze` (returns an :class:`Analysis`) and
-:func:`ncstudy.analysis.cli.analyze_main` (the command line). See ``docs/analysis.md``.
+Entry points: :func:`analyze` (returns an :class:`Analysis`) and the command line
+(:mod:`ncstudy.cli.analyze`). See ``docs/analysis.md``.
 """
 from ncstudy.analysis.core import Analysis, analyze, analyze_runs
 from ncstudy.analysis.engine import AnalysisOptions, ExperimentSpec
-from ncstudy.analysis.sources import AnalysisInputError, RunInput
+from ncstudy.analysis.sources import RunInput
 
-__all__ = ["Analysis", "AnalysisInputError", "AnalysisOptions", "ExperimentSpec", "RunInput", "analyze",
-           "analyze_runs"]
+__all__ = ["Analysis", "AnalysisOptions", "ExperimentSpec", "RunInput", "analyze", "analyze_runs"]

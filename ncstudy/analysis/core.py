@@ -7,10 +7,18 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from ncstudy.analysis.engine import (AnalysisOptions, ExperimentResult, ExperimentSpec, analyze_experiment,
-                                     auto_group_keys, group_label, onset_table)
+from ncstudy.analysis.engine import (
+    AnalysisOptions,
+    ExperimentResult,
+    ExperimentSpec,
+    analyze_experiment,
+    auto_group_keys,
+    group_label,
+    onset_table,
+)
 from ncstudy.analysis.presets import Preset, consistency, get_preset, lead_consistency
-from ncstudy.analysis.sources import (AnalysisInputError, RunInput, SourceInfo, load_log_folder, load_mlflow)
+from ncstudy.analysis.sources import RunInput, SourceInfo, load_log_folder, load_mlflow, log_folder
+from ncstudy.errors import InputError
 
 
 @dataclass
@@ -35,14 +43,14 @@ def _check_keys(keys: Sequence[str], columns: Sequence[str]) -> None:
     missing = [k for k in keys if k not in columns]
     if missing:
         avail = [c for c in columns if c != "run_id"]
-        raise AnalysisInputError(f"unknown --group-by key(s) {', '.join(missing)}; the runs have "
+        raise InputError(f"unknown --group-by key(s) {', '.join(missing)}; the runs have "
                                  f"{', '.join(avail) or 'no attributes'}")
 
 
 def analyze_runs(runs: list[RunInput], info: SourceInfo, opts: AnalysisOptions,
                  preset: Preset | None = None) -> Analysis:
     if not runs:
-        raise AnalysisInputError(f"{info.location}: no runs to analyse")
+        raise InputError(f"{info.location}: no runs to analyse")
     attrs = _attr_frame(runs)
     if preset is not None:
         specs = list(preset.experiments)
@@ -86,12 +94,15 @@ def analyze(*, logs: str | Path | None = None, experiment: str | None = None, tr
     """Load a source and analyse it. Exactly one of ``logs`` and ``experiment``."""
     opts = options or AnalysisOptions()
     if (logs is None) == (experiment is None):
-        raise AnalysisInputError("give exactly one source: --logs DIR or --experiment NAME")
+        raise InputError("give exactly one source: --logs DIR or --experiment NAME")
     pre = get_preset(preset) if preset else None
     if logs is not None:
-        runs, info = load_log_folder(logs, pre, phase1_epochs=phase1_epochs)
+        if pre is not None:
+            runs, info = pre.load(log_folder(logs)[0])
+        else:
+            runs, info = load_log_folder(logs, phase1_epochs=phase1_epochs)
     else:
         if pre is not None:
-            raise AnalysisInputError(f"--preset {preset} describes a log folder; it cannot be used with --experiment")
+            raise InputError(f"--preset {preset} describes a log folder; it cannot be used with --experiment")
         runs, info = load_mlflow(experiment, tracking_uri)
     return analyze_runs(runs, info, opts, pre)

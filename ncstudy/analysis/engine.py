@@ -20,7 +20,9 @@ import pandas as pd
 from scipy import stats
 
 from ncstudy.analysis.sources import ATTR_KEYS, RunInput
+from ncstudy.forecast.insample import crossing_epoch, loglog_fit
 from ncstudy.onset import OnsetRule, onset_of
+from ncstudy.records import num
 
 
 @dataclass(frozen=True)
@@ -65,14 +67,6 @@ class ExperimentResult:
 # ---------------------------------------------------------------------------------------------
 # Per run
 # ---------------------------------------------------------------------------------------------
-def _num(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def _last_finite(traj: pd.DataFrame, col: str) -> float | None:
     if col not in traj.columns:
         return None
@@ -84,7 +78,7 @@ def _at_epoch(traj: pd.DataFrame, col: str, epoch: int | None) -> float | None:
     if epoch is None or col not in traj.columns:
         return None
     s = traj.loc[traj["epoch"] == epoch, col]
-    return _num(s.iloc[0]) if len(s) else None
+    return num(s.iloc[0]) if len(s) else None
 
 
 def _records(traj: pd.DataFrame) -> list[dict[str, Any]]:
@@ -106,21 +100,21 @@ def onset_table(runs: Sequence[RunInput], opts: AnalysisOptions) -> pd.DataFrame
         row.update(cell=r.cell or r.run_id, rule=rule, phase_rule="phase 2" if p2 else "any phase",
                    origin=r.origin, source=r.source, experiments=";".join(r.experiments), note=r.note,
                    stop_reason=r.tags.get("stop_reason"),
-                   forecast_crossing_epoch=_num(r.tags.get("forecast_crossing_epoch")))
+                   forecast_crossing_epoch=num(r.tags.get("forecast_crossing_epoch")))
         if r.trajectory is not None:
             tr = r.trajectory
             o = onset_of(_records(tr), OnsetRule(opts.strict, opts.relaxed, p2), relaxed_fallback=False)
-            row.update(t_strict=o.t_strict, t_relaxed=o.t_relaxed, fn_strict=_num(o.fn_strict),
-                       fn_relaxed=_num(o.fn_relaxed), min_nc1=_num(o.min_nc1),
+            row.update(t_strict=o.t_strict, t_relaxed=o.t_relaxed, fn_strict=num(o.fn_strict),
+                       fn_relaxed=num(o.fn_relaxed), min_nc1=num(o.min_nc1),
                        test_acc=_last_finite(tr, "test"), final_epoch=int(tr["epoch"].max()),
                        n_evals=len(tr))
         else:
             g = r.given or {}
-            t = _num(g.get("t_nc"))
+            t = num(g.get("t_nc"))
             row["phase_rule"] = "as tabulated"
             row.update(t_strict=None, t_relaxed=None, fn_strict=None, fn_relaxed=None, min_nc1=None,
-                       test_acc=_num(g.get("test_acc")), final_epoch=None, n_evals=0,
-                       given_t=int(t) if t is not None else None, given_fn=_num(g.get("fn_star")),
+                       test_acc=num(g.get("test_acc")), final_epoch=None, n_evals=0,
+                       given_t=int(t) if t is not None else None, given_fn=num(g.get("fn_star")),
                        given_threshold=g.get("threshold"))
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -443,13 +437,9 @@ def wd_regimes(groups: pd.DataFrame, runs: pd.DataFrame, keys: Sequence[str], ma
 # Lead times: fn crossing its threshold vs T_NC
 # ---------------------------------------------------------------------------------------------
 def fn_crossing(traj: pd.DataFrame, threshold: float, phase2_only: bool) -> int | None:
-    """First logged epoch whose fn is below ``threshold`` (phase 2 only under a phase-2 rule)."""
-    t = traj
-    if phase2_only and "phase" in t.columns and t["phase"].notna().any():
-        t = t[t["phase"] == 2]
-    fn = pd.to_numeric(t["feat_norm"], errors="coerce")
-    hit = t.loc[fn.notna() & (fn < threshold), "epoch"]
-    return int(hit.iloc[0]) if len(hit) else None
+    """The forecaster's crossing rule (:func:`ncstudy.forecast.crossing_epoch`) on a logged
+    trajectory: first epoch with fn <= ``threshold`` (phase 2 only under a phase-2 rule)."""
+    return crossing_epoch(_records(traj), threshold, (2,) if phase2_only else None)
 
 
 def lead_times(runs: pd.DataFrame, trajectories: dict[str, pd.DataFrame], fit_key: str | None) -> dict[str, Any]:
@@ -468,15 +458,14 @@ def lead_times(runs: pd.DataFrame, trajectories: dict[str, pd.DataFrame], fit_ke
         x = pd.to_numeric(col[fit_key], errors="coerce")
         ok = x.notna() & (x > 0) & col["fn_star"].notna()
         if x[ok].nunique() >= 2:
-            lr = stats.linregress(np.log(x[ok].astype(float)), np.log(col.loc[ok, "fn_star"].astype(float)))
-            fit = {"key": fit_key, "slope": float(lr.slope), "intercept": float(lr.intercept),
-                   "r": float(lr.rvalue), "n": int(ok.sum())}
+            f = loglog_fit(zip(x[ok].astype(float), col.loc[ok, "fn_star"].astype(float)), fit_on="runs")
+            fit = {"key": fit_key, "slope": f.b, "intercept": f.a, "r": f.r, "n": f.n}
     group_mean = col.groupby("group")["fn_star"].mean().to_dict()
     per_run = []
     for _, r in col.iterrows():
         traj = trajectories.get(r["run_id"])
         if fit is not None:
-            xv = _num(r[fit_key])
+            xv = num(r[fit_key])
             thr = math.exp(fit["intercept"] + fit["slope"] * math.log(xv)) if xv and xv > 0 else None
         else:
             thr = group_mean.get(r["group"])

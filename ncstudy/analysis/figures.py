@@ -9,11 +9,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator  # noqa: E402
 
 from ncstudy.analysis.engine import ExperimentResult  # noqa: E402
+from ncstudy.records import finite  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
     from ncstudy.analysis.core import Analysis
@@ -22,13 +23,6 @@ DPI = 110
 SWEEP_KEYS = ("depth", "width", "weight_decay")
 LOG_X = {"width", "weight_decay", "lr"}
 MAX_GROUPS_PER_FIGURE = 12
-
-
-def _finite(x: Any) -> bool:
-    try:
-        return x is not None and x is not pd.NA and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
 
 
 def _log_y(ax) -> None:
@@ -41,7 +35,7 @@ def _log_y(ax) -> None:
 
 
 def _label(v: Any) -> str:
-    if not _finite(v):
+    if not finite(v):
         return ""
     v = float(v)
     return str(int(v)) if v.is_integer() else f"{v:g}"
@@ -84,7 +78,7 @@ def trajectories(res: ExperimentResult, trajs: dict[str, pd.DataFrame], out: Pat
                 lab = f"seed {_label(r['seed'])}" if by_seed else str(r["run_id"])
                 ax_fn.plot(t["epoch"], t["feat_norm"], color=c, lw=1.2, label=lab)
                 ax_nc.plot(t["epoch"], t["nc1"], color=c, lw=1.2)
-                if _finite(r["t_nc"]):
+                if finite(r["t_nc"]):
                     tn = int(r["t_nc"])
                     ax_fn.axvline(tn, color=c, ls=":", lw=1)
                     ax_nc.axvline(tn, color=c, ls=":", lw=1)
@@ -93,9 +87,9 @@ def trajectories(res: ExperimentResult, trajs: dict[str, pd.DataFrame], out: Pat
                         ax_nc.plot([tn], [y.iloc[0]], marker="o", color=c, ms=6, mec="k")
                     thresholds.add(r["threshold"])
                 ce, thr = cross.get(r["run_id"], (None, None))
-                if _finite(thr):
+                if finite(thr):
                     ax_fn.axhline(float(thr), color=c, ls="--", lw=0.8, alpha=0.6)
-                if _finite(ce):
+                if finite(ce):
                     y = t.loc[t["epoch"] == int(ce), "feat_norm"]
                     if len(y):
                         ax_fn.plot([int(ce)], [y.iloc[0]], marker="x", color="crimson", ms=8, mew=2)
@@ -131,9 +125,9 @@ def fn_star_by_group(res: ExperimentResult, out: Path) -> str | None:
     for i, (_, row) in enumerate(g.iterrows()):
         vals = runs[(runs["group"] == row["group"]) & runs["collapsed"]]["fn_star"].astype(float)
         ax.scatter(i + rng.uniform(-0.12, 0.12, len(vals)), vals, s=18, color="tab:blue", alpha=0.6, zorder=2)
-        if _finite(row["fn_mean"]):
+        if finite(row["fn_mean"]):
             lo, hi = row["fn_ci_low"], row["fn_ci_high"]
-            if _finite(lo):
+            if finite(lo):
                 ax.errorbar([i + 0.25], [row["fn_mean"]], yerr=[[row["fn_mean"] - lo], [hi - row["fn_mean"]]],
                             fmt="s", color="k", capsize=4, zorder=3)
             else:
@@ -161,7 +155,7 @@ def tnc_vs(res: ExperimentResult, key: str, out: Path) -> str | None:
     runs["_line"] = [", ".join(f"{k}={r[k]}" for k in others) if others else "" for _, r in runs.iterrows()]
     fig, ax = plt.subplots(figsize=(5.5, 4))
     top = pd.to_numeric(runs["t_nc"], errors="coerce").max()
-    top = 1.1 * top if _finite(top) else 1.0
+    top = 1.1 * top if finite(top) else 1.0
     for line, sub in runs.groupby("_line", sort=False):
         col = sub[sub["collapsed"]]
         ax.scatter(col["_x"], col["t_nc"].astype(float), s=16, alpha=0.5)
@@ -197,8 +191,8 @@ def activation_comparison(res: ExperimentResult, out: Path) -> str | None:
                                    (a2, "fn_star", "fn_mean", "fn_sd", "fn*")):
         for i, (_, row) in enumerate(g.iterrows()):
             hatch = "//" if "relaxed" in str(row["threshold"]) else None
-            if _finite(row[mean]):
-                ax.bar(i, row[mean], yerr=row[sd] if _finite(row[sd]) else 0, capsize=4, color="tab:orange",
+            if finite(row[mean]):
+                ax.bar(i, row[mean], yerr=row[sd] if finite(row[sd]) else 0, capsize=4, color="tab:orange",
                        alpha=0.6, hatch=hatch, edgecolor="k")
             vals = runs[(runs["group"] == row["group"]) & runs["collapsed"]][col].astype(float)
             ax.scatter(np.full(len(vals), i), vals, color="k", s=12, zorder=3)

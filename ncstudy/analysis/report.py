@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ncstudy.analysis.engine import ExperimentResult
+from ncstudy.records import finite
 
 if TYPE_CHECKING:  # pragma: no cover
     from ncstudy.analysis.core import Analysis
@@ -18,34 +19,25 @@ if TYPE_CHECKING:  # pragma: no cover
 # ---------------------------------------------------------------------------------------------
 # Formatting
 # ---------------------------------------------------------------------------------------------
-def _ok(x: Any) -> bool:
-    if x is None or x is pd.NA:
-        return False
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
 def f3(x: Any, nd: int = 3) -> str:
-    return f"{float(x):.{nd}f}" if _ok(x) else "–"
+    return f"{float(x):.{nd}f}" if finite(x) else "–"
 
 
 def fint(x: Any) -> str:
-    return f"{float(x):.0f}" if _ok(x) else "never"
+    return f"{float(x):.0f}" if finite(x) else "never"
 
 
 def fp(x: Any) -> str:
-    if not _ok(x):
+    if not finite(x):
         return "–"
     x = float(x)
     return f"{x:.4f}" if x >= 1e-4 else f"{x:.2e}"
 
 
 def pm(m: Any, s: Any, nd: int = 3) -> str:
-    if not _ok(m):
+    if not finite(m):
         return "–"
-    return f"{float(m):.{nd}f} ± {float(s):.{nd}f}" if _ok(s) else f"{float(m):.{nd}f}"
+    return f"{float(m):.{nd}f} ± {float(s):.{nd}f}" if finite(s) else f"{float(m):.{nd}f}"
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -58,7 +50,7 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def _sv(v: Any) -> str:
-    if not _ok(v) and not isinstance(v, str):
+    if not finite(v) and not isinstance(v, str):
         return "–"
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return str(int(v))
@@ -71,10 +63,10 @@ def _sv(v: Any) -> str:
 def groups_md(res: ExperimentResult) -> str:
     rows = []
     for _, g in res.groups.iterrows():
-        ci = f"[{f3(g['fn_ci_low'])}, {f3(g['fn_ci_high'])}]" if _ok(g["fn_ci_low"]) else "–"
+        ci = f"[{f3(g['fn_ci_low'])}, {f3(g['fn_ci_high'])}]" if finite(g["fn_ci_low"]) else "–"
         rows.append([g["group"], g["N"], g["n_collapsed"], g["threshold"], pm(g["fn_mean"], g["fn_sd"]), ci,
-                     f"{100 * g['fn_cv']:.1f} %" if _ok(g["fn_cv"]) else "–",
-                     pm(g["t_nc_mean"], g["t_nc_sd"], 1) if _ok(g["t_nc_mean"]) else "never",
+                     f"{100 * g['fn_cv']:.1f} %" if finite(g["fn_cv"]) else "–",
+                     pm(g["t_nc_mean"], g["t_nc_sd"], 1) if finite(g["t_nc_mean"]) else "never",
                      f3(g["test_acc_mean"], 4), f3(g["min_nc1_mean"], 4)])
     return md_table(["group", "N", "collapsed", "threshold", "fn* mean ± SD", "95 % CI", "CV",
                      "T_NC mean ± SD", "test acc", "min nc1"], rows)
@@ -137,9 +129,9 @@ def wd_md(df: pd.DataFrame) -> str:
     return md_table(["weight decay", "N", "collapsed", "T_NC mean ± SD", "vs fastest", "t-test vs fastest",
                      "min nc1", "regime"],
                     [[_sv(r["weight_decay"]), r["N"], r["n_collapsed"],
-                      pm(r["t_nc_mean"], r["t_nc_sd"], 1) if _ok(r["t_nc_mean"]) else "never",
-                      f"{r['vs_fastest_pct']:+.1f} %" if _ok(r["vs_fastest_pct"]) else "–",
-                      f"t = {r['t_vs_fastest']:.2f}, p = {fp(r['p_vs_fastest'])}" if _ok(r["t_vs_fastest"]) else "–",
+                      pm(r["t_nc_mean"], r["t_nc_sd"], 1) if finite(r["t_nc_mean"]) else "never",
+                      f"{r['vs_fastest_pct']:+.1f} %" if finite(r["vs_fastest_pct"]) else "–",
+                      f"t = {r['t_vs_fastest']:.2f}, p = {fp(r['p_vs_fastest'])}" if finite(r["t_vs_fastest"]) else "–",
                       f3(r["min_nc1_mean"], 4), r["regime"]] for _, r in df.iterrows()])
 
 
@@ -149,7 +141,7 @@ def intervention_md(df: pd.DataFrame) -> str:
                     [[r["stratum"], _sv(r["alpha"]), r["metric"], f"{r['n_treated']} ({r['n_treated_collapsed']})",
                       f"{r['n_control']} ({r['n_control_collapsed']})", f3(r["treated_mean"]),
                       f3(r["control_mean"]),
-                      f"{r['change_pct']:+.1f} %" if _ok(r.get("change_pct")) else "–",
+                      f"{r['change_pct']:+.1f} %" if finite(r.get("change_pct")) else "–",
                       f3(r["t"], 2), _sv(r["df"]), fp(r["p"])] for _, r in df.iterrows()])
 
 
@@ -175,8 +167,8 @@ def lead_md(lead: dict[str, Any]) -> str:
     if len(pr):
         out += ["", md_table(["run", "group", "T_NC", "fn threshold", "crossing", "lead"],
                              [[r.get("name") or r["run_id"], r["group"], r["t_nc"], f3(r["fn_threshold"]),
-                               fint(r["crossing"]) if _ok(r["crossing"]) else "none",
-                               fint(r["lead"]) if _ok(r["lead"]) else "–"] for _, r in pr.iterrows()])]
+                               fint(r["crossing"]) if finite(r["crossing"]) else "none",
+                               fint(r["lead"]) if finite(r["lead"]) else "–"] for _, r in pr.iterrows()])]
     return "\n".join(out)
 
 
@@ -241,7 +233,7 @@ def build_markdown(a: "Analysis", figures: Sequence[str], command: str | None = 
               f"{n_agree} rows agree, {n_diff} differ (T_NC equal, fn* within 1e-3; a blank T_NC in the author's "
               "table means no strict onset).", "",
               md_table(["table", "row", "their T_NC", "their fn*", "run", "our T_NC", "our fn*", "status"],
-                       [[r["table"], r["row"], fint(r["table_t_nc"]) if _ok(r["table_t_nc"]) else "blank",
+                       [[r["table"], r["row"], fint(r["table_t_nc"]) if finite(r["table_t_nc"]) else "blank",
                          f3(r["table_fn"], 4), r["run_id"] or "–", fint(r["t_nc"]), f3(r["fn_star"], 4), r["status"]]
                         for _, r in c.iterrows()]), ""]
     lc = a.lead_consistency
@@ -250,8 +242,8 @@ def build_markdown(a: "Analysis", figures: Sequence[str], command: str | None = 
               "The in-sample crossing (threshold from the log-log fit) for runs with a per-epoch log here; the "
               "lead statistics themselves belong to the forecaster.", "",
               md_table(["table", "row", "run", "their crossing", "our crossing", "fn threshold", "status"],
-                       [[r["table"], r["row"], r["run_id"], fint(r["their_crossing"]) if _ok(r["their_crossing"])
-                         else "none", fint(r["our_crossing"]) if _ok(r["our_crossing"]) else "none",
+                       [[r["table"], r["row"], r["run_id"], fint(r["their_crossing"]) if finite(r["their_crossing"])
+                         else "none", fint(r["our_crossing"]) if finite(r["our_crossing"]) else "none",
                          f3(r["fn_threshold"]), r["status"]] for _, r in lc.iterrows()]), ""]
     unused = t[t["experiments"] == ""]
     if len(unused):

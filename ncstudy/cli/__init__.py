@@ -13,10 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ncstudy.config import ConfigError
-
-EXIT_BAD_INPUT = 2
-EXIT_TRACKING_UNAVAILABLE = 3
+from ncstudy.errors import EXIT_BAD_INPUT, EXIT_TRACKING_UNAVAILABLE, ConfigError, InputError
 
 
 def _fmt(v: float) -> str:
@@ -78,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       tracking_flush_interval_s=args.tracking_flush_interval)
     print(f"study {spec.name}: {spec.num_trials()} trial(s); tracking {opts.tracking_uri}; "
           f"results in {opts.storage}/{spec.name}", flush=True)
-    from ncstudy.tracking import TrackingUnavailable
+    from ncstudy.adapters.mlflow.writer import TrackingUnavailable
 
     try:
         return run_study(spec, opts)
@@ -105,13 +102,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace, rest: list[str]) -> int:
-    from ncstudy.analysis.cli import analyze_main
+    from ncstudy.cli.analyze import analyze_main
 
     return analyze_main(rest)
 
 
 def cmd_replay(args: argparse.Namespace, rest: list[str]) -> int:
-    from ncstudy.forecast.replay_cli import replay_main
+    from ncstudy.cli.replay import replay_main
 
     return replay_main(rest)
 
@@ -152,19 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input of any command (:class:`~ncstudy.errors.InputError`) is reported
+    here, once, with exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if argv and argv[0] in ("analyze", "replay"):  # these parse their own flags
-        cmd, rest = argv[0], argv[1:]
-        return {"analyze": cmd_analyze, "replay": cmd_replay}[cmd](argparse.Namespace(), rest)
+    prog = "ncstudy" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
+        if argv and argv[0] in ("analyze", "replay"):  # these parse their own flags
+            cmd, rest = argv[0], argv[1:]
+            return {"analyze": cmd_analyze, "replay": cmd_replay}[cmd](argparse.Namespace(), rest)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+            return int(e.code or 0)
         return {"train": cmd_train, "run": cmd_run, "ui": cmd_ui}[args.command](args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except InputError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -1,9 +1,9 @@
 """``ncstudy analyze``: statistics, figures and a Markdown report from logs or an MLflow study.
 
-Exit status: 0 done; 2 bad input (unknown experiment, empty folder, CSV without the required
-columns, unknown preset or grouping key) with a message on stderr and nothing written; 1 an
-unexpected failure (the output folder is still left untouched), or the report was written but
-could not be logged to the MLflow parent run.
+Exit status (through :func:`ncstudy.cli.main`): 0 done; 2 bad input (unknown experiment, empty
+folder, CSV without the required columns, unknown preset or grouping key) with a message on
+stderr and nothing written; 1 an unexpected failure (the output folder is still left untouched),
+or the report was written but could not be logged to the MLflow parent run.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from ncstudy.analysis.engine import AnalysisOptions
-from ncstudy.analysis.sources import AnalysisInputError
+from ncstudy.errors import InputError
 
 PROG = "ncstudy analyze"
 
@@ -73,17 +73,6 @@ def _install(tmp: Path, out: Path) -> None:
         src.replace(dst)
 
 
-def _log_to_parent(a, out: Path, files: list[Path]) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=a.source.tracking_uri)
-    for f in files:
-        sub = f.parent.relative_to(out).as_posix()
-        client.log_artifact(a.source.parent_run_id, str(f),
-                            artifact_path="analysis" if sub == "." else f"analysis/{sub}")
-    client.set_tag(a.source.parent_run_id, "ncstudy.analysis", "analysis/report.md")
-
-
 def _summary(a) -> str:
     lines = []
     if a.headline:
@@ -107,22 +96,16 @@ def analyze_main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
     if args.tracking_uri and not args.experiment:
-        print(f"{PROG}: error: --tracking-uri needs --experiment", file=sys.stderr)
-        return 2
+        raise InputError("--tracking-uri needs --experiment")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        print(f"{PROG}: error: --out {out} exists and is not a folder", file=sys.stderr)
-        return 2
+        raise InputError(f"--out {out} exists and is not a folder")
     opts = AnalysisOptions(threshold=args.threshold, phase2_only=args.phase2_only,
                            group_by=_group_keys(args.group_by))
     from ncstudy.analysis.core import analyze
 
-    try:
-        a = analyze(logs=args.logs, experiment=args.experiment, tracking_uri=args.tracking_uri,
-                    preset=args.preset, options=opts, phase1_epochs=args.phase1_epochs)
-    except AnalysisInputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    a = analyze(logs=args.logs, experiment=args.experiment, tracking_uri=args.tracking_uri,
+                preset=args.preset, options=opts, phase1_epochs=args.phase1_epochs)
     command = "ncstudy analyze " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -149,7 +132,9 @@ def analyze_main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     if a.source.kind == "mlflow" and a.source.parent_run_id and not args.no_log_artifacts:
         try:
-            _log_to_parent(a, out, [out / p for p in written])
+            from ncstudy.adapters.mlflow.writer import log_analysis
+
+            log_analysis(a.source.tracking_uri, a.source.parent_run_id, out, [out / p for p in written])
         except Exception as e:  # noqa: BLE001 - the local report exists; say what failed
             print(f"{PROG}: error: report written to {out}, but logging it to parent run "
                   f"{a.source.parent_run_id} failed: {e}", file=sys.stderr)
@@ -157,11 +142,3 @@ def analyze_main(argv: list[str] | None = None) -> int:
         if not args.json:
             print(f"logged to MLflow run {a.source.parent_run_id} under analysis/")
     return 0
-
-
-def main() -> None:  # pragma: no cover - `python -m ncstudy.analysis.cli`
-    sys.exit(analyze_main())
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

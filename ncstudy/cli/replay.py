@@ -7,67 +7,29 @@
 LOGS are reference-format CSV files or folders (folders: every CSV with the log columns).
 MLflow input reads the ``trajectory.csv`` artifact of each trial run (tag
 ``ncstudy.role=trial``) of the experiment; its group comes from the ``model``/``dataset`` tags.
-Bad input prints a message and returns 2. ``mlflow`` is imported only for ``--experiment``.
+Bad input raises :class:`~ncstudy.errors.InputError` (exit status 2 through :func:`ncstudy.cli.main`).
+``mlflow`` is imported only for ``--experiment``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from ncstudy.logs import LogFormatError, read_log
-
-from .calibration import PAPER_PRIORS, Calibration, Prior
-from .forecasters import FORECASTERS
-from .replay import (CALIBRATION_MODES, GROUP_BY, Trajectory, calibration_from_trajectories, format_runs,
-                     format_summaries, frame_records, load_reference_logs, replay)
-from .stopper import POLICIES
-
-
-class ReplayInputError(ValueError):
-    pass
-
-
-def load_mlflow_trajectories(experiment: str, tracking_uri: str | None = None,
-                             ce_epochs: int | None = None) -> list[Trajectory]:
-    """Trial runs of an MLflow experiment (CONTRACTS.md layout) as trajectories."""
-    try:
-        import mlflow
-        from mlflow.exceptions import MlflowException
-    except ImportError as e:  # pragma: no cover - mlflow is a dependency
-        raise ReplayInputError(f"--experiment needs mlflow: {e}") from e
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    try:
-        exp = client.get_experiment_by_name(experiment)
-    except MlflowException as e:
-        raise ReplayInputError(f"cannot reach MLflow at {tracking_uri or mlflow.get_tracking_uri()}: {e}") from e
-    if exp is None:
-        raise ReplayInputError(f"MLflow experiment {experiment!r} not found at "
-                               f"{tracking_uri or mlflow.get_tracking_uri()}")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`ncstudy.role` = 'trial'",
-                              max_results=50000)
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for run in runs:
-            tags = run.data.tags
-            rid = tags.get("ncstudy.trial_id") or run.info.run_name or run.info.run_id
-            try:
-                local = client.download_artifacts(run.info.run_id, "trajectory.csv", tmp)
-            except (MlflowException, OSError):
-                continue  # a trial that logged no trajectory (e.g. failed early)
-            df = read_log(local)
-            meta = {"run_id": rid, "model": tags.get("model"), "dataset": tags.get("dataset"),
-                    "mlflow_run_id": run.info.run_id, **{k: v for k, v in run.data.params.items()}}
-            model, data = meta["model"], meta["dataset"]
-            group = f"{model or '?'}/{data or '?'}" if (model or data) else "default"
-            out.append(Trajectory(str(rid), group, frame_records(df, ce_epochs), meta, f"mlflow:{run.info.run_id}"))
-            Path(local).unlink(missing_ok=True)
-    if not out:
-        raise ReplayInputError(f"MLflow experiment {experiment!r} has no trial runs with a trajectory.csv")
-    return out
+from ncstudy.errors import InputError
+from ncstudy.forecast.calibration import PAPER_PRIORS, Calibration, Prior
+from ncstudy.forecast.forecasters import FORECASTERS
+from ncstudy.forecast.replay import (
+    CALIBRATION_MODES,
+    calibration_from_trajectories,
+    format_runs,
+    format_summaries,
+    replay,
+)
+from ncstudy.forecast.stopper import POLICIES
+from ncstudy.forecast.trajectories import GROUP_BY, Trajectory, load_logs, read_manifest
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,8 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-fn-star", type=float, help="prior fn* for --group")
     p.add_argument("--prior-lead", type=float, help="prior lead (epochs) for --group")
     p.add_argument("--group", help="put every run in this group (and give it the --prior-* values)")
+    p.add_argument("--manifest", help="CSV with a 'file' column and run attributes (model, dataset, ...), e.g. "
+                                      "analysis/rupa2026/runs.csv for the author's logs; groups come from it")
     p.add_argument("--group-by", choices=GROUP_BY, default="model-dataset",
-                   help="grouping of reference logs by file name (default model-dataset)")
+                   help="grouping of logs with a manifest (default model-dataset)")
     p.add_argument("--min-observations", type=int, default=3)
     p.add_argument("--margin", type=float, default=0.0, help="fn_star: crossing at fn <= fn*(1+margin)")
     p.add_argument("--confirm", type=int, default=1, help="fn_star: evaluations in a row below threshold")
@@ -112,12 +76,12 @@ def _priors(args) -> dict[str, Prior] | None:
         try:
             priors.update(Calibration.load(p).priors)
         except FileNotFoundError:
-            raise ReplayInputError(f"{p}: prior file not found") from None
+            raise InputError(f"{p}: prior file not found") from None
         except (ValueError, KeyError, TypeError) as e:
-            raise ReplayInputError(f"{p}: not a calibration JSON ({e})") from None
+            raise InputError(f"{p}: not a calibration JSON ({e})") from None
     if args.prior_fn_star is not None or args.prior_lead is not None:
         if not args.group:
-            raise ReplayInputError("--prior-fn-star/--prior-lead need --group")
+            raise InputError("--prior-fn-star/--prior-lead need --group")
         priors[args.group] = Prior(args.prior_fn_star, args.prior_lead, source="command line")
     return priors or None
 
@@ -132,22 +96,22 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if not args.logs and not args.experiment:
-            raise ReplayInputError("give log files/folders or --experiment NAME")
+            raise InputError("give log files/folders or --experiment NAME")
         if args.min_observations < 1 or args.confirm < 1 or args.window < 3:
-            raise ReplayInputError("--min-observations and --confirm must be >= 1, --window >= 3")
+            raise InputError("--min-observations and --confirm must be >= 1, --window >= 3")
         if not 0 < args.strict <= args.relaxed < 1:
-            raise ReplayInputError("need 0 < --strict <= --relaxed < 1")
+            raise InputError("need 0 < --strict <= --relaxed < 1")
         skipped: list[str] = []
         trajs: list[Trajectory] = []
-        for p in args.logs:
-            if not Path(p).exists():
-                raise ReplayInputError(f"{p}: no such file or folder")
+        manifest = read_manifest(args.manifest) if args.manifest else None
         if args.logs:
-            trajs += load_reference_logs(args.logs, args.group_by, args.ce_epochs, skipped)
+            trajs += load_logs(args.logs, manifest, args.group, args.group_by, args.ce_epochs, skipped)
         if args.experiment:
-            trajs += load_mlflow_trajectories(args.experiment, args.tracking_uri, args.ce_epochs)
+            from ncstudy.adapters.mlflow.reader import mlflow_trajectories
+
+            trajs += mlflow_trajectories(args.experiment, args.tracking_uri, args.ce_epochs)
         if not trajs:
-            raise ReplayInputError("no trajectory logs found in " + ", ".join(args.logs))
+            raise InputError("no trajectory logs found in " + ", ".join(args.logs))
         if args.group:
             for t in trajs:
                 t.group = args.group
@@ -155,7 +119,7 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
         names = args.forecaster or ["fn_star"]
         names = list(FORECASTERS) if "all" in names else list(dict.fromkeys(names))
         if args.calibration == "prior" and not priors and any(n != "nc1" for n in names):
-            raise ReplayInputError("--calibration prior needs --prior paper|FILE or --prior-fn-star/--prior-lead")
+            raise InputError("--calibration prior needs --prior paper|FILE or --prior-fn-star/--prior-lead")
         rule = OnsetRule(args.strict, args.relaxed)
         opts = {"margin": args.margin, "confirm": args.confirm, "window": args.window, "r2_min": args.r2_min,
                 "max_horizon": args.max_horizon, "phases": None if args.any_phase else (2,)}
@@ -163,9 +127,10 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
                           args.budget, forecaster_options=opts) for n in names]
         if args.save_calibration:
             calibration_from_trajectories(trajs, args.min_observations, rule, priors=priors).save(args.save_calibration)
-    except (ReplayInputError, LogFormatError, ValueError) as e:
-        print(f"ncstudy replay: error: {e}", file=sys.stderr)
-        return 2
+    except InputError:
+        raise
+    except ValueError as e:  # an option a forecaster or the replay engine refuses
+        raise InputError(str(e)) from None
     if skipped:
         print(f"ncstudy replay: skipped {len(skipped)} CSV file(s) that are not trajectory logs", file=sys.stderr)
     if args.json:
@@ -181,11 +146,3 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
             print()
         print(format_summaries([r.summary for r in results]))
     return 0
-
-
-def main() -> None:  # pragma: no cover
-    sys.exit(replay_main())
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -9,24 +9,45 @@
 
 See ``docs/forecast.md``.
 """
-from .calibration import (PAPER_PRIORS, Calibration, Estimate, LevelEstimate, Observation, Prior,
-                          default_group_key, group_key_from, observation_from_records)
+from .calibration import (
+                          PAPER_PRIORS,
+                          Calibration,
+                          Estimate,
+                          LevelEstimate,
+                          Observation,
+                          Prior,
+                          default_group_key,
+                          group_key_from,
+                          observation_from_records,
+)
 from .core import Forecast, Forecaster, MissingMetricError, TerminalGate, first_crossing
 from .forecasters import FORECASTERS, FnStarCrossing, NC1Extrapolation, TrainLossExtrapolation, make_forecaster
 from .insample import InSampleRun, LogLogFit, crossing_epoch, lead_statistics, loglog_fit, paper_insample_rule
-from .replay import (CALIBRATION_MODES, ReplayResult, ReplaySummary, RunReplay, Trajectory,
-                     calibration_from_trajectories, format_runs, format_summaries, load_reference_logs,
-                     priors_from_trajectories, replay, replay_run, summarize)
-from .reference import is_mnist_mlp5, reference_meta
-from .stopper import POLICIES, Decision, ForecastStopper, TrialMonitor
+from .replay import (
+                          CALIBRATION_MODES,
+                          ReplayResult,
+                          ReplaySummary,
+                          RunReplay,
+                          calibration_from_trajectories,
+                          format_runs,
+                          format_summaries,
+                          priors_from_trajectories,
+                          replay,
+                          replay_run,
+                          summarize,
+)
+from .stopper import POLICIES, Decision, ForecastStopper, TrialForecast, TrialMonitor
 from .synthetic import synthetic_trajectory
+from .trajectories import Trajectory, load_corpus, load_logs, read_manifest
 
 __all__ = [
     "PAPER_PRIORS", "Calibration", "Estimate", "LevelEstimate", "Observation", "Prior", "default_group_key",
-    "group_key_from", "observation_from_records", "Forecast", "Forecaster", "MissingMetricError", "TerminalGate", "first_crossing",
+    "group_key_from", "observation_from_records", "Forecast", "Forecaster", "MissingMetricError", "TerminalGate",
+    "first_crossing",
     "FORECASTERS", "FnStarCrossing", "NC1Extrapolation", "TrainLossExtrapolation", "make_forecaster",
     "InSampleRun", "LogLogFit", "crossing_epoch", "lead_statistics", "loglog_fit", "paper_insample_rule",
-    "CALIBRATION_MODES", "calibration_from_trajectories", "priors_from_trajectories", "ReplayResult", "ReplaySummary", "RunReplay", "Trajectory", "format_runs",
-    "format_summaries", "load_reference_logs", "replay", "replay_run", "summarize", "is_mnist_mlp5",
-    "reference_meta", "POLICIES", "Decision", "ForecastStopper", "TrialMonitor", "synthetic_trajectory",
+    "CALIBRATION_MODES", "calibration_from_trajectories", "priors_from_trajectories", "ReplayResult",
+    "ReplaySummary", "RunReplay", "format_runs", "format_summaries", "replay", "replay_run", "summarize",
+    "POLICIES", "Decision", "ForecastStopper", "TrialForecast", "TrialMonitor", "synthetic_trajectory",
+    "Trajectory", "load_corpus", "load_logs", "read_manifest",
 ]

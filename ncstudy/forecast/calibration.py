@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ncstudy.config import flatten
 
-from .core import first_crossing, finite
+from .core import finite, first_crossing
 
 GROUP_MODEL_KEYS = ("model.name", "model", "model_family", "arch")
 GROUP_DATA_KEYS = ("data.name", "dataset", "data")

@@ -13,23 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
-EPOCH, PHASE, TRAIN, FN, NC1, LOSS, TERMINAL = (
-    "epoch", "phase", "train", "feat_norm", "nc1", "train_loss", "terminal")
-
-
-def finite(x: object) -> bool:
-    """True for a real, finite number (bools excluded)."""
-    if isinstance(x, bool) or x is None:
-        return False
-    try:
-        return math.isfinite(float(x))  # numpy scalars included
-    except (TypeError, ValueError):
-        return False
-
-
-def num(x: object) -> float | None:
-    """``float(x)`` when finite, else None."""
-    return float(x) if finite(x) else None
+from ncstudy.records import EPOCH, FN, LOSS, NC1, PHASE, TERMINAL, TRAIN, finite, num  # noqa: F401 (re-exported)
 
 
 def phase_of(record: Mapping[str, Any]) -> int | None:

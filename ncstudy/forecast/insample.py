@@ -14,17 +14,22 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
+from scipy import stats
 
 from ncstudy.onset import OnsetRule, onset_of
+from ncstudy.records import EPOCH, FN, finite
 
-from .core import EPOCH, FN, finite, phase_of, phase_ok
+from .core import first_crossing, phase_of
 
 
 @dataclass(frozen=True)
 class LogLogFit:
+    """``log fn* = a + b log x``: the fit, its correlation ``r`` and the number of pairs ``n``."""
+
     a: float
     b: float
+    r: float = float("nan")
+    n: int = 0
 
     def __call__(self, width: float) -> float:
         return math.exp(self.a + self.b * math.log(width))
@@ -43,18 +48,18 @@ def loglog_fit(sweep: Iterable[tuple[float, float]], fit_on: str = "means") -> L
         raise ValueError("fit_on must be 'means' or 'runs'")
     if len({w for w, _ in pairs}) < 2:
         raise ValueError("need fn* at two or more widths for a log-log fit")
-    b, a = np.polyfit(np.log([w for w, _ in pairs]), np.log([f for _, f in pairs]), 1)
-    return LogLogFit(float(a), float(b))
+    lr = stats.linregress([math.log(w) for w, _ in pairs], [math.log(f) for _, f in pairs])
+    return LogLogFit(float(lr.intercept), float(lr.slope), float(lr.rvalue), len(pairs))
 
 
 def crossing_epoch(records: Iterable[Mapping[str, Any]], threshold: float,
                    phases: Sequence[int] | None = None) -> int | None:
-    """First evaluation (in the given order) with a finite fn <= ``threshold``."""
-    for r in records:
-        fn = r.get(FN)
-        if finite(fn) and float(fn) <= threshold and phase_ok(phase_of(r), phases):
-            return int(r[EPOCH])
-    return None
+    """The crossing rule (:func:`~ncstudy.forecast.core.first_crossing`) over logged records, in the
+    given order: every record with a finite fn counts (the reference logs leave fn empty before
+    terminal)."""
+    points = [(int(r[EPOCH]), phase_of(r), float(r[FN])) for r in records if finite(r.get(FN))]
+    c = first_crossing(points, threshold, phases)
+    return None if c is None else c[0]
 
 
 @dataclass(frozen=True)

@@ -16,89 +16,17 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
 
-from ncstudy.logs import LogFormatError, read_log
 from ncstudy.onset import OnsetRule
 
 from .calibration import Calibration, Prior, observation_from_records
-from .core import EPOCH, PHASE, first_crossing
-from .reference import reference_meta
+from .core import first_crossing
 from .stopper import POLICIES, TrialMonitor
+from .trajectories import Trajectory
 
 CALIBRATION_MODES = ("prior", "leave-one-out")
-
-
-@dataclass
-class Trajectory:
-    run_id: str
-    group: str
-    records: list[dict[str, Any]]
-    meta: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
-
-
-def frame_records(df, ce_epochs: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a :func:`ncstudy.logs.read_log` frame as records; without a ``phase`` column and
-    with ``ce_epochs`` given, phase = 1 up to ``ce_epochs`` and 2 after."""
-    recs = []
-    for row in df.to_dict("records"):
-        r = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-        r[EPOCH] = int(r[EPOCH])
-        if PHASE not in df.columns and ce_epochs is not None:
-            r[PHASE] = 1 if r[EPOCH] <= ce_epochs else 2
-        recs.append(r)
-    return recs
-
-
-GROUP_BY = ("model-dataset", "cell", "file", "all")
-
-
-def group_of(meta: Mapping[str, Any], group_by: str = "model-dataset") -> str:
-    if group_by == "all":
-        return "all"
-    if group_by == "file":
-        return str(meta.get("run_id"))
-    model, data = meta.get("model") or "?", meta.get("dataset") or "?"
-    base = f"{model}/{data}" if (meta.get("model") or meta.get("dataset")) else "default"
-    if group_by == "cell":
-        return f"{base}/{meta.get('cell') or meta.get('run_id')}"
-    if group_by != "model-dataset":
-        raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}")
-    return base
-
-
-def load_reference_logs(paths: Iterable[str | Path], group_by: str = "model-dataset",
-                        ce_epochs: int | None = None, skipped: list | None = None) -> list[Trajectory]:
-    """Reference-format CSV files and folders (folders: every ``*.csv`` that has the log
-    columns; others, such as summary tables, are skipped and listed in ``skipped``). A file named
-    explicitly that is not a log raises :class:`ncstudy.logs.LogFormatError`."""
-    out: list[Trajectory] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            for f in sorted(p.glob("*.csv")):
-                try:
-                    df = read_log(f)
-                except LogFormatError as e:
-                    if skipped is not None:
-                        skipped.append(str(e))
-                    continue
-                out.append(_traj(f, df, group_by, ce_epochs))
-        else:
-            out.append(_traj(p, read_log(p), group_by, ce_epochs))
-    ids = [t.run_id for t in out]
-    dup = {i for i in ids if ids.count(i) > 1}
-    for t in out:  # same file name in two folders: keep run ids unique
-        if t.run_id in dup:
-            t.run_id = t.source
-    return out
-
-
-def _traj(path: Path, df, group_by: str, ce_epochs: int | None) -> Trajectory:
-    meta = reference_meta(path)
-    return Trajectory(meta["run_id"], group_of(meta, group_by), frame_records(df, ce_epochs), meta, str(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,7 +202,8 @@ SUMMARY_HEAD = ["forecaster", "policy", "calibration", "runs", "coverage", "mean
 
 def summary_row(s: ReplaySummary) -> list[str]:
     pct = "{:.0%}"
-    lead = "-" if s.mean_lead is None else (f"{s.mean_lead:+.1f}" + ("" if s.sd_lead is None else f" ± {s.sd_lead:.1f}"))
+    lead = "-" if s.mean_lead is None else (
+        f"{s.mean_lead:+.1f}" + ("" if s.sd_lead is None else f" ± {s.sd_lead:.1f}"))
     return [s.forecaster, s.policy, s.calibration, str(s.n_runs),
             "-" if s.coverage is None else f"{s.n_before_onset}/{s.n_collapsing} ({s.coverage:.0%})", lead,
             _f(s.mae) + f" (n={s.n_forecast})",

@@ -17,13 +17,26 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ncstudy.onset import Onset, OnsetRule, OnsetTracker
+from ncstudy.records import EPOCH, FN, LOSS, NC1, finite, num
 
 from .calibration import Calibration, Observation
-from .core import EPOCH, FN, LOSS, NC1, Forecast, TerminalGate, finite, num, phase_of
+from .core import Forecast, TerminalGate, phase_of
 from .forecasters import FORECASTERS, make_forecaster
 
 POLICIES = ("record", "stop_at_forecast", "stop_at_onset")
-STOP_REASONS = ("forecast", "onset", "budget", "error")
+
+
+@dataclass(frozen=True)
+class TrialForecast:
+    """What a stopper knows of one trial: the forecast its decision rests on (the acted-on one,
+    else the latest) and why it stopped (None while it runs and nothing has stopped it)."""
+
+    forecast: Forecast | None
+    stop_reason: str | None
+
+    @property
+    def onset(self) -> float | None:
+        return None if self.forecast is None else float(self.forecast.onset)
 
 
 @dataclass(frozen=True)
@@ -135,18 +148,8 @@ class TrialMonitor:
             self.final_reason = "budget"
         return self.final_reason
 
-    def annotations(self) -> dict[str, Any]:
-        """``{"metrics": {"forecast_onset": x} (only when a forecast exists), "tags": {...}}``;
-        tag values are strings, "" when unknown (stop_reason is "" while the trial runs)."""
-        fc = self.acted or self.latest
-        metrics = {"forecast_onset": float(fc.onset)} if fc is not None else {}
-        tags = {
-            "forecast_onset": "" if fc is None else f"{fc.onset:.1f}",
-            "forecast_crossing_epoch": "" if fc is None or fc.crossing_epoch is None else str(fc.crossing_epoch),
-            "forecast_calibration": "" if fc is None else fc.calibration,
-            "stop_reason": self.final_reason or self.stop_reason or "",
-        }
-        return {"metrics": metrics, "tags": tags}
+    def state(self) -> TrialForecast:
+        return TrialForecast(self.acted or self.latest, self.final_reason or self.stop_reason)
 
     # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -195,12 +198,10 @@ class ForecastStopper:
         m = self.monitors.get(str(trial_id))
         return None if m is None else m.complete(reason)
 
-    def annotations(self, trial_id: str) -> dict[str, Any]:
+    def state(self, trial_id: str) -> TrialForecast | None:
+        """The trial's :class:`TrialForecast` (None for a trial never seen)."""
         m = self.monitors.get(str(trial_id))
-        if m is None:
-            return {"metrics": {}, "tags": {"forecast_onset": "", "forecast_crossing_epoch": "",
-                                            "forecast_calibration": "", "stop_reason": ""}}
-        return m.annotations()
+        return None if m is None else m.state()
 
     # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from typing import Any, Callable, TextIO
 
 from ray.tune import Callback
 
+from ncstudy.adapters.trials import ForecastLookup, TrialSummary
+
 COLUMNS = ("trial", "status", "epoch", "phase", "fn", "NC1", "forecast", "T_NC", "fn*", "stop")
 
 
@@ -31,12 +33,13 @@ def render_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
 
 
 class ProgressTable(Callback):
-    def __init__(self, spec, annotator: Callable[[str], dict] | None = None, interval_s: float = 10.0,
-                 quiet: bool = False, stream: TextIO | None = None) -> None:
-        from ncstudy.study.runner import _label_creator
+    """``label``: ``trial -> name`` (:func:`ncstudy.study.runner.trial_namer`); ``forecasts``: the
+    scheduler's :meth:`~ncstudy.adapters.ray_scheduler.FnStarScheduler.trial_forecast`, if any."""
 
-        self.label = _label_creator(spec)
-        self.annotator = annotator
+    def __init__(self, label: Callable[[Any], str], forecasts: ForecastLookup | None = None,
+                 interval_s: float = 10.0, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.forecasts = forecasts
         self.interval_s = interval_s
         self.quiet = quiet
         self.stream = stream
@@ -51,14 +54,10 @@ class ProgressTable(Callback):
         return self.stream or sys.stdout
 
     def row(self, trial) -> dict[str, Any]:
-        r = trial.last_result or {}
-        ann = self.annotator(trial.trial_id) if self.annotator else {}
-        tags = ann.get("tags", {})
-        fc = ann.get("metrics", {}).get("forecast_onset", tags.get("forecast_onset"))
-        return {"trial": self.label(trial), "status": trial.status, "epoch": r.get("epoch"),
-                "phase": r.get("phase"), "fn": r.get("feat_norm"), "NC1": r.get("nc1"), "forecast": fc,
-                "T_NC": r.get("t_nc"), "fn*": r.get("fn_star"),
-                "stop": tags.get("stop_reason") or r.get("stop_reason") or ""}
+        s = TrialSummary.of(trial, self.label(trial), self.forecasts(trial.trial_id) if self.forecasts else None)
+        return {"trial": s.trial, "status": s.status, "epoch": s.epochs_run, "phase": s.phase,
+                "fn": s.final_feat_norm, "NC1": s.final_nc1, "forecast": s.forecast_onset, "T_NC": s.t_nc,
+                "fn*": s.fn_star, "stop": s.stop_reason or ""}
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         now = time.monotonic()

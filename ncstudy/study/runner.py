@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ncstudy.config import flatten
-from ncstudy.study.spec import Param, StudySpec
+from ncstudy.study.spec import COLLAPSE_TIME_METRICS, FnStarConfig, Param, StudySpec
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,35 @@ def build_search_alg(spec: StudySpec, max_concurrent: int | None):
     return BasicVariantGenerator(random_state=spec.seed, max_concurrent=max_concurrent or 0)
 
 
+def build_calibration(cfg: FnStarConfig):
+    """The calibration a study's fn* scheduler starts from: a calibration file, then priors from a
+    previous MLflow experiment, the paper's, and the study file's own (later ones win per group)."""
+    from ncstudy.forecast import PAPER_PRIORS, Calibration, Prior
+    from ncstudy.records import LOSS
+
+    if cfg.calibration_file:
+        cal = Calibration.load(cfg.calibration_file)
+        cal.min_observations = cfg.min_observations
+    else:
+        cal = Calibration(min_observations=cfg.min_observations)
+    if cfg.prior_experiment:
+        from ncstudy.forecast.replay import priors_from_trajectories
+        from ncstudy.forecast.trajectories import mlflow_trajectories
+
+        trajs = mlflow_trajectories(cfg.prior_experiment, cfg.tracking_uri)
+        for g, p in priors_from_trajectories(trajs, margin=cfg.margin, phases=cfg.phases,
+                                             confirm=cfg.confirm).items():
+            cal.set_prior(g, p)
+    if cfg.paper_priors:
+        for g, p in PAPER_PRIORS.items():
+            if g not in cal.priors:
+                cal.set_prior(g, p)
+    for g, p in cfg.priors.items():
+        levels = {LOSS: p.train_loss} if p.train_loss is not None else {}
+        cal.set_prior(g, Prior(p.fn_star, p.lead, p.fn_star_sd, p.lead_sd, levels, p.source))
+    return cal
+
+
 def build_scheduler(spec: StudySpec, experiment_dir: Path | None):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -106,53 +135,44 @@ def build_scheduler(spec: StudySpec, experiment_dir: Path | None):
                              grace_period=a.grace_period * spec.base.eval.nc_every,
                              reduction_factor=a.reduction_factor)
     if name == "fnstar":
-        from ncstudy.adapters.ray_scheduler import FnStarConfig, FnStarScheduler
+        from ncstudy.adapters.ray_scheduler import FnStarScheduler, MetricNames
+        from ncstudy.forecast import default_group_key, group_key_from
         from ncstudy.onset import OnsetRule
 
-        fcfg = FnStarConfig.model_validate(spec.scheduler.fnstar)
-        ev = spec.base.eval
-        sched = FnStarScheduler.from_config(
-            fcfg, objective_metric=spec.objective.metric,
+        cfg, ev = spec.scheduler.fnstar, spec.base.eval
+        objective = cfg.objective
+        if objective is None and spec.objective.metric in COLLAPSE_TIME_METRICS:
+            objective = spec.objective.metric
+        inner = group_key_from(cfg.group_by) if cfg.group_by else default_group_key
+        return FnStarScheduler(
+            cfg.policy, cfg.forecaster, metrics=MetricNames(**cfg.metrics.model_dump()),
+            calibration=build_calibration(cfg),
+            # Trials carry only the searched keys; groups (model + dataset by default) need the full config.
+            group_key=lambda config: inner(flatten(spec.resolve(config).model_dump())),
+            objective=objective, rule=OnsetRule(ev.strict_threshold, ev.relaxed_threshold, ev.onset_phase2_only),
+            terminal_acc=ev.terminal_acc, learn=cfg.learn,
             state_path=experiment_dir / "fnstar_state.json" if experiment_dir else None,
-            rule=OnsetRule(ev.strict_threshold, ev.relaxed_threshold, ev.onset_phase2_only),
-            terminal_acc=ev.terminal_acc)
-        # Trials carry only the searched keys; groups (model + dataset by default) need the full config.
-        sched.group_key = _FullConfigKey(spec, sched.group_key)
-        return sched
+            forecaster_options=cfg.forecaster_options())
     return FIFOScheduler()
-
-
-class _FullConfigKey:
-    """Applies a group-key function to a trial's full config rather than its searched keys."""
-
-    def __init__(self, spec: StudySpec, inner) -> None:
-        self.spec, self.inner = spec, inner
-
-    def __call__(self, config: dict[str, Any]) -> str:
-        params = {k: config[k] for k in self.spec.space if k in config}
-        return self.inner(flatten(self.spec.config_for(params).model_dump()))
 
 
 def trial_tags(spec: StudySpec):
     def tags(config: dict[str, Any]) -> dict[str, str]:
-        cfg = spec.config_for({k: config[k] for k in spec.space if k in config})
+        cfg = spec.resolve(config)
         return {"model": cfg.model.name, "dataset": cfg.data.name}
     return tags
 
 
 def trial_params(spec: StudySpec):
     def params(config: dict[str, Any]) -> dict[str, Any]:
-        cfg = spec.config_for({k: config[k] for k in spec.space if k in config})
-        return flatten(cfg.model_dump())
+        return flatten(spec.resolve(config).model_dump())
     return params
 
 
-def _label_creator(spec: StudySpec):
+def trial_namer(spec: StudySpec):
+    """``trial -> name`` for Tune's ``trial_name_creator``, MLflow run names and the progress table."""
     def name(trial) -> str:
-        params = {k: trial.config[k] for k in spec.space if k in trial.config}
-        label = spec.trial_label(params)
-        unique = spec.num_samples > 1 or spec.searcher != "grid" or any(p.form != "grid" for p in spec.space.values())
-        return f"{label}_{trial.trial_id.split('_')[-1]}" if unique else label
+        return spec.name_of_trial(trial.trial_id, trial.config)
     return name
 
 
@@ -200,7 +220,7 @@ def _retarget_tracking(tuner, opts: RunOptions) -> None:
     """Tune restores the callbacks pickled at the first launch; a resume may name a new server
     (a replaced head node), outage limit or flush interval. The tracking URI is overridden only when
     given explicitly; the outage limit and flush interval are the resumed launch's."""
-    from ncstudy.tracking import MLflowStudyCallback
+    from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
 
     local = getattr(tuner, "_local_tuner", None)  # Tune keeps no public handle on the run config
     if local is None:  # Ray client mode: the tuner lives on the cluster
@@ -221,9 +241,9 @@ def run_study(spec: StudySpec, opts: RunOptions) -> int:
     import ray
     from ray import tune
 
+    from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
     from ncstudy.study.progress import ProgressTable
     from ncstudy.study.trainable import run_trial
-    from ncstudy.tracking import MLflowStudyCallback
 
     storage = opts.storage if "://" in opts.storage else str(Path(opts.storage).resolve())
     # Local (or NFS) storage keeps the scheduler's state file beside Tune's; with remote storage it
@@ -243,7 +263,7 @@ def run_study(spec: StudySpec, opts: RunOptions) -> int:
             if opts.resume:
                 log.warning("--resume: nothing to resume at %s; starting the study", path)
             scheduler = build_scheduler(spec, experiment_dir)
-            annotator = getattr(scheduler, "annotations", None)
+            forecasts = getattr(scheduler, "trial_forecast", None)
             tracking = None if not opts.tracking else MLflowStudyCallback(
                 opts.tracking_uri, spec.name,
                 study_params={"study.searcher": spec.searcher, "study.scheduler": spec.scheduler.name,
@@ -251,10 +271,10 @@ def run_study(spec: StudySpec, opts: RunOptions) -> int:
                               "study.space": json.dumps({k: p.model_dump(exclude_none=True)
                                                          for k, p in spec.space.items()})},
                 trial_params=trial_params(spec), trial_tags=trial_tags(spec),
-                trial_label=_label_creator(spec), annotator=annotator,
+                trial_label=trial_namer(spec), forecasts=forecasts,
                 max_outage_s=opts.tracking_max_outage_s, flush_interval_s=opts.tracking_flush_interval_s,
                 spill_dir=str(experiment_dir) if experiment_dir else None)
-            progress = ProgressTable(spec, annotator=annotator, interval_s=opts.progress_interval_s,
+            progress = ProgressTable(trial_namer(spec), forecasts=forecasts, interval_s=opts.progress_interval_s,
                                      quiet=opts.quiet)
             tuner = tune.Tuner(
                 trainable,
@@ -265,7 +285,7 @@ def run_study(spec: StudySpec, opts: RunOptions) -> int:
                     scheduler=scheduler, num_samples=spec.num_samples,
                     max_concurrent_trials=opts.max_concurrent or spec.max_concurrent,
                     reuse_actors=spec.reuse_actors,
-                    trial_name_creator=_label_creator(spec), trial_dirname_creator=_dirname_creator),
+                    trial_name_creator=trial_namer(spec), trial_dirname_creator=_dirname_creator),
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=storage, verbose=0,
                     callbacks=[c for c in (tracking, progress) if c is not None],

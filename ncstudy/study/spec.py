@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ncstudy.config import ConfigError, TrainConfig, flatten, format_validation_error, read_yaml, set_dotted
+from ncstudy.config import TrainConfig, flatten, format_validation_error, read_yaml, set_dotted
+from ncstudy.errors import ConfigError
+from ncstudy.records import COLLAPSE_EPOCH, T_NC
 
 # Readable trial names: the varied keys, shortened (w256-s0).
 SHORT_NAMES = {
@@ -85,10 +87,67 @@ class AshaConfig(_Strict):
     reduction_factor: float = Field(3.0, gt=1)
 
 
+class MetricNamesConfig(_Strict):
+    """Names of the reported metrics the fn* scheduler reads (defaults: ncstudy's record names)."""
+
+    feat_norm: str = "feat_norm"
+    epoch: str = "epoch"
+    phase: str = "phase"
+    nc1: str = "nc1"
+    train: str = "train"
+    train_loss: str = "train_loss"
+    terminal: str = "terminal"
+
+
+class PriorConfig(_Strict):
+    """A group's prior in a study file."""
+
+    fn_star: float | None = Field(None, gt=0)
+    lead: float | None = None
+    fn_star_sd: float | None = Field(None, ge=0)
+    lead_sd: float | None = Field(None, ge=0)
+    train_loss: float | None = Field(None, gt=0, description="training loss at onset (train_loss forecaster)")
+    source: str = "study file"
+
+
+#: Objectives that hold collapse time: the fn* scheduler reports its forecast into them by default.
+COLLAPSE_TIME_METRICS = (COLLAPSE_EPOCH, T_NC)
+
+
+class FnStarConfig(_Strict):
+    """The ``scheduler: {name: fnstar, fnstar: {...}}`` section of a study file."""
+
+    policy: Literal["record", "stop_at_forecast", "stop_at_onset"] = "record"
+    forecaster: Literal["fn_star", "nc1", "train_loss"] = "fn_star"
+    margin: float = Field(0.0, ge=0, lt=1, description="crossing when fn <= fn*(1 + margin)")
+    confirm: int = Field(1, ge=1, description="evaluations in a row below the threshold")
+    phases: list[int] | None = Field([2], description="phases where a crossing counts (null: any)")
+    min_observations: int = Field(3, ge=1, description="runs of a group before its own calibration is trusted")
+    group_by: list[str] | None = Field(None, description="dotted config keys; default model + dataset")
+    priors: dict[str, PriorConfig] = Field(default_factory=dict, description="group -> prior")
+    paper_priors: bool = Field(False, description="use the paper's fn*/lead where no prior is given")
+    calibration_file: str | None = Field(None, description="Calibration JSON (ncstudy replay --save-calibration)")
+    prior_experiment: str | None = Field(None, description="MLflow experiment whose trial runs give priors")
+    tracking_uri: str | None = Field(None, description="for prior_experiment; default MLflow's")
+    objective: str | None = Field(None, description="searcher metric that holds collapse time, e.g. t_nc")
+    learn: bool = True
+    metrics: MetricNamesConfig = Field(default_factory=MetricNamesConfig)
+    window: int = Field(5, ge=3, description="nc1/train_loss: fit window (evaluations)")
+    min_points: int = Field(3, ge=3)
+    r2_min: float = Field(0.9, ge=0, le=1)
+    max_horizon: float | None = Field(None, gt=0, description="nc1/train_loss: distrust forecasts further ahead")
+
+    def forecaster_options(self) -> dict[str, Any]:
+        if self.forecaster == "fn_star":
+            return {"margin": self.margin, "confirm": self.confirm, "phases": self.phases}
+        return {"window": self.window, "min_points": self.min_points, "r2_min": self.r2_min,
+                "max_horizon": self.max_horizon, "phases": self.phases}
+
+
 class SchedulerSpec(_Strict):
     name: Literal["fifo", "asha", "fnstar"] = "fifo"
     asha: AshaConfig = Field(default_factory=AshaConfig)
-    fnstar: dict[str, Any] = Field(default_factory=dict, description="FnStarScheduler options")
+    fnstar: FnStarConfig = Field(default_factory=FnStarConfig, description="fn* scheduler options")
 
 
 class StudySpec(_Strict):
@@ -124,6 +183,24 @@ class StudySpec(_Strict):
         return self
 
     # ---- derived ------------------------------------------------------------------------
+    def searched(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The searched keys of a trial config (Tune's config holds only what the space varies)."""
+        return {k: config[k] for k in self.space if k in config}
+
+    def resolve(self, config: dict[str, Any]) -> TrainConfig:
+        """The full trainer config of a trial: ``base`` with the trial's searched values applied."""
+        return self.config_for(self.searched(config))
+
+    def unique_trial_names(self) -> bool:
+        """Whether labels alone can repeat (repeats or sampled keys): then trial ids are appended."""
+        return self.num_samples > 1 or self.searcher != "grid" or any(p.form != "grid" for p in self.space.values())
+
+    def name_of_trial(self, trial_id: str, config: dict[str, Any]) -> str:
+        """A trial's readable name (MLflow run name, progress table): its label, plus the trial id
+        when labels alone can repeat."""
+        label = self.trial_label(self.searched(config))
+        return f"{label}_{trial_id.split('_')[-1]}" if self.unique_trial_names() else label
+
     def config_for(self, params: dict[str, Any]) -> TrainConfig:
         d = self.base.model_dump()
         for k, v in params.items():
@@ -229,14 +306,6 @@ def load_study(path: str | Path) -> StudySpec:
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(path))) from None
     _check_space_values(spec, str(path))
-    if spec.scheduler.name == "fnstar":
-        from ncstudy.adapters.ray_scheduler import FnStarConfig  # validated here, built later
-
-        try:
-            FnStarConfig.model_validate(spec.scheduler.fnstar)
-        except ValidationError as e:
-            msg = format_validation_error(e, str(path)).replace("\n  ", "\n  scheduler.fnstar.")
-            raise ConfigError(msg) from None
     if spec.trial_name:
         try:
             spec.trial_label({k: p.probe_values()[0] for k, p in spec.space.items()})

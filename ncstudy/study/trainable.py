@@ -53,7 +53,7 @@ def run_trial(config: dict[str, Any], spec_json: str, data_refs: dict[str, Any])
     from ncstudy.train import Trainer
 
     spec = StudySpec.model_validate_json(spec_json)
-    cfg = spec.config_for({k: config[k] for k in spec.space if k in config})
+    cfg = spec.resolve(config)
     if cfg.threads is None:
         cfg = cfg.model_copy(update={"threads": max(1, int(spec.resources.cpu))})
     data = dataset_from_numpy(ray.get(data_refs[data_key(cfg)]))

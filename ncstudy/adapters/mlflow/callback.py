@@ -1,0 +1,216 @@
+"""``MLflowStudyCallback``: a Ray Tune callback that tracks a study in MLflow from the driver.
+
+Why a callback of our own rather than Ray's ``MLflowLoggerCallback``: it nests trial runs under one
+study run, survives ``--resume`` and retries without a second run or a duplicated step (the
+trial->run map and last logged step are part of Tune's saved callback state, and are recovered
+from MLflow tags when that state is older), batches writes with ``log_batch``, and keeps what it
+could not write when the tracking server is down instead of dropping it. The hooks only queue;
+:class:`~ncstudy.adapters.mlflow.writer.StudyWriter` does every request on its own thread. The
+layout is :mod:`ncstudy.adapters.mlflow.layout`.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from ray.tune import Callback
+
+from ncstudy.adapters.trials import ForecastLookup, TrialSummary
+from ncstudy.records import EPOCH
+
+from .layout import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    PARENT_TAG,
+    PLACEMENT_TAGS,
+    ROLE_STUDY,
+    ROLE_TAG,
+    ROLE_TRIAL,
+    STATUS_TAG,
+    STUDY_TAG,
+    SUMMARY_ARTIFACT,
+    TRIAL_TAG,
+    end_tags,
+    finite_metrics,
+    forecast_metrics,
+    forecast_tags,
+    truncate_params,
+)
+from .writer import StudyWriter, TrackingUnavailable
+
+__all__ = ["MLflowStudyCallback", "TrackingUnavailable"]
+
+
+def _plot_trajectory(rows, path: Path, plot: dict[str, Any]) -> Path:
+    from ncstudy.plots import plot_trajectory
+
+    return plot_trajectory(rows, path, t_nc=plot.get("t_nc"), title=plot.get("title"))
+
+
+class MLflowStudyCallback(Callback):
+    """One experiment per study, one parent run per launch, one child run per trial.
+
+    Writes never block the study: the hooks queue them on :attr:`writer`, which sends them from its
+    own thread, retries through an outage and, past ``max_outage_s``, spills the queue to a local
+    JSONL file and fails the study with :class:`TrackingUnavailable` at the next hook.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        study_name: str,
+        study_params: dict[str, Any] | None = None,
+        trial_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        trial_tags: Callable[[dict[str, Any]], dict[str, str]] | None = None,
+        trial_label: Callable[[Any], str] | None = None,
+        forecasts: ForecastLookup | None = None,
+        flush_interval_s: float = 5.0,
+        max_outage_s: float = 600.0,
+        spill_dir: str | None = None,
+    ) -> None:
+        self.study_name = study_name
+        self.study_params = study_params or {}
+        self.trial_params = trial_params
+        self.trial_tags = trial_tags
+        self.trial_label = trial_label
+        self.forecasts = forecasts
+        self.writer = StudyWriter(tracking_uri, study_name, flush_interval_s, max_outage_s, spill_dir,
+                                  plotter=_plot_trajectory)
+        self._resync = False
+        self._new_parent = False  # the parent run was created by this launch: no trial run exists yet
+
+    # -- views the runner and tests use ---------------------------------------------------------
+    @property
+    def tracking_uri(self) -> str:
+        return self.writer.tracking_uri
+
+    @tracking_uri.setter
+    def tracking_uri(self, uri: str) -> None:  # a resume that names a moved server
+        self.writer.tracking_uri = uri
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.writer.parent_run_id
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self.writer.experiment_id
+
+    @property
+    def trials(self):
+        return self.writer.trials
+
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        return self.writer.flush(timeout)
+
+    def pending_points(self) -> int:
+        return self.writer.pending_points()
+
+    # -- Tune's saved state ---------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        return self.writer.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.writer.set_state(state)
+        self._resync = True  # the saved state may be older than MLflow: checked in setup()
+
+    # -- Tune hooks (driver thread: queue only) ---------------------------------------------------
+    def setup(self, **info: Any) -> None:
+        from mlflow.entities import RunStatus
+
+        w = self.writer
+        c = w.client
+        if w.experiment_id is None:
+            exp = w.blocking(c.get_experiment_by_name, self.study_name)
+            w.experiment_id = exp.experiment_id if exp else w.blocking(
+                c.create_experiment, self.study_name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        if w.parent_run_id is None:
+            run = w.blocking(c.create_run, w.experiment_id, run_name=self.study_name,
+                             tags={ROLE_TAG: ROLE_STUDY, STUDY_TAG: self.study_name})
+            w.parent_run_id = run.info.run_id
+            self._new_parent = True
+            w.blocking(w.log_params, w.parent_run_id, truncate_params(self.study_params))
+        else:  # resumed launch: the same parent run continues
+            self._new_parent = False
+            w.blocking(c.update_run, w.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        if self._resync:
+            w.blocking(w.resync)
+            self._resync = False
+        w.start()
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.writer.raise_if_failed()
+        self._ensure_run(trial)
+        self.writer.wake()  # the run appears in the UI now, not at the next interval
+
+    def on_trial_restore(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.writer.raise_if_failed()
+        self._ensure_run(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info: Any) -> None:
+        self.writer.raise_if_failed()
+        self._ensure_run(trial)
+        placement = {t: str(result[k]) for k, t in PLACEMENT_TAGS.items() if result.get(k) is not None}
+        step = None if result.get(EPOCH) is None else int(result[EPOCH])
+        metrics = finite_metrics(result) if step is not None else {}
+        if metrics and self.forecasts is not None:
+            metrics.update(forecast_metrics(self.forecasts(trial.trial_id)))
+        self.writer.queue(trial.trial_id, step, metrics, placement)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.writer.raise_if_failed()
+        self.writer.wake()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._end(trial, failed=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._end(trial, failed=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        import pandas as pd
+        from mlflow.entities import RunStatus
+
+        w = self.writer
+        w.stop()  # sends everything queued, finishes every ended trial (or gives up)
+        w.raise_if_failed()
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / SUMMARY_ARTIFACT
+            pd.DataFrame([self.summary(t).row() for t in trials]).to_csv(p, index=False)
+            w.blocking(w.client.log_artifact, w.parent_run_id, str(p))
+        ok = all(t.status == "TERMINATED" for t in trials)
+        w.blocking(w.client.set_terminated, w.parent_run_id,
+                   RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _name(self, trial) -> str:
+        q = self.writer.trials.get(trial.trial_id)
+        if q is not None and q.run_name:
+            return q.run_name
+        return self.trial_label(trial) if self.trial_label else str(trial)
+
+    def summary(self, trial) -> TrialSummary:
+        return TrialSummary.of(trial, self._name(trial), self.forecasts(trial.trial_id) if self.forecasts else None)
+
+    def _ensure_run(self, trial) -> None:
+        """The trial's queue, created on first sight; its run is created (or, on a resumed launch,
+        looked up first) by the writer."""
+        if trial.trial_id in self.writer.trials:
+            return
+        cfg = dict(trial.config)
+        tags = {PARENT_TAG: self.writer.parent_run_id, ROLE_TAG: ROLE_TRIAL, TRIAL_TAG: trial.trial_id,
+                STUDY_TAG: self.study_name, STATUS_TAG: "running", **(self.trial_tags(cfg) if self.trial_tags else {})}
+        self.writer.add_trial(trial.trial_id, self._name(trial), {k: str(v) for k, v in tags.items()},
+                              truncate_params(self.trial_params(cfg) if self.trial_params else cfg),
+                              whole_history=self._new_parent)
+
+    def _end(self, trial, failed: bool) -> None:
+        self.writer.raise_if_failed()
+        self._ensure_run(trial)
+        s = self.summary(trial)
+        stop = s.stop_reason or ("error" if failed else "budget")
+        fc = self.forecasts(trial.trial_id) if self.forecasts else None
+        status = "error" if failed else ("diverged" if stop == "diverged" else "completed")
+        tags = end_tags(status, stop, s.t_nc, s.fn_star, forecast_tags(fc))
+        self.writer.end_trial(trial.trial_id, tags, failed, {"title": s.trial})

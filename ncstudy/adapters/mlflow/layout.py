@@ -1,0 +1,112 @@
+"""The MLflow layout of a study, defined once: what is written where, under which name.
+
+* Experiment = study name, tagged ``mlflow.experimentKind`` (:data:`EXPERIMENT_KIND`) so MLflow 3's
+  UI opens it on the training runs rather than its GenAI pages.
+* One study (parent) run per launch: tags :data:`ROLE_TAG` = ``study``, :data:`STUDY_TAG`; params
+  ``study.*``; artifact :data:`SUMMARY_ARTIFACT`.
+* One trial (child) run per trial: tags :data:`PARENT_TAG`, :data:`ROLE_TAG` = ``trial``,
+  :data:`TRIAL_TAG`, :data:`STUDY_TAG`, the trial tags below; params = the flattened trial config;
+  metrics = the record keys at ``step = epoch``; artifacts :data:`TRAJECTORY_CSV` (reference log
+  format) and :data:`TRAJECTORY_PNG`.
+
+Readers (:mod:`.reader`) and writers (:mod:`.writer`, :mod:`.callback`) import these names; no
+other module spells a tag.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ncstudy.records import (
+    CLASSIFIER_WEIGHT_NORM,
+    EPOCH,
+    FN_STAR,
+    GRAD_NORM,
+    LOSS,
+    LR,
+    REFERENCE_COLUMNS,
+    STANDARD_NC,
+    STOP_REASON,
+    T_NC,
+    WEIGHT_NORM,
+    finite,
+    tag_text,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ncstudy.forecast.stopper import TrialForecast
+
+ROLE_TAG, TRIAL_TAG, STUDY_TAG = "ncstudy.role", "ncstudy.trial_id", "ncstudy.study"
+PARENT_TAG = "mlflow.parentRunId"
+ROLE_STUDY, ROLE_TRIAL = "study", "trial"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+# Trial-run tags.
+MODEL_TAG, DATASET_TAG = "model", "dataset"
+STATUS_TAG = "status"  # running | completed | diverged | error
+STOP_REASON_TAG = STOP_REASON  # onset | forecast | no_onset_forecast | budget | diverged | error
+T_NC_TAG, FN_STAR_TAG, THRESHOLD_TAG = T_NC, FN_STAR, "threshold"  # threshold: strict | none
+FORECAST_ONSET = "forecast_onset"  # also a metric while a forecast exists
+FORECAST_CROSSING_TAG, FORECAST_CALIBRATION_TAG = "forecast_crossing_epoch", "forecast_calibration"
+# Where the trial runs now (a retry may move it): result key -> tag.
+PLACEMENT_TAGS = {"node_id": "ray.node_id", "gpu_ids": "ray.gpu_ids"}
+ANALYSIS_TAG = "ncstudy.analysis"  # on the study run: where `ncstudy analyze` put its report
+
+TRAJECTORY_CSV, TRAJECTORY_PNG, SUMMARY_ARTIFACT = "trajectory.csv", "trajectory.png", "summary.csv"
+ANALYSIS_ARTIFACT_DIR = "analysis"
+
+#: The metrics a trajectory is rebuilt from (``trajectory.csv`` and replay).
+HISTORY_KEYS = tuple(REFERENCE_COLUMNS[1:]) + STANDARD_NC + (LOSS, GRAD_NORM, WEIGHT_NORM, CLASSIFIER_WEIGHT_NORM,
+                                                            LR, FORECAST_ONSET)
+#: Every evaluation logs it, so its history gives the steps written.
+STEP_KEY = "train"
+
+# Result keys that are bookkeeping, not science: never logged as metrics.
+NOT_METRICS = {EPOCH, "timestamp", "time_this_iter_s", "time_total_s", "training_iteration", "pid",
+               "time_since_restore", "iterations_since_restore", "done", "should_checkpoint"}
+MAX_KEY, MAX_PARAM = 250, 6000
+MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH = 1000, 100
+
+
+def trial_filter() -> str:
+    return f"tags.`{ROLE_TAG}` = '{ROLE_TRIAL}'"
+
+
+def study_filter() -> str:
+    return f"tags.`{ROLE_TAG}` = '{ROLE_STUDY}'"
+
+
+def finite_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The loggable metrics of a result: finite numbers, bookkeeping keys left out, keys cut to size."""
+    return {k[:MAX_KEY]: float(v) for k, v in result.items()
+            if k not in NOT_METRICS and isinstance(v, (int, float)) and finite(v)}
+
+
+def truncate_params(params: Mapping[str, Any]) -> dict[str, str]:
+    return {k[:MAX_KEY]: str(v)[:MAX_PARAM] for k, v in params.items()}
+
+
+def end_tags(status: str, stop_reason: str, t_nc: Any, fn_star: Any,
+             forecast: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """A finished trial's tags: status, stop reason, onset (``threshold`` strict or none) and the
+    forecast tags that are known (empty ones are left out)."""
+    tags = {STATUS_TAG: status, STOP_REASON_TAG: stop_reason, T_NC_TAG: tag_text(t_nc),
+            FN_STAR_TAG: tag_text(fn_star), THRESHOLD_TAG: "strict" if finite(t_nc) else "none"}
+    for k, v in (forecast or {}).items():
+        text = tag_text(v)
+        if text != "":
+            tags[k] = text
+    return tags
+
+
+def forecast_metrics(fc: "TrialForecast | None") -> dict[str, float]:
+    """The forecast as a metric of the trial run (logged with each evaluation while one exists)."""
+    return {} if fc is None or fc.onset is None else {FORECAST_ONSET: fc.onset}
+
+
+def forecast_tags(fc: "TrialForecast | None") -> dict[str, Any]:
+    """The forecast as tags of a finished trial run (what is unknown is left out)."""
+    if fc is None or fc.forecast is None:
+        return {}
+    f = fc.forecast
+    return {FORECAST_ONSET: f"{f.onset:.1f}", FORECAST_CROSSING_TAG: f.crossing_epoch,
+            FORECAST_CALIBRATION_TAG: f.calibration}

@@ -1,0 +1,248 @@
+"""The one reader of studies in MLflow: experiments, study runs, trial runs and their trajectories.
+
+``ncstudy analyze``, ``ncstudy replay``, the scheduler's priors from a previous study and the
+tracking callback's resync all read through it, so retries, timeouts and tag names live here once.
+Reading never creates anything: a ``sqlite:///`` path that does not exist is an
+:class:`~ncstudy.errors.InputError`, not a new empty store.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from ncstudy.errors import InputError, LogFormatError
+from ncstudy.records import EPOCH, REFERENCE_COLUMNS
+
+from .layout import (
+    HISTORY_KEYS,
+    PARENT_TAG,
+    ROLE_STUDY,
+    ROLE_TAG,
+    STEP_KEY,
+    TRAJECTORY_CSV,
+    TRIAL_TAG,
+    study_filter,
+    trial_filter,
+)
+
+# MLflow's HTTP client retries a refused connection for minutes (7 retries, exponential backoff) and
+# waits up to 120 s for an answer. ncstudy retries on its own where it must (the writer queues and
+# backs off), so every request fails fast -- unless the user set these variables.
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+SCHEMES = ("sqlite", "http", "https", "databricks", "postgresql", "mysql", "mssql")
+
+
+def default_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other schemes or in-memory stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///"):]
+    return None if rest in ("", ":memory:") else Path(rest)
+
+
+def check_uri(uri: str) -> None:
+    """A tracking URI ncstudy can use: a known scheme (MLflow 3 refuses plain ``./mlruns`` folders)."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme not in SCHEMES:
+        raise InputError(f"tracking URI {uri!r}: use sqlite:///PATH (local) or http://HOST:PORT (an MLflow "
+                         f"server); MLflow 3 refuses plain folders such as ./mlruns")
+
+
+def connect(uri: str | None = None, *, must_exist: bool = True):
+    """An ``MlflowClient`` with fail-fast HTTP settings. ``must_exist``: a SQLite store that is not
+    there is an :class:`InputError` (readers never create one)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or default_uri()
+    check_uri(uri)
+    db = sqlite_path(uri)
+    if must_exist and db is not None and not db.is_file():
+        raise InputError(f"no MLflow store at {db} (tracking URI {uri}); run a study first, or pass "
+                         f"--tracking-uri with the store it used")
+    for k, v in HTTP_ENV.items():
+        os.environ.setdefault(k, v)
+    return MlflowClient(tracking_uri=uri)
+
+
+@dataclass
+class TrialRun:
+    """One trial run of a study as MLflow holds it."""
+
+    run_id: str
+    name: str
+    trial_id: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    status: str
+    start_time: int
+    trajectory: pd.DataFrame | None = None  # reference-log columns first, then the extras logged
+    origin: str = "mlflow-tags"  # mlflow-artifact | mlflow-metrics | mlflow-tags (no trajectory)
+    warnings: list[str] = field(default_factory=list)
+
+
+class StudyReader:
+    """Reads one tracking store. ``client`` lets a writer share its own connection."""
+
+    def __init__(self, uri: str | None = None, client: Any = None, must_exist: bool = True) -> None:
+        self.uri = uri or default_uri()
+        self.client = client if client is not None else connect(self.uri, must_exist=must_exist)
+
+    # -- experiments and runs ------------------------------------------------------------------
+    def experiment(self, name: str):
+        """The experiment of study ``name``; :class:`InputError` naming the ones there when missing."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            exp = self.client.get_experiment_by_name(name)
+        except MlflowException as e:
+            raise InputError(f"cannot read MLflow tracking URI {self.uri}: {e.message}") from None
+        except Exception as e:  # noqa: BLE001 - unreachable server, unusable database path, ...
+            raise InputError(f"cannot read MLflow tracking URI {self.uri}: {type(e).__name__}: {e}") from None
+        if exp is None or getattr(exp, "lifecycle_stage", "active") != "active":
+            try:
+                names = sorted(e.name for e in self.client.search_experiments())
+            except Exception:  # noqa: BLE001 - the listing is only a hint
+                names = []
+            listing = f"; experiments there: {', '.join(names)}" if names else ""
+            what = "deleted" if exp is not None else "unknown"
+            raise InputError(f"{what} experiment '{name}' at tracking URI {self.uri}{listing}")
+        return exp
+
+    def search(self, experiment_id: str, filter_string: str = "") -> list:
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
+                                           page_token=token)
+            out.extend(page)
+            token = getattr(page, "token", None)
+            if not token:
+                return out
+
+    def study_runs(self, experiment_id: str) -> list:
+        """Study (parent) runs, the latest first."""
+        runs = self.search(experiment_id, study_filter())
+        return sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)
+
+    def trial_runs(self, experiment_id: str) -> list:
+        """Trial runs in start order; runs nested under a parent without ncstudy's role tag count too."""
+        runs = self.search(experiment_id, trial_filter())
+        if not runs:
+            runs = [r for r in self.search(experiment_id)
+                    if PARENT_TAG in r.data.tags and r.data.tags.get(ROLE_TAG) != ROLE_STUDY]
+        return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+    def find_trial_run(self, experiment_id: str, parent_run_id: str, trial_id: str):
+        runs = self.client.search_runs(
+            [experiment_id], max_results=1,
+            filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{parent_run_id}'")
+        return runs[0] if runs else None
+
+    # -- histories -----------------------------------------------------------------------------
+    def history(self, run_id: str, keys: Iterable[str] = HISTORY_KEYS) -> list[dict[str, Any]]:
+        """A run's evaluations rebuilt from its metric histories (one row per step = epoch)."""
+        by_step: dict[int, dict[str, Any]] = {}
+        for k in keys:
+            for m in self.client.get_metric_history(run_id, k):
+                by_step.setdefault(int(m.step), {EPOCH: int(m.step)})[k] = m.value
+        return [by_step[s] for s in sorted(by_step)]
+
+    def last_step(self, run_id: str) -> int:
+        """Last evaluation written (every evaluation logs :data:`STEP_KEY`), -1 for none."""
+        return max((int(m.step) for m in self.client.get_metric_history(run_id, STEP_KEY)), default=-1)
+
+    def trajectory(self, run, tmp: str | Path) -> tuple[pd.DataFrame | None, str, list[str]]:
+        """``(frame, origin, warnings)``: the ``trajectory.csv`` artifact when it is there and
+        readable, else the metric histories (when they hold nc1 and fn), else None."""
+        from ncstudy.logs import read_log
+
+        warnings: list[str] = []
+        rid = run.info.run_id
+        try:
+            names = {a.path for a in self.client.list_artifacts(rid)}
+        except Exception:  # noqa: BLE001 - fall back to metric histories
+            names = set()
+        if TRAJECTORY_CSV in names:
+            local = self.client.download_artifacts(rid, TRAJECTORY_CSV, str(Path(tmp) / rid))
+            try:
+                return read_log(local), "mlflow-artifact", warnings
+            except LogFormatError as e:
+                warnings.append(f"run {rid}: {TRAJECTORY_CSV} unusable ({e}); using metric histories")
+        if "nc1" in run.data.metrics and "feat_norm" in run.data.metrics:
+            rows = self.history(rid)
+            if rows:
+                df = pd.DataFrame(rows)
+                for c in REFERENCE_COLUMNS:
+                    if c not in df.columns:
+                        df[c] = float("nan")
+                return df[REFERENCE_COLUMNS + [c for c in df.columns if c not in REFERENCE_COLUMNS]], \
+                    "mlflow-metrics", warnings
+        return None, "mlflow-tags", warnings
+
+    def trials(self, experiment_id: str, with_trajectories: bool = True) -> list[TrialRun]:
+        """Every trial run of an experiment, with its trajectory when ``with_trajectories``."""
+        out = []
+        with _quiet_downloads(), tempfile.TemporaryDirectory(prefix="ncstudy-read-") as tmp:
+            for r in self.trial_runs(experiment_id):
+                traj, origin, warns = self.trajectory(r, tmp) if with_trajectories else (None, "mlflow-tags", [])
+                out.append(TrialRun(
+                    run_id=r.info.run_id, name=r.info.run_name or r.info.run_id[:8],
+                    trial_id=r.data.tags.get(TRIAL_TAG) or r.info.run_name or r.info.run_id,
+                    params=dict(r.data.params), tags=dict(r.data.tags), metrics=dict(r.data.metrics),
+                    status=r.info.status, start_time=r.info.start_time or 0, trajectory=traj, origin=origin,
+                    warnings=warns))
+        return out
+
+
+class _quiet_downloads:
+    """No per-file progress bars while trajectories are fetched."""
+
+    KEY = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+    def __enter__(self) -> None:
+        self.old = os.environ.get(self.KEY)
+        os.environ[self.KEY] = "false"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.old is None:
+            os.environ.pop(self.KEY, None)
+        else:
+            os.environ[self.KEY] = self.old
+
+
+def mlflow_trajectories(experiment: str, tracking_uri: str | None = None, ce_epochs: int | None = None) -> list:
+    """A study's trial runs as :class:`~ncstudy.forecast.trajectories.Trajectory` (replay, priors):
+    group from the ``model``/``dataset`` tags, metadata from the params (``budget`` = the trial
+    config's total epochs)."""
+    from ncstudy.forecast.trajectories import Trajectory, frame_records, group_of
+
+    from .layout import DATASET_TAG, MODEL_TAG
+
+    reader = StudyReader(tracking_uri)
+    exp = reader.experiment(experiment)
+    out = []
+    for t in reader.trials(exp.experiment_id):
+        if t.trajectory is None:
+            continue  # a trial that logged nothing (e.g. failed early)
+        meta: dict[str, Any] = {"run_id": t.trial_id, "model": t.tags.get(MODEL_TAG),
+                                "dataset": t.tags.get(DATASET_TAG), "mlflow_run_id": t.run_id, **t.params}
+        ce, mse = meta.get("ce_epochs"), meta.get("mse_epochs")
+        if ce is not None and mse is not None:
+            meta["budget"] = int(float(ce)) + int(float(mse))
+        ce_eff = ce_epochs if ce_epochs is not None else (int(float(ce)) if ce is not None else None)
+        out.append(Trajectory(t.trial_id, group_of(meta), frame_records(t.trajectory, ce_eff), meta,
+                              f"mlflow:{t.run_id}"))
+    if not out:
+        raise InputError(f"MLflow experiment {experiment!r} at {reader.uri} has no trial runs with a trajectory")
+    return out
