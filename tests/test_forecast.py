@@ -22,6 +22,7 @@ from ncstudy.forecast import (
     Prior,
     TrainLossExtrapolation,
     Trajectory,
+    calibration_from_trajectories,
     default_group_key,
     first_crossing,
     lead_statistics,
@@ -235,11 +236,11 @@ def test_stopper_policies_and_online_learning():
     trajs = [synthetic_trajectory(t_nc=t, fn_end=f, tau=20.0, seed=i) for i, (t, f) in enumerate(spec)]
     # record: never stops; stop_at_onset: stops at T_NC
     for policy, expect in (("record", None), ("stop_at_onset", 330)):
-        s = ForecastStopper(policy, calibration=Calibration({"g": Prior(1.0, 40.0)}))
+        s = ForecastStopper(policy, "fn_star", calibration=Calibration({"g": Prior(1.0, 40.0)}))
         stops = [r["epoch"] for r in trajs[0] if s.observe("t0", r, "g").stop]
         assert (stops[0] if stops else None) == expect
     # learning online, no priors, min_observations 2
-    s = ForecastStopper("stop_at_forecast", calibration=Calibration(min_observations=2))
+    s = ForecastStopper("stop_at_forecast", "fn_star", calibration=Calibration(min_observations=2))
     first_stop = {}
     for i, traj in enumerate(trajs):
         for r in traj:
@@ -265,7 +266,7 @@ def test_stopper_policies_and_online_learning():
 
 
 def test_monitor_rewinds_on_repeated_epochs():
-    s = ForecastStopper("record", calibration=Calibration({"g": Prior(1.05, 40.0)}))
+    s = ForecastStopper("record", "fn_star", calibration=Calibration({"g": Prior(1.05, 40.0)}))
     traj = synthetic_trajectory(t_nc=330, fn_end=0.95)
     for r in traj[:30]:
         s.observe("t", r, "g")
@@ -318,27 +319,33 @@ def test_leave_one_out_replay_matches_independent_computation():
     r = by["mnist_twophase"]
     assert len(others) == 15 and r.crossing_epoch == mine == 220
     assert r.forecast_onset == pytest.approx(mine + lead) and r.t_nc == 310
-    assert r.stop_epoch == 220 and r.epochs_saved == 380 and r.epochs_saved_vs_onset == 90
+    assert r.stop_epoch == 220 and r.stop_reason == "forecast" and r.baseline_epoch == 310 and r.epochs_saved == 90
     assert "mean of 15 runs" in r.calibration
     s = res.summary
-    assert s.n_runs == 27 and s.n_collapsing == 27 and s.n_no_strict == 11
-    # every forecast run: error and lead consistent
+    assert s.n_runs == 27 and s.n_collapsing == 16 and s.n_censored == 11  # strict onset only
+    # every collapsing run reports a T_NC: its forecast when stopped by one, else the observed onset
     for r in res.runs:
-        if r.forecast_onset is not None:
-            assert r.error == pytest.approx(r.forecast_onset - r.t_nc)
+        if r.t_nc is not None and r.reported_t_nc is not None:
+            want = r.forecast_onset if r.stop_reason == "forecast" else r.t_nc
+            assert r.reported_t_nc == want and r.error == pytest.approx(want - r.t_nc)
     assert s.mae == pytest.approx(statistics.fmean(abs(r.error) for r in res.runs if r.error is not None))
+    # a censored run stopped by a crossing forecast is a false stop and saves nothing
+    false = [r for r in res.runs if r.false_stop]
+    assert false and all(r.t_nc is None and r.epochs_saved == 0 for r in false) and s.n_false_stops == len(false)
+    assert s.saved == pytest.approx(sum(r.epochs_saved for r in res.runs) / sum(r.baseline_epoch for r in res.runs))
+    assert s.invalid_forecasts == 0
 
 
 def test_leave_one_out_uses_only_the_same_group():
     a = [Trajectory(f"a{i}", "A", synthetic_trajectory(t_nc=330 + 10 * i, fn_end=1.0, seed=i)) for i in range(4)]
     b = [Trajectory(f"b{i}", "B", synthetic_trajectory(t_nc=330 + 10 * i, fn_start=30.0, fn_end=10.0, seed=i))
          for i in range(4)]
-    res = replay(a + b, "fn_star", "leave-one-out", "record")
-    for r in res.runs:
-        assert r.calibration.startswith(r.group + ":") and "mean of 3 runs" in r.calibration
+    cal = calibration_from_trajectories(a + b)
+    for t in a + b:  # what replay's leave-one-out gives each run: the other runs of its own group only
+        est = cal.without(t.run_id).estimate(t.group)
+        assert est.n_fn == 3 and est.describe().startswith(f"{t.group}: fn*={'1.' if t.group == 'A' else '10.'}")
     fa = observation_from_records("x", a[0].records).fn_star
     assert 1.0 < fa < 1.2
-    assert all(f"fn*={'1.' if r.group == 'A' else '10.'}" in r.calibration for r in res.runs)
 
 
 def test_replay_prior_mode_and_never_collapsing_runs():
@@ -348,11 +355,14 @@ def test_replay_prior_mode_and_never_collapsing_runs():
     c, n = res.runs
     assert (c.crossing_epoch, c.forecast_onset, c.stop_epoch, c.t_nc, c.error, c.lead) == \
         (290, 340.0, 290, 350, -10.0, 60.0)
-    assert n.t_nc is None and n.forecast_onset == 340.0  # fn crosses although NC1 never collapses
+    assert c.epochs_saved == 60 and c.reported_t_nc == 340.0 and not c.false_stop
+    # fn crosses although NC1 never collapses: a false stop, never counted as saved
+    assert n.t_nc is None and n.forecast_onset == 340.0 and n.false_stop and n.epochs_saved == 0
+    assert n.reported_t_nc == 340.0 and n.baseline_epoch == 600  # the study would be told 340
     s = res.summary
-    assert (s.n_never, s.forecasts_on_never, s.coverage, s.mae) == (1, 1, 1.0, 10.0)
-    assert s.saved_vs_budget == pytest.approx(1 - (290 + 290) / 1200)
-    assert s.saved_vs_onset == pytest.approx(1 - (290 + 290) / (350 + 600))
+    assert (s.n_collapsing, s.n_censored, s.n_forecast_stops, s.n_false_stops, s.mae) == (1, 1, 1, 1, 10.0)
+    assert s.saved == pytest.approx(60 / (350 + 600))  # the false stop's 310 epochs are not "saved"
+    assert s.run_fraction == pytest.approx((290 + 290) / (350 + 600))
     with pytest.raises(ValueError, match="prior"):
         replay(runs, "fn_star", "prior")
 
@@ -364,13 +374,17 @@ def test_replay_cli_json_and_errors(tmp_path, capsys):
     assert main(["replay", *files, "--forecaster", "fn_star", "--forecaster", "nc1", "--json", "--budget", "600"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["summary"]["forecaster"] for r in out["results"]] == ["fn_star", "nc1"]
-    assert out["results"][0]["summary"]["n_runs"] == 5
-    assert main(["replay", str(REF / "width256_s1.csv"), "--calibration", "prior", "--prior", "paper"]) == 0
-    text = capsys.readouterr().out
-    assert "width256_s1" in text and "forecaster" in text
-    cal_path = tmp_path / "cal.json"
-    assert main(["replay", *files, "--group", "mlp/mnist", "--save-calibration", str(cal_path)]) == 0
-    assert Calibration.load(cal_path).estimate("mlp/mnist").n_fn == 5
+    assert out["results"][0]["summary"]["n_runs"] == 5 and out["options"]["budgets"]["width128_s0"] == 600
+    assert main(["replay", str(REF / "width256_s1.csv"), "--calibration", "prior", "--prior", "paper",
+                 "--forecaster", "fn_star"]) == 0
+    captured = capsys.readouterr()
+    text = captured.out
+    # the text carries the same fields as --json: every run field as a column, every summary field as a row
+    assert "width256_s1" in text and all(f in text for f in out["results"][0]["summary"] if f != "forecaster")
+    assert all(f in text for f in out["results"][0]["runs"][0])
+    # without a manifest or --group the logs are in group "default": the paper's priors match no group
+    assert "WARNING: the prior for group mlp/mnist matches no replayed group (default); pass --group mlp/mnist" \
+        in captured.err
     capsys.readouterr()
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
@@ -378,9 +392,38 @@ def test_replay_cli_json_and_errors(tmp_path, capsys):
     assert main(["replay", str(bad)]) == 2
     assert "missing required column" in capsys.readouterr().err
     assert main(["replay"]) == 2
-    assert main(["replay", files[0], "--calibration", "prior"]) == 2
+    assert main(["replay", files[0], "--calibration", "prior", "--prior", "none"]) == 2
     assert main(["replay", files[0], "--forecaster", "nope"]) == 2
     assert main(["replay", files[0], "--prior", str(bad)]) == 2
+    for flag, value in (("--budget", "-10"), ("--margin", "nan"), ("--alpha", "0.7"), ("--tolerance", "0"),
+                        ("--calibration", "nosuchmode")):
+        assert main(["replay", files[0], flag, value]) == 2
+        assert flag in capsys.readouterr().err
+    dup = tmp_path / "dup.csv"
+    dup.write_text("epoch,phase,nc1,feat_norm\n10,1,0.5,2\n10,1,0.5,2\n20,2,0.1,1\n")
+    assert main(["replay", str(dup)]) == 2 and "duplicate epoch(s) 10" in capsys.readouterr().err
+
+
+@needs_ref
+def test_replay_calibration_round_trips(tmp_path, capsys):
+    """--save-calibration FILE then --prior FILE (or --calibration FILE) gives back the same calibration,
+    and replaying from the file equals replaying from memory."""
+    files = [str(REF / f"width{w}.csv") for w in ("128_s0", "256_s0", "256_s1", "256_s2", "512_s0")]
+    cal_path = tmp_path / "cal.json"
+    assert main(["replay", *files, "--group", "mlp/mnist", "--save-calibration", str(cal_path), "--json"]) == 0
+    capsys.readouterr()
+    saved = Calibration.load(cal_path)
+    assert saved.n_runs("mlp/mnist") == 5 and saved.estimate("mlp/mnist").n_fn == 5
+    assert Calibration.from_json(saved.to_json()).to_dict() == saved.to_dict()
+    other = [str(REF / "width128_s1.csv"), str(REF / "width128_s2.csv")]
+    outs = []
+    for args in (["--prior", str(cal_path), "--calibration", "prior"], ["--calibration", str(cal_path)]):
+        assert main(["replay", *other, "--group", "mlp/mnist", "--json", "--budget", "600", *args]) == 0
+        outs.append(json.loads(capsys.readouterr().out)["results"])
+    assert outs[0] == outs[1]
+    trajs = load_logs(other, group="mlp/mnist")
+    mem = replay(trajs, "conformal", "prior", prior=saved, budget=600)
+    assert [r.to_dict() for r in [mem]][0]["runs"] == outs[0][0]["runs"]
 
 
 def test_replay_cli_reads_an_mlflow_experiment(tmp_path, capsys, mlflow_uri):  # mlflow_uri: conftest.py

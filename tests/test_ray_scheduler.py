@@ -157,7 +157,8 @@ def _study(fnstar: dict, objective: str = "collapse_epoch") -> StudySpec:
 
 def test_fnstar_config_builds_a_scheduler(tmp_path):
     s = build_scheduler(_study({
-        "policy": "stop_at_forecast", "margin": 0.05, "min_observations": 2, "objective": "t_nc",
+        "policy": "stop_at_forecast", "forecaster": "fn_star", "margin": 0.05, "min_observations": 2,
+        "objective": "t_nc",
         "priors": {"mlp/mnist": {"fn_star": 1.05, "lead": 60}}, "paper_priors": True,
         "metrics": {"feat_norm": "fn"}}), tmp_path)
     assert s.policy == "stop_at_forecast" and s.metrics.feat_norm == "fn" and s.objective == "t_nc"
@@ -176,8 +177,8 @@ def test_fnstar_config_builds_a_scheduler(tmp_path):
 
 
 def test_study_scheduler_takes_a_collapse_time_objective_and_trainer_stop_reason(tmp_path):
-    s = build_scheduler(_study({"policy": "stop_at_forecast", "priors": {GROUP: {"fn_star": 1.1, "lead": 50}}}),
-                        tmp_path)
+    s = build_scheduler(_study({"policy": "stop_at_forecast", "forecaster": "fn_star",
+                                "priors": {GROUP: {"fn_star": 1.1, "lead": 50}}}), tmp_path)
     s.group_key = lambda config: GROUP  # the study's own key resolves full trainer configs
     assert s.objective == "collapse_epoch" and s.state_path == tmp_path / "fnstar_state.json"
     assert build_scheduler(_study({}, objective="test"), None).objective is None
@@ -188,7 +189,7 @@ def test_study_scheduler_takes_a_collapse_time_objective_and_trainer_stop_reason
     assert trial.last_result["collapse_epoch"] == 340.0  # not the trainer's censored penalty
     assert (tmp_path / "fnstar_state.json").is_file()
     # a trial the trainer ended itself keeps the trainer's reason and its own objective
-    s = build_scheduler(_study({"policy": "record"}), None)
+    s = build_scheduler(_study({"policy": "record", "forecaster": "fn_star"}), None)
     s.group_key = lambda config: GROUP
     trial = FakeTrial("b", tmp_path)
     traj = [dict(r, collapse_epoch=1200.0, stop_reason="") for r in synthetic_trajectory(t_nc=350)][:20]

@@ -61,7 +61,9 @@ class FnStarScheduler(FIFOScheduler):
     Args:
         policy: ``record`` (forecast only), ``stop_at_forecast`` (STOP at the first trusted
             forecast, or at strict onset if that comes first), ``stop_at_onset``.
-        forecaster: ``fn_star`` (default), ``nc1`` or ``train_loss``.
+        forecaster: ``fn_star`` (default), ``conformal``, ``conformal_no_fn``, ``nc1`` or ``train_loss``.
+        budget: each trial's full budget in epochs (an int, or ``config -> int``); the conformal
+            forecaster needs it.
         metrics: :class:`MetricNames` or a dict overriding some names.
         calibration: a :class:`~ncstudy.forecast.Calibration` to start from (priors,
             observations); else one is built from ``priors`` / ``min_observations``.
@@ -84,8 +86,10 @@ class FnStarScheduler(FIFOScheduler):
                  group_key: Callable[[Mapping[str, Any]], str] | Sequence[str] | None = None,
                  objective: str | None = None, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
                  learn: bool = True, state_path: str | os.PathLike | None = None,
-                 forecaster_options: Mapping[str, Any] | None = None, save_interval_s: float = 2.0) -> None:
+                 forecaster_options: Mapping[str, Any] | None = None, save_interval_s: float = 2.0,
+                 budget: int | Callable[[Mapping[str, Any]], int] | None = None) -> None:
         super().__init__()
+        self.budget = budget
         if calibration is None:
             calibration = Calibration(priors, min_observations=min_observations)
         elif priors:
@@ -124,21 +128,21 @@ class FnStarScheduler(FIFOScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._ensure_loaded(trial)
-        self.stopper.monitor(trial.trial_id, self.group_key(trial.config or {}))
+        self.stopper.monitor(trial.trial_id, self.group_key(trial.config or {}), self._budget(trial))
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._ensure_loaded(trial)
         record = self._record(trial, result)
         group = self.group_key(trial.config or {})
         before = len(self.stopper.calibration.observations(group))
-        decision = self.stopper.observe(trial.trial_id, record, group)
+        decision = self.stopper.observe(trial.trial_id, record, group, self._budget(trial))
         learnt = len(self.stopper.calibration.observations(group)) != before
         self._save(force=decision.stop or learnt)
         return TrialScheduler.STOP if decision.stop else TrialScheduler.CONTINUE
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         self._ensure_loaded(trial)
-        m = self.stopper.monitor(trial.trial_id, self.group_key(trial.config or {}))
+        m = self.stopper.monitor(trial.trial_id, self.group_key(trial.config or {}), self._budget(trial))
         # the final ("done") result never went through on_trial_result
         if result and self.metrics.feat_norm in result and m.stop_reason is None:
             rec = self._record(trial, result)
@@ -184,6 +188,12 @@ class FnStarScheduler(FIFOScheduler):
         return self.stopper.state(trial_id)
 
     # -- internals -----------------------------------------------------------------------------
+    def _budget(self, trial) -> int | None:
+        """The trial's full budget in epochs (the conformal forecaster needs it)."""
+        if callable(self.budget):
+            return int(self.budget(trial.config or {}))
+        return None if self.budget is None else int(self.budget)
+
     def _objective_value(self, trial_id: str) -> float | None:
         """The collapse-time objective of a trial this scheduler stopped (None otherwise: then the
         trial's own report stands)."""

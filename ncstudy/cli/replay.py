@@ -1,89 +1,181 @@
-"""``ncstudy replay``: replay the forecast-driven stopper over logged trajectories.
+"""``ncstudy replay``: replay the forecast-driven stopper over logged trajectories and score it.
 
-    ncstudy replay LOGS... [--forecaster fn_star|nc1|train_loss|all] [--calibration prior|leave-one-out]
-                   [--policy stop_at_forecast|stop_at_onset|record] [--prior paper|FILE.json] [--json]
+    ncstudy replay LOGS... [--manifest CSV | --group G] [--forecaster NAME|all ...]
+                   [--calibration leave-one-out|prior|leave-one-group-out|FILE] [--prior corpus|none|paper|FILE]
+                   [--policy stop_at_forecast|stop_at_onset|record] [--alpha A] [--coverage C] [--tolerance E]
+                   [--budget N] [--save-calibration FILE] [--json]
     ncstudy replay --experiment NAME [--tracking-uri URI] ...
 
-LOGS are reference-format CSV files or folders (folders: every CSV with the log columns).
-MLflow input reads the ``trajectory.csv`` artifact of each trial run (tag
-``ncstudy.role=trial``) of the experiment; its group comes from the ``model``/``dataset`` tags.
-Bad input raises :class:`~ncstudy.errors.InputError` (exit status 2 through :func:`ncstudy.cli.main`).
-``mlflow`` is imported only for ``--experiment``.
+LOGS are reference-format CSV files (``.csv`` or ``.csv.gz``) or folders of them. Every run starts
+from the **prior** calibration -- by default ncstudy's trajectory corpus (``--prior corpus``) --
+plus, under ``leave-one-out`` (the default), every other replayed run. Scores are against the
+strict onset; see :mod:`ncstudy.forecast.replay`. Bad input raises
+:class:`~ncstudy.errors.InputError` (exit status 2 through :func:`ncstudy.cli.main`).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ncstudy.errors import InputError
-from ncstudy.forecast.calibration import PAPER_PRIORS, Calibration, Prior
-from ncstudy.forecast.forecasters import FORECASTERS
+from ncstudy.forecast.calibration import PAPER_PRIORS, Calibration, Prior, default_prior
+from ncstudy.forecast.forecasters import DEFAULT_FORECASTER, FORECASTERS
 from ncstudy.forecast.replay import (
     CALIBRATION_MODES,
     calibration_from_trajectories,
     format_runs,
     format_summaries,
+    infer_budgets,
     replay,
 )
 from ncstudy.forecast.stopper import POLICIES
 from ncstudy.forecast.trajectories import GROUP_BY, Trajectory, load_logs, read_manifest
+from ncstudy.onset import OnsetRule
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ncstudy replay", description=(
-        "Replay the forecast-driven stopper epoch by epoch over logged trajectories and score it "
-        "(coverage, lead, MAE, epochs saved)."))
-    p.add_argument("logs", nargs="*", help="reference-format CSV files or folders")
-    p.add_argument("--experiment", help="MLflow experiment name (trial runs' trajectory.csv)")
+        "Replay the forecast-driven stopper epoch by epoch over logged trajectories and score it against "
+        "the strict onset: forecast stops, MAE and interval coverage on runs that collapse, false stops "
+        "and no-onset stops on runs that do not, epochs saved, rank correlation."))
+    p.add_argument("logs", nargs="*", help="reference-format CSV (.csv, .csv.gz) files or folders")
+    p.add_argument("--experiment", help="MLflow experiment name (its trial runs' trajectories)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's)")
-    p.add_argument("--forecaster", action="append", choices=[*FORECASTERS, "all"],
-                   help="forecaster(s) to replay; repeatable; default fn_star")
-    p.add_argument("--calibration", choices=CALIBRATION_MODES, default="leave-one-out")
-    p.add_argument("--policy", choices=POLICIES, default="stop_at_forecast")
-    p.add_argument("--prior", help="'paper' (the paper's fn*/lead) or a calibration JSON file")
-    p.add_argument("--prior-fn-star", type=float, help="prior fn* for --group")
-    p.add_argument("--prior-lead", type=float, help="prior lead (epochs) for --group")
-    p.add_argument("--group", help="put every run in this group (and give it the --prior-* values)")
-    p.add_argument("--manifest", help="CSV with a 'file' column and run attributes (model, dataset, ...), e.g. "
-                                      "analysis/rupa2026/runs.csv for the author's logs; groups come from it")
+    p.add_argument("--manifest", help="CSV with a 'file' column and run attributes (model, dataset, budget, ...), "
+                                      "e.g. analysis/rupa2026/runs.csv; groups come from it")
+    p.add_argument("--group", help="put every run in this calibration group (e.g. mlp/mnist)")
     p.add_argument("--group-by", choices=GROUP_BY, default="model-dataset",
                    help="grouping of logs with a manifest (default model-dataset)")
-    p.add_argument("--min-observations", type=int, default=3)
+    p.add_argument("--forecaster", action="append", choices=[*FORECASTERS, "all"],
+                   help=f"forecaster(s) to replay; repeatable; default {DEFAULT_FORECASTER}")
+    p.add_argument("--calibration", default="leave-one-out", metavar="MODE|FILE",
+                   help=f"{', '.join(CALIBRATION_MODES)} (default leave-one-out), or a calibration JSON file "
+                        "(= --calibration prior --prior FILE)")
+    p.add_argument("--holdout-by", metavar="KEY", help="leave-one-group-out: manifest key of the holdout unit "
+                                                       "(e.g. config)")
+    p.add_argument("--prior", default="corpus",
+                   help="calibration every run starts from: 'corpus' (ncstudy's trajectory corpus, default), "
+                        "'none', 'paper' (the paper's fn*/lead, for fn_star) or a calibration JSON file")
+    p.add_argument("--prior-fn-star", type=float, help="prior fn* for --group")
+    p.add_argument("--prior-lead", type=float, help="prior lead (epochs) for --group (fn_star)")
+    p.add_argument("--policy", choices=POLICIES, default="stop_at_forecast")
+    p.add_argument("--alpha", type=float, default=0.05, help="conformal: risk of each stop decision (default 0.05)")
+    p.add_argument("--coverage", type=float, default=0.9, help="conformal: level of the stated interval (0.9)")
+    p.add_argument("--tolerance", type=float, default=40.0,
+                   help="conformal: stop at a forecast only when its interval is at most this many epochs wide (40)")
+    p.add_argument("--min-observations", type=int, default=3, help="runs of a group before its own fn* is used")
     p.add_argument("--margin", type=float, default=0.0, help="fn_star: crossing at fn <= fn*(1+margin)")
     p.add_argument("--confirm", type=int, default=1, help="fn_star: evaluations in a row below threshold")
-    p.add_argument("--any-phase", action="store_true", help="let crossings/fits use phase-1 evaluations")
-    p.add_argument("--window", type=int, default=5, help="nc1/train_loss: fit window")
+    p.add_argument("--any-phase", action="store_true", help="fn_star/nc1/train_loss: use phase-1 evaluations too")
+    p.add_argument("--window", type=int, default=5, help="fit window in evaluations (default 5)")
     p.add_argument("--r2-min", type=float, default=0.9, help="nc1/train_loss: minimum R^2 of the fit")
     p.add_argument("--max-horizon", type=float, help="nc1/train_loss: distrust forecasts further ahead")
-    p.add_argument("--budget", type=int, help="full budget in epochs (default: each run's last epoch)")
-    p.add_argument("--ce-epochs", type=int, help="infer phase for logs without a phase column")
+    p.add_argument("--budget", type=int, help="every run's full budget in epochs (default: the manifest's, "
+                                              "else inferred per group from the runs that never collapse)")
+    p.add_argument("--ce-epochs", type=int, help="phase for logs without a phase column: <= N is phase 1")
     p.add_argument("--strict", type=float, default=0.01)
     p.add_argument("--relaxed", type=float, default=0.05)
-    p.add_argument("--save-calibration", help="write a calibration JSON built from all replayed runs")
-    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument("--save-calibration", metavar="FILE", help="write the prior plus every replayed run as a "
+                                                              "calibration JSON (read it back with --prior FILE)")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout (the same fields)")
     return p
 
 
-def _priors(args) -> dict[str, Prior] | None:
-    priors: dict[str, Prior] = {}
-    if args.prior == "paper":
-        priors.update(PAPER_PRIORS)
-    elif args.prior:
-        p = Path(args.prior)
-        try:
-            priors.update(Calibration.load(p).priors)
-        except FileNotFoundError:
-            raise InputError(f"{p}: prior file not found") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise InputError(f"{p}: not a calibration JSON ({e})") from None
+def _finite(name: str, v: float | None, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False, hi_open: bool = False) -> None:
+    if v is None:
+        return
+    bad = not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo)) or \
+        (hi is not None and (v >= hi if hi_open else v > hi))
+    if bad:
+        rng = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}" \
+              f"{')' if hi_open or hi is None else ']'}"
+        raise InputError(f"--{name.replace('_', '-')} {v}: must be a finite number in {rng}")
+
+
+def _check(args) -> None:
+    _finite("alpha", args.alpha, 0, 0.5, True, True)
+    _finite("coverage", args.coverage, 0, 1, True, True)
+    _finite("tolerance", args.tolerance, 0, None, True)
+    _finite("margin", args.margin, 0, 1, False, True)
+    _finite("r2_min", args.r2_min, 0, 1)
+    _finite("max_horizon", args.max_horizon, 0, None, True)
+    _finite("prior_fn_star", args.prior_fn_star, 0, None, True)
+    _finite("prior_lead", args.prior_lead)
+    if args.budget is not None and args.budget <= 0:
+        raise InputError(f"--budget {args.budget}: must be a positive number of epochs")
+    if args.ce_epochs is not None and args.ce_epochs < 0:
+        raise InputError(f"--ce-epochs {args.ce_epochs}: must be >= 0")
+    if args.min_observations < 1 or args.confirm < 1 or args.window < 3:
+        raise InputError("--min-observations and --confirm must be >= 1, --window >= 3")
+    if not (math.isfinite(args.strict) and math.isfinite(args.relaxed) and 0 < args.strict <= args.relaxed < 1):
+        raise InputError("need 0 < --strict <= --relaxed < 1")
+
+
+def _load_calibration(path: str) -> Calibration:
+    p = Path(path)
+    try:
+        return Calibration.load(p)
+    except FileNotFoundError:
+        raise InputError(f"{p}: calibration file not found") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise InputError(f"{p}: not a calibration JSON ({type(e).__name__}: {e})") from None
+
+
+def _prior(args) -> Calibration | None:
+    if args.prior == "none":
+        cal = None
+    elif args.prior == "corpus":
+        cal = default_prior()
+    elif args.prior == "paper":
+        cal = Calibration(PAPER_PRIORS)
+    else:
+        cal = _load_calibration(args.prior)
     if args.prior_fn_star is not None or args.prior_lead is not None:
         if not args.group:
-            raise InputError("--prior-fn-star/--prior-lead need --group")
-        priors[args.group] = Prior(args.prior_fn_star, args.prior_lead, source="command line")
-    return priors or None
+            raise InputError("--prior-fn-star/--prior-lead need --group (the group they describe)")
+        cal = cal if cal is not None else Calibration()
+        cal.set_prior(args.group, Prior(args.prior_fn_star, args.prior_lead, source="command line"))
+    return cal
+
+
+def calibration_report(trajs: Sequence[Trajectory], prior: Calibration | None, mode: str) -> dict[str, Any]:
+    """Per replayed group, what its calibration rests on; priors that match no replayed group."""
+    groups = sorted({t.group for t in trajs})
+    prior_groups = set(prior.groups()) if prior is not None else set()
+    out: dict[str, Any] = {"mode": mode, "groups": {}, "unmatched_priors": sorted(
+        g for g in prior_groups if prior is not None and g in prior.priors and g not in groups)}
+    for g in groups:
+        own = sum(t.group == g for t in trajs)
+        pooled_same = prior.n_runs(g) if prior is not None else 0
+        pooled_other = (prior.n_runs() - pooled_same) if prior is not None else 0
+        p = prior.priors.get(g) if prior is not None else None
+        out["groups"][g] = {
+            "replayed_runs": own,
+            "pooled_from_replay": (own - 1) if mode == "leave-one-out" else (0 if mode == "prior" else None),
+            "prior_runs_same_group": pooled_same, "prior_runs_other_groups": pooled_other,
+            "prior_fn_star": None if p is None else p.fn_star, "prior_source": None if p is None else p.source}
+    return out
+
+
+def _describe(rep: dict[str, Any]) -> list[str]:
+    lines = []
+    for g, d in rep["groups"].items():
+        own = d["pooled_from_replay"]
+        own_txt = "its other replayed runs" if own is None else f"{own} other replayed run(s)"
+        fn = f", prior fn* {d['prior_fn_star']:.4g} ({d['prior_source']})" if d["prior_fn_star"] else ""
+        own_txt = own_txt if rep["mode"] != "prior" else "none"
+        lines.append(f"group {g}: {d['replayed_runs']} run(s); calibration = {own_txt} + prior runs: "
+                     f"{d['prior_runs_same_group']} of this group, {d['prior_runs_other_groups']} of "
+                     f"other groups{fn}")
+    for g in rep["unmatched_priors"]:
+        lines.append(f"WARNING: the prior for group {g} matches no replayed group "
+                     f"({', '.join(rep['groups'])}); pass --group {g} to replay the logs as that group")
+    return lines
 
 
 def replay_main(argv: Sequence[str] | None = None) -> int:
@@ -92,52 +184,69 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
-    from ncstudy.onset import OnsetRule
+    _check(args)
+    if args.calibration not in CALIBRATION_MODES:
+        if not Path(args.calibration).is_file():
+            raise InputError(f"--calibration {args.calibration}: not one of {', '.join(CALIBRATION_MODES)} "
+                             f"and not a calibration file")
+        args.prior, args.calibration = args.calibration, "prior"
+    if args.calibration == "leave-one-group-out" and not args.holdout_by:
+        raise InputError("--calibration leave-one-group-out needs --holdout-by KEY (a manifest column, e.g. config)")
+    if not args.logs and not args.experiment:
+        raise InputError("give log files/folders or --experiment NAME")
+    prior = _prior(args)
+    skipped: list[str] = []
+    trajs: list[Trajectory] = []
+    manifest = read_manifest(args.manifest) if args.manifest else None
+    if args.logs:
+        trajs += load_logs(args.logs, manifest, args.group, args.group_by, args.ce_epochs, skipped)
+    if args.experiment:
+        from ncstudy.adapters.mlflow.reader import mlflow_trajectories
 
-    try:
-        if not args.logs and not args.experiment:
-            raise InputError("give log files/folders or --experiment NAME")
-        if args.min_observations < 1 or args.confirm < 1 or args.window < 3:
-            raise InputError("--min-observations and --confirm must be >= 1, --window >= 3")
-        if not 0 < args.strict <= args.relaxed < 1:
-            raise InputError("need 0 < --strict <= --relaxed < 1")
-        skipped: list[str] = []
-        trajs: list[Trajectory] = []
-        manifest = read_manifest(args.manifest) if args.manifest else None
-        if args.logs:
-            trajs += load_logs(args.logs, manifest, args.group, args.group_by, args.ce_epochs, skipped)
-        if args.experiment:
-            from ncstudy.adapters.mlflow.reader import mlflow_trajectories
-
-            trajs += mlflow_trajectories(args.experiment, args.tracking_uri, args.ce_epochs)
-        if not trajs:
-            raise InputError("no trajectory logs found in " + ", ".join(args.logs))
+        mt = mlflow_trajectories(args.experiment, args.tracking_uri, args.ce_epochs)
         if args.group:
-            for t in trajs:
+            for t in mt:
                 t.group = args.group
-        priors = _priors(args)
-        names = args.forecaster or ["fn_star"]
-        names = list(FORECASTERS) if "all" in names else list(dict.fromkeys(names))
-        if args.calibration == "prior" and not priors and any(n != "nc1" for n in names):
-            raise InputError("--calibration prior needs --prior paper|FILE or --prior-fn-star/--prior-lead")
-        rule = OnsetRule(args.strict, args.relaxed)
-        opts = {"margin": args.margin, "confirm": args.confirm, "window": args.window, "r2_min": args.r2_min,
-                "max_horizon": args.max_horizon, "phases": None if args.any_phase else (2,)}
-        results = [replay(trajs, n, args.calibration, args.policy, priors, args.min_observations, rule,
-                          args.budget, forecaster_options=opts) for n in names]
-        if args.save_calibration:
-            calibration_from_trajectories(trajs, args.min_observations, rule, priors=priors).save(args.save_calibration)
-    except InputError:
-        raise
-    except ValueError as e:  # an option a forecaster or the replay engine refuses
+        trajs += mt
+    if not trajs:
+        detail = f" ({len(skipped)} CSV file(s) skipped: {'; '.join(skipped[:3])})" if skipped else ""
+        raise InputError("no trajectory logs found in " + ", ".join(args.logs) + detail)
+    for t in trajs:
+        if not t.records:
+            raise InputError(f"{t.source}: no evaluations (an empty log)")
+        epochs = [r["epoch"] for r in t.records]
+        if len(set(epochs)) != len(epochs):
+            dup = sorted({e for e in epochs if epochs.count(e) > 1})
+            raise InputError(f"{t.source}: duplicate epoch(s) {', '.join(map(str, dup[:5]))}; one row per evaluation")
+    names = args.forecaster or [DEFAULT_FORECASTER]
+    names = list(FORECASTERS) if "all" in names else list(dict.fromkeys(names))
+    if args.calibration == "prior" and prior is None and any(n != "nc1" for n in names):
+        raise InputError("--calibration prior needs a prior: --prior corpus|paper|FILE or --prior-fn-star/--prior-lead")
+    rule = OnsetRule(args.strict, args.relaxed)
+    opts = {"margin": args.margin, "confirm": args.confirm, "window": args.window, "r2_min": args.r2_min,
+            "max_horizon": args.max_horizon, "phases": None if args.any_phase else (2,), "alpha": args.alpha,
+            "coverage": args.coverage, "tolerance": args.tolerance}
+    report = calibration_report(trajs, prior, args.calibration)
+    try:
+        results = [replay(trajs, n, args.calibration, args.policy, prior, args.min_observations, rule, args.budget,
+                          forecaster_options=opts, holdout_by=args.holdout_by) for n in names]
+    except ValueError as e:  # an option a forecaster or the engine refuses
         raise InputError(str(e)) from None
+    if args.save_calibration:
+        calibration_from_trajectories(trajs, args.min_observations, rule, budget=args.budget,
+                                      prior=prior).save(args.save_calibration)
+    for line in _describe(report):
+        print(f"ncstudy replay: {line}", file=sys.stderr)
     if skipped:
-        print(f"ncstudy replay: skipped {len(skipped)} CSV file(s) that are not trajectory logs", file=sys.stderr)
+        print(f"ncstudy replay: skipped {len(skipped)} CSV file(s) that are not trajectory logs: "
+              f"{'; '.join(skipped[:5])}", file=sys.stderr)
+    budgets = infer_budgets(trajs, args.budget, rule)
     if args.json:
-        json.dump({"results": [r.to_dict() for r in results], "options": {
-            "calibration": args.calibration, "policy": args.policy, "budget": args.budget,
-            "min_observations": args.min_observations, **{k: v for k, v in opts.items() if k != "phases"},
-            "phases": opts["phases"], "n_runs": len(trajs)}}, sys.stdout, indent=1)
+        json.dump({"results": [r.to_dict() for r in results], "calibration": report,
+                   "options": {"calibration": args.calibration, "policy": args.policy, "prior": args.prior,
+                               "budget": args.budget, "min_observations": args.min_observations,
+                               **{k: v for k, v in opts.items() if k != "phases"}, "phases": opts["phases"],
+                               "n_runs": len(trajs), "budgets": budgets}}, sys.stdout, indent=1)
         print()
     else:
         for r in results:

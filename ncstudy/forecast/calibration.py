@@ -10,6 +10,11 @@ calibration keeps the observations of completed runs that reached onset:
 * priors (``Prior``: from a study file, a previous MLflow experiment or the paper) stand in until
   ``min_observations`` runs have been observed; after that the observations alone are used.
 
+It also keeps the **pool** of the conformal forecaster: completed runs (:class:`RunRecord`), both
+those that reached the strict onset and those that ran to their budget without it (censored),
+each with its collapse-phase records; :meth:`Calibration.analog_pool` builds the searchable
+:class:`~ncstudy.forecast.analog.AnalogPool` from them (cached until the calibration changes).
+
 The whole object round-trips through JSON (``to_json`` / ``from_json``, ``save`` / ``load``).
 """
 from __future__ import annotations
@@ -22,8 +27,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ncstudy.config import flatten
+from ncstudy.onset import OnsetRule, onset_of
+from ncstudy.records import EPOCH, FN, GRAD_NORM, LOSS, NC1, PHASE, TERMINAL, WEIGHT_NORM, finite
 
-from .core import finite, first_crossing
+from .core import TerminalGate, first_crossing, phase_of
+
+#: ncstudy's trajectory corpus as a calibration: the conformal forecaster's default prior. Written
+#: by ``analysis/corpus/export.py`` from ``analysis/corpus/`` (a test checks they agree).
+DEFAULT_PRIOR = Path(__file__).with_name("data") / "corpus_calibration.json"
+
+#: Record keys a :class:`RunRecord` keeps (everything the forecasters read).
+RUN_KEYS = (EPOCH, PHASE, TERMINAL, NC1, FN, LOSS, GRAD_NORM, WEIGHT_NORM)
 
 GROUP_MODEL_KEYS = ("model.name", "model", "model_family", "arch")
 GROUP_DATA_KEYS = ("data.name", "dataset", "data")
@@ -116,6 +130,49 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class RunRecord:
+    """A completed run kept by a calibration: its strict onset (None: censored, no onset within
+    ``budget``) and its records from the end of the CE phase on (terminal evaluations only,
+    up to the onset), with the keys :data:`RUN_KEYS`."""
+
+    run_id: str
+    t_nc: int | None
+    budget: int
+    records: tuple[Mapping[str, Any], ...]
+
+    @classmethod
+    def from_records(cls, run_id: str, records: Iterable[Mapping[str, Any]], budget: int,
+                     rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99) -> "RunRecord":
+        rows = sorted((dict(r) for r in records), key=lambda r: float(r[EPOCH]))
+        t = onset_of(rows, rule, relaxed_fallback=False).t_strict
+        gate, keep, last_ce = TerminalGate(terminal_acc), [], None
+        for r in rows:
+            e = int(float(r[EPOCH]))
+            if t is not None and e > t:
+                break
+            terminal = gate.update(r)
+            if phase_of(r) == 1:
+                last_ce = {EPOCH: e, PHASE: 1}
+                continue
+            if terminal:
+                keep.append({k: (e if k == EPOCH else 1 if k == TERMINAL else
+                                 (float(r[k]) if finite(r.get(k)) else None)) for k in RUN_KEYS})
+        return cls(str(run_id), None if t is None else int(t), int(budget),
+                   tuple(([last_ce] if last_ce else []) + keep))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "t_nc": self.t_nc, "budget": self.budget, "keys": list(RUN_KEYS),
+                "rows": [[r.get(k) for k in RUN_KEYS] for r in self.records]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunRecord":
+        keys = d.get("keys") or list(RUN_KEYS)
+        rows = tuple({k: v for k, v in zip(keys, row) if v is not None} for row in d.get("rows", []))
+        t = d.get("t_nc")
+        return cls(str(d["run_id"]), None if t is None else int(t), int(d["budget"]), rows)
+
+
+@dataclass(frozen=True)
 class Estimate:
     """The fn* and lead a group's calibration gives for one crossing rule."""
 
@@ -178,7 +235,8 @@ class Calibration:
         self.trust_priors = bool(trust_priors)
         self.use_relaxed = bool(use_relaxed)
         self._obs: dict[str, dict[str, Observation]] = {}
-        self._cache: dict[tuple, Estimate] = {}
+        self._runs: dict[str, dict[str, RunRecord]] = {}
+        self._cache: dict[tuple, Any] = {}
 
     # -- content -------------------------------------------------------------------------------
     def add(self, group: str, observation: Observation) -> None:
@@ -186,12 +244,51 @@ class Calibration:
         self._obs.setdefault(group, {})[observation.run_id] = observation
         self._cache.clear()
 
+    def add_run(self, group: str, run: RunRecord) -> None:
+        """Add (or replace) a completed run: to the pool, and, when it collapsed, as an observation
+        of its group's fn* and lead."""
+        self._runs.setdefault(group, {})[run.run_id] = run
+        if run.t_nc is not None:
+            obs = observation_from_records(run.run_id, run.records, relaxed_fallback=False)
+            if obs is not None:
+                self._obs.setdefault(group, {})[run.run_id] = obs
+        self._cache.clear()
+
+    def runs(self) -> list[tuple[str, RunRecord]]:
+        """Every pooled run with its group."""
+        return [(g, r) for g, runs in sorted(self._runs.items()) for r in runs.values()]
+
+    def n_runs(self, group: str | None = None) -> int:
+        return sum(len(v) for g, v in self._runs.items() if group is None or g == group)
+
+    def fn_star(self, group: str) -> float | None:
+        """The group's fn* as the fn* forecaster sees it (observed mean, else its prior)."""
+        return self.estimate(group).fn_star
+
+    def analog_pool(self, window: int = 5, strict: float = 0.01, terminal_acc: float = 0.99,
+                    features: Sequence[str] | None = None, weights: Mapping[str, float] | None = None,
+                    k: int = 15, group_penalty: float = 0.5):
+        """The :class:`~ncstudy.forecast.analog.AnalogPool` of the pooled runs (cached)."""
+        from .analog import AnalogPool, PoolRun
+        from .state import FEATURES, trajectory_states
+
+        feats = tuple(features or FEATURES)
+        key = ("pool", window, strict, terminal_acc, feats, tuple(sorted((weights or {}).items())), k, group_penalty)
+        pool = self._cache.get(key)
+        if pool is None:
+            runs = [PoolRun(r.run_id, g, r.t_nc, r.budget,
+                            tuple(trajectory_states(r.records, r.budget, strict, window, terminal_acc,
+                                                    fn_star=self.fn_star(g))))
+                    for g, r in self.runs()]
+            pool = self._cache[key] = AnalogPool(runs, feats, weights, k, group_penalty)
+        return pool
+
     def set_prior(self, group: str, prior: Prior) -> None:
         self.priors[group] = prior
         self._cache.clear()
 
     def groups(self) -> list[str]:
-        return sorted(set(self._obs) | set(self.priors))
+        return sorted(set(self._obs) | set(self.priors) | set(self._runs))
 
     def observations(self, group: str) -> list[Observation]:
         obs = list(self._obs.get(group, {}).values())
@@ -203,7 +300,32 @@ class Calibration:
         for g, obs in self._obs.items():
             for rid, o in obs.items():
                 if rid != run_id:
-                    c.add(g, o)
+                    c._obs.setdefault(g, {})[rid] = o
+        for g, runs in self._runs.items():
+            for rid, r in runs.items():
+                if rid != run_id:
+                    c._runs.setdefault(g, {})[rid] = r
+        return c
+
+    def without_runs(self, run_ids: Iterable[str]) -> "Calibration":
+        """A copy without several runs (leave-one-group-out)."""
+        drop = set(run_ids)
+        c = Calibration(self.priors, self.min_observations, self.trust_priors, self.use_relaxed)
+        for g, obs in self._obs.items():
+            c._obs[g] = {rid: o for rid, o in obs.items() if rid not in drop}
+        for g, runs in self._runs.items():
+            c._runs[g] = {rid: r for rid, r in runs.items() if rid not in drop}
+        return c
+
+    def merged(self, other: "Calibration") -> "Calibration":
+        """A copy holding this calibration's runs, observations and priors plus ``other``'s
+        (``other`` wins per group for priors and per run id for runs)."""
+        c = Calibration({**self.priors, **other.priors}, self.min_observations, self.trust_priors, self.use_relaxed)
+        for src in (self, other):
+            for g, obs in src._obs.items():
+                c._obs.setdefault(g, {}).update(obs)
+            for g, runs in src._runs.items():
+                c._runs.setdefault(g, {}).update(runs)
         return c
 
     # -- estimates -----------------------------------------------------------------------------
@@ -271,25 +393,32 @@ class Calibration:
 
     # -- JSON ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        pooled = {(g, rid) for g, runs in self._runs.items() for rid in runs}
         return {
-            "version": 1,
+            "version": 2,
             "min_observations": self.min_observations,
             "trust_priors": self.trust_priors,
             "use_relaxed": self.use_relaxed,
             "priors": {g: p.to_dict() for g, p in sorted(self.priors.items())},
-            "observations": {g: [o.to_dict() for o in obs.values()] for g, obs in sorted(self._obs.items())},
+            # observations not derived from a pooled run (the pooled ones are rebuilt from it)
+            "observations": {g: [o.to_dict() for rid, o in obs.items() if (g, rid) not in pooled]
+                             for g, obs in sorted(self._obs.items())},
+            "runs": {g: [r.to_dict() for r in runs.values()] for g, runs in sorted(self._runs.items())},
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Calibration":
-        if not isinstance(d, Mapping) or ("priors" not in d and "observations" not in d):
-            raise ValueError("not a calibration document (needs 'priors' and/or 'observations')")
+        if not isinstance(d, Mapping) or not {"priors", "observations", "runs"} & set(d):
+            raise ValueError("not a calibration document (needs 'priors', 'observations' and/or 'runs')")
         c = cls({g: Prior.from_dict(p) for g, p in (d.get("priors") or {}).items()},
                 int(d.get("min_observations", 3)), bool(d.get("trust_priors", True)),
                 bool(d.get("use_relaxed", False)))
         for g, obs in (d.get("observations") or {}).items():
             for o in obs:
                 c.add(g, Observation.from_dict(o))
+        for g, runs in (d.get("runs") or {}).items():
+            for r in runs:
+                c.add_run(g, RunRecord.from_dict(r))
         return c
 
     def to_json(self) -> str:
@@ -313,17 +442,15 @@ class Calibration:
 
     def __repr__(self) -> str:
         n = {g: len(o) for g, o in self._obs.items()}
-        return f"Calibration(groups={self.groups()}, observations={n}, min_observations={self.min_observations})"
+        r = {g: len(v) for g, v in self._runs.items()}
+        return (f"Calibration(groups={self.groups()}, observations={n}, runs={r}, "
+                f"min_observations={self.min_observations})")
 
 
 def observation_from_records(run_id: str, records: Iterable[Mapping[str, Any]], rule=None,
                              terminal_acc: float = 0.99, relaxed_fallback: bool = True) -> Observation | None:
     """The calibration observation of a logged run (None when it never reached onset).
     Uses :func:`ncstudy.onset.onset_of` for T_NC and fn*."""
-    from ncstudy.onset import OnsetRule, onset_of
-
-    from .core import EPOCH, FN, LOSS, TerminalGate, phase_of
-
     rows = [dict(r) for r in records]
     onset = onset_of(rows, rule or OnsetRule(), relaxed_fallback=relaxed_fallback)
     if onset.t_nc is None or not finite(onset.fn_star):
@@ -338,3 +465,8 @@ def observation_from_records(run_id: str, records: Iterable[Mapping[str, Any]], 
         if e == onset.t_nc and finite(r.get(LOSS)):
             levels[LOSS] = float(r[LOSS])
     return Observation(run_id, int(onset.t_nc), float(onset.fn_star), onset.threshold, tuple(pts), levels)
+
+
+def default_prior() -> Calibration:
+    """The default prior: every run of ncstudy's trajectory corpus, pooled (see :data:`DEFAULT_PRIOR`)."""
+    return Calibration.load(DEFAULT_PRIOR)

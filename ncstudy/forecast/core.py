@@ -78,19 +78,36 @@ def first_crossing(points: Iterable[Point], threshold: float, phases: Sequence[i
     return None
 
 
+ONSET, NO_ONSET = "onset", "no_onset"  # the two decisions a forecast can carry
+
+
 @dataclass(frozen=True)
 class Forecast:
-    """A forecast of one trial's collapse onset (T_NC), in global epochs."""
+    """A forecast of one trial's collapse onset (T_NC), in global epochs.
 
-    onset: float  # predicted onset epoch
-    low: float  # interval (``math.inf`` allowed for ``high``)
+    Every forecast satisfies ``onset > made_at`` (an onset already passed is observed, not
+    forecast); ``onset`` is ``inf`` when onset is not expected within the budget.
+    """
+
+    onset: float  # predicted onset epoch (the median of the predictive distribution)
+    low: float  # the stated interval (``math.inf`` allowed for ``high``)
     high: float
     made_at: int  # epoch of the evaluation at which the forecast was (first) made
-    signal: str  # "fn_star_crossing", "nc1_extrapolation", "train_loss_extrapolation"
+    signal: str  # "conformal", "fn_star_crossing", "nc1_extrapolation", "train_loss_extrapolation"
     trusted: bool = True  # the calibration behind it is trusted (stopping policies act only then)
     crossing_epoch: int | None = None  # fn* crossing (fn_star signal only)
     calibration: str = ""  # human-readable description of what the forecast rests on
     details: Mapping[str, Any] = field(default_factory=dict)
+    p_onset: float | None = None  # P(onset <= budget), when the forecaster states it
+    budget: float | None = None
+    # What a stopping policy may act on: ONSET (stop, reporting `onset`), NO_ONSET (stop, reporting
+    # the censored objective), None (keep training).
+    decision: str | None = ONSET
+
+    @property
+    def valid(self) -> bool:
+        """An onset after the epoch the forecast was made at (never one already in the past)."""
+        return self.onset > self.made_at and self.low > self.made_at - 1e-9
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -107,7 +124,7 @@ class Forecast:
             v = d.get(k)
             d[k] = float("nan") if v is None else float(v)
         d["details"] = dict(d.get("details") or {})
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 @runtime_checkable

@@ -1,54 +1,80 @@
-"""Replay the stopper epoch by epoch over logged trajectories and score its forecasts.
+"""Replay the stopper epoch by epoch over logged trajectories and score its decisions honestly.
 
-For each run, a :class:`~ncstudy.forecast.stopper.TrialMonitor` with a *fixed* calibration is
-fed the run's evaluations in order (it keeps observing after it would have stopped, so that the
-first trusted forecast is known under every policy). Calibration modes:
+For each run a :class:`~ncstudy.forecast.stopper.TrialMonitor` with a *fixed* calibration is fed
+the run's evaluations in order; the first trusted decision is what the policy acts on. Calibration
+modes:
 
-* ``prior`` -- the given priors only (no observations);
-* ``leave-one-out`` -- the observations of the *other* runs of the same group (plus the priors,
-  if any, as fallback below ``min_observations``).
+* ``prior`` -- the prior calibration only (by default ncstudy's trajectory corpus);
+* ``leave-one-out`` -- the prior plus every *other* replayed run;
+* ``leave-one-group-out`` -- the prior plus the replayed runs outside the run's holdout group
+  (``holdout_by``: a metadata key such as the corpus's ``config``, a configuration without its seed).
 
-Scores (per run and summarised): crossing epoch, first trusted forecast (onset, interval, epoch
-made at), actual T_NC (strict, relaxed where the run never reaches strict), error, lead, the epoch
-the policy stops at, epochs saved against stop-at-onset and against the full budget.
+**Scoring** (every figure against the *strict* onset; a run that never reaches NC1 < 0.01 within its
+budget is *censored*):
+
+* a collapsing run is stopped by a forecast before its onset (reporting the forecast), runs to its
+  onset (reporting the observed T_NC), or is wrongly stopped as ``no onset`` (a failure);
+* on a censored run a collapse forecast acted on is a **false stop** (a failure, never "saved"); a
+  ``no onset`` stop is correct;
+* epochs saved count correct decisions only, against stop-at-onset-or-budget (onset for collapsing
+  runs, the budget for censored ones); the study-level figure is the total over all runs;
+* the reported T_NC (forecast or observed) is compared with the true one: MAE, interval coverage,
+  and Spearman rank correlation (over collapsing runs, and over all runs with censored runs ranked
+  last);
+* a forecast whose onset is not after the epoch it was made at is invalid: counted, never acted on.
+
+Budgets: a run's metadata ``budget``, else ``budget=``, else inferred per group from the runs that
+never collapsed (they ran to their budget: the most common last epoch), else the group's last
+epoch. Runs whose log stops at onset say nothing about their budget.
 """
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ncstudy.onset import OnsetRule
+from scipy import stats
 
-from .calibration import Calibration, Prior, observation_from_records
+from ncstudy.onset import OnsetRule, onset_of
+
+from .calibration import Calibration, Prior, RunRecord, observation_from_records
 from .core import first_crossing
-from .stopper import POLICIES, TrialMonitor
+from .forecasters import DEFAULT_FORECASTER
+from .stopper import FORECAST_STOP, NO_ONSET_STOP, ONSET_STOP, POLICIES, TrialMonitor
 from .trajectories import Trajectory
 
-CALIBRATION_MODES = ("prior", "leave-one-out")
+CALIBRATION_MODES = ("prior", "leave-one-out", "leave-one-group-out")
 
 
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class RunReplay:
+    """One run's replay; every field can be checked by hand against its log."""
+
     run_id: str
     group: str
-    t_nc: int | None  # strict, or relaxed when the run never reaches strict
-    threshold: str | None  # "strict" / "relaxed" / None
-    crossing_epoch: int | None
-    forecast_onset: float | None  # first trusted forecast
+    budget: int
+    t_nc: int | None  # strict onset (None: censored within the budget)
+    decision: str | None  # the first trusted decision: "forecast", "no_onset_forecast" or None
+    decided_at: int | None  # epoch of that decision
+    forecast_onset: float | None  # the acted-on forecast (decision "forecast")
     forecast_low: float | None
     forecast_high: float | None
-    made_at: int | None
-    error: float | None  # forecast - t_nc
-    lead: float | None  # t_nc - made_at (negative: forecast made after onset)
-    stop_epoch: int
-    stop_reason: str
-    onset_stop_epoch: int  # where stop_at_onset would stop (strict onset, else budget)
-    budget: int
-    epochs_saved: int  # budget - stop_epoch
-    epochs_saved_vs_onset: int  # onset_stop_epoch - stop_epoch
+    p_onset: float | None  # its P(onset <= budget)
+    stop_epoch: int  # where the policy stops the run (epochs run)
+    stop_reason: str  # forecast | no_onset_forecast | onset | budget
+    reported_t_nc: float | None  # forecast (forecast stop) or observed (onset); None = censored
+    error: float | None  # reported - t_nc (collapsing runs that report one)
+    lead: float | None  # t_nc - decided_at (forecast stops on collapsing runs)
+    in_interval: bool | None  # forecast_low <= t_nc <= forecast_high (forecast stops, collapsing runs)
+    baseline_epoch: int  # stop-at-onset-or-budget
+    epochs_saved: int  # baseline - stop, counted only for correct decisions
+    false_stop: bool  # a collapse forecast acted on in a censored run
+    false_no_onset: bool  # a collapsing run stopped as "no onset"
+    invalid_forecasts: int
+    crossing_epoch: int | None
     calibration: str
 
 
@@ -58,34 +84,40 @@ class ReplaySummary:
     policy: str
     calibration: str
     n_runs: int
-    n_collapsing: int  # strict or relaxed onset
-    n_forecast: int  # collapsing runs with a trusted forecast
-    n_before_onset: int  # ... made before the onset
-    coverage: float | None  # n_before_onset / n_collapsing
+    n_collapsing: int
+    n_censored: int
+    # collapsing runs
+    n_forecast_stops: int  # stopped by a forecast before their onset
+    forecast_stop_rate: float | None
+    n_ran_to_onset: int
+    n_false_no_onset: int
+    false_no_onset_rate: float | None
+    mae: float | None  # |reported - true| over collapsing runs that report a T_NC (forecast or observed)
+    mae_forecasts: float | None  # ... over forecast stops only
+    bias: float | None  # mean (forecast - true) over forecast stops
     mean_lead: float | None
-    sd_lead: float | None
-    mae: float | None
-    median_abs_error: float | None
-    mean_error: float | None  # bias (forecast - actual)
-    saved_vs_onset: float | None  # 1 - sum(stop) / sum(stop-at-onset stop)
-    saved_vs_budget: float | None  # 1 - sum(stop) / sum(budget)
-    n_never: int  # runs with no onset at all (neither strict nor relaxed)
-    forecasts_on_never: int
-    n_no_strict: int  # runs that never reach the strict threshold
-    forecasts_on_no_strict: int
-    # the same scores over the runs with a strict onset only
-    n_strict: int = 0
-    n_forecast_strict: int = 0
-    n_before_onset_strict: int = 0
-    coverage_strict: float | None = None
-    mean_lead_strict: float | None = None
-    mae_strict: float | None = None
+    interval_coverage: float | None  # forecast stops whose interval holds the true onset
+    # censored runs
+    n_false_stops: int
+    n_no_onset_stops: int
+    censored_saved: float | None  # epochs saved by no-onset stops / censored runs' budgets
+    # study level
+    epochs_run: int
+    epochs_baseline: int  # stop-at-onset-or-budget
+    saved: float | None  # correct decisions' epochs saved / epochs_baseline
+    run_fraction: float | None  # epochs_run / epochs_baseline (wrong stops included)
+    spearman: float | None  # reported vs true T_NC, collapsing runs
+    spearman_all: float | None  # all runs, censored ranked last
+    invalid_forecasts: int
+    evaluations: int  # forecasts stated at evaluations before onset (diagnostic below)
+    eval_interval_coverage: float | None  # of all intervals stated on collapsing runs before onset
 
 
 @dataclass
 class ReplayResult:
     runs: list[RunReplay]
     summary: ReplaySummary
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"summary": _clean(asdict(self.summary)), "runs": [_clean(asdict(r)) for r in self.runs]}
@@ -95,130 +127,196 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-def replay_run(traj: Trajectory, calibration: Calibration, forecaster: str = "fn_star",
+def infer_budgets(trajectories: Sequence[Trajectory], budget: int | None = None,
+                  rule: OnsetRule = OnsetRule()) -> dict[str, int]:
+    """Each run's budget (see the module docs): its metadata's, else ``budget``; else, for a run
+    that never collapsed, its own last epoch (it ran to its end); for one whose log stops at its
+    onset, the group's most common end among the runs that never collapsed (ties: the latest),
+    or the group's last epoch when all of them collapsed."""
+    last = {t.run_id: int(t.records[-1]["epoch"]) for t in trajectories if t.records}
+    collapsed = {t.run_id for t in trajectories
+                 if t.records and onset_of(t.records, rule, relaxed_fallback=False).t_strict is not None}
+    ends: dict[str, list[int]] = {}
+    for t in trajectories:
+        if t.records and t.run_id not in collapsed:
+            ends.setdefault(t.group, []).append(last[t.run_id])
+    by_group: dict[str, int] = {}
+    for g in {t.group for t in trajectories}:
+        if ends.get(g):
+            counts = Counter(ends[g])
+            top = max(counts.values())
+            by_group[g] = max(e for e, c in counts.items() if c == top)
+        else:
+            by_group[g] = max(last[t.run_id] for t in trajectories if t.group == g and t.run_id in last)
+    out = {}
+    for t in trajectories:
+        if t.budget is not None:
+            b = t.budget
+        elif budget is not None:
+            b = budget
+        else:
+            b = by_group[t.group] if t.run_id in collapsed else last.get(t.run_id, by_group[t.group])
+        out[t.run_id] = max(int(b), last.get(t.run_id, 0))
+    return out
+
+
+def replay_run(traj: Trajectory, calibration: Calibration, forecaster: str = DEFAULT_FORECASTER,
                policy: str = "stop_at_forecast", rule: OnsetRule = OnsetRule(), budget: int | None = None,
-               terminal_acc: float = 0.99, forecaster_options: Mapping[str, Any] | None = None) -> RunReplay:
-    mon = TrialMonitor(traj.run_id, traj.group, policy, calibration, forecaster, rule, terminal_acc,
-                       forecaster_options)
+               terminal_acc: float = 0.99, forecaster_options: Mapping[str, Any] | None = None,
+               coverage_log: list | None = None) -> RunReplay:
     if not traj.records:
         raise ValueError(f"{traj.run_id}: no evaluations")
+    run_budget = int(budget if budget is not None else (traj.budget or traj.records[-1]["epoch"]))
+    mon = TrialMonitor(traj.run_id, traj.group, policy, calibration, forecaster, rule, terminal_acc,
+                       forecaster_options, run_budget)
+    t_nc = onset_of(traj.records, rule, relaxed_fallback=False).t_strict
     for r in traj.records:
-        mon.observe(r)
-    last = mon.last_epoch
-    run_budget = max(last, int(budget or 0))
-    onset = mon.onset(relaxed_fallback=True)
-    t = onset.t_nc
+        d = mon.observe(r)
+        fc = d.forecast
+        if (coverage_log is not None and fc is not None and fc.made_at == int(r["epoch"]) and t_nc is not None
+                and fc.made_at < t_nc and math.isfinite(fc.high)):
+            coverage_log.append(fc.low <= t_nc <= fc.high)
+        if mon.stop_reason is not None and policy != "record":
+            break
     fc = mon.acted
-    onset_stop = onset.t_strict if onset.t_strict is not None else run_budget
-    stop = mon.stopped_at if mon.stopped_at is not None else run_budget
-    reason = mon.stop_reason or "budget"
-    err = lead = None
-    if fc is not None and t is not None:
-        err, lead = float(fc.onset - t), float(t - fc.made_at)
+    decision = mon.decision
+    baseline = t_nc if t_nc is not None else run_budget
+    if mon.stop_reason is not None:
+        stop, reason = int(mon.stopped_at), mon.stop_reason
+    elif t_nc is not None:
+        stop, reason = t_nc, ONSET_STOP
+    else:
+        stop, reason = run_budget, "budget"
+    reported = (float(fc.onset) if reason == FORECAST_STOP else float(t_nc) if reason == ONSET_STOP else None)
+    error = lead = in_interval = None
+    if t_nc is not None and reported is not None:
+        error = reported - t_nc
+    if t_nc is not None and reason == FORECAST_STOP:
+        lead, in_interval = float(t_nc - mon.stopped_at), bool(fc.low <= t_nc <= fc.high)
+    correct = (reason == FORECAST_STOP and t_nc is not None) or (reason == NO_ONSET_STOP and t_nc is None)
     return RunReplay(
-        traj.run_id, traj.group, t, onset.threshold, None if fc is None else fc.crossing_epoch,
+        traj.run_id, traj.group, run_budget, t_nc, decision, None if fc is None else fc.made_at,
         None if fc is None else float(fc.onset), None if fc is None else float(fc.low),
-        None if fc is None else float(fc.high), None if fc is None else fc.made_at, err, lead,
-        int(stop), reason, int(onset_stop), int(run_budget), int(run_budget - stop), int(onset_stop - stop),
-        "" if fc is None else fc.calibration)
+        None if fc is None else float(fc.high), None if fc is None else fc.p_onset, stop, reason, reported, error,
+        lead, in_interval, int(baseline), int(baseline - stop) if correct else 0,
+        reason == FORECAST_STOP and t_nc is None, reason == NO_ONSET_STOP and t_nc is not None,
+        len(mon.invalid), None if fc is None else fc.crossing_epoch, "" if fc is None else fc.calibration)
 
 
-def summarize(runs: Sequence[RunReplay], forecaster: str, policy: str, calibration: str) -> ReplaySummary:
+def _mean(xs: Sequence[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    r = stats.spearmanr(x, y).statistic
+    return None if not math.isfinite(r) else float(r)
+
+
+def summarize(runs: Sequence[RunReplay], forecaster: str, policy: str, calibration: str,
+              coverage_log: Sequence[bool] = ()) -> ReplaySummary:
     coll = [r for r in runs if r.t_nc is not None]
-    fc = [r for r in coll if r.forecast_onset is not None]
-    before = [r for r in fc if r.made_at < r.t_nc]
-    leads = [r.lead for r in fc]
-    errs = [r.error for r in fc]
-    never = [r for r in runs if r.t_nc is None]
-    no_strict = [r for r in runs if r.threshold != "strict"]
-    s_stop = sum(r.stop_epoch for r in runs)
-
-    def mean(xs):
-        return statistics.fmean(xs) if xs else None
-
-    strict = [r for r in coll if r.threshold == "strict"]
-    fc_s = [r for r in strict if r.forecast_onset is not None]
-    before_s = [r for r in fc_s if r.made_at < r.t_nc]
+    cens = [r for r in runs if r.t_nc is None]
+    fstops = [r for r in coll if r.stop_reason == FORECAST_STOP]
+    reported = [r for r in coll if r.reported_t_nc is not None]
+    base = sum(r.baseline_epoch for r in runs)
+    cens_budget = sum(r.budget for r in cens)
+    inf = math.inf
     return ReplaySummary(
-        forecaster, policy, calibration, len(runs), len(coll), len(fc), len(before),
-        len(before) / len(coll) if coll else None, mean(leads),
-        statistics.stdev(leads) if len(leads) > 1 else None, mean([abs(e) for e in errs]),
-        statistics.median([abs(e) for e in errs]) if errs else None, mean(errs),
-        1 - s_stop / sum(r.onset_stop_epoch for r in runs) if runs else None,
-        1 - s_stop / sum(r.budget for r in runs) if runs else None,
-        len(never), sum(r.forecast_onset is not None for r in never),
-        len(no_strict), sum(r.forecast_onset is not None for r in no_strict),
-        len(strict), len(fc_s), len(before_s), len(before_s) / len(strict) if strict else None,
-        mean([r.lead for r in fc_s]), mean([abs(r.error) for r in fc_s]))
+        forecaster, policy, calibration, len(runs), len(coll), len(cens),
+        len(fstops), len(fstops) / len(coll) if coll else None,
+        sum(r.stop_reason == ONSET_STOP for r in coll), sum(r.false_no_onset for r in coll),
+        sum(r.false_no_onset for r in coll) / len(coll) if coll else None,
+        _mean([abs(r.error) for r in reported]), _mean([abs(r.error) for r in fstops]),
+        _mean([r.error for r in fstops]), _mean([r.lead for r in fstops]),
+        _mean([1.0 if r.in_interval else 0.0 for r in fstops]),
+        sum(r.false_stop for r in cens), sum(r.stop_reason == NO_ONSET_STOP for r in cens),
+        sum(r.epochs_saved for r in cens) / cens_budget if cens_budget else None,
+        sum(r.stop_epoch for r in runs), base, sum(r.epochs_saved for r in runs) / base if base else None,
+        sum(r.stop_epoch for r in runs) / base if base else None,
+        _spearman([r.reported_t_nc for r in reported], [r.t_nc for r in reported]),
+        _spearman([r.reported_t_nc if r.reported_t_nc is not None else inf for r in runs],
+                  [r.t_nc if r.t_nc is not None else inf for r in runs]),
+        sum(r.invalid_forecasts for r in runs), len(coverage_log),
+        _mean([1.0 if c else 0.0 for c in coverage_log]))
 
 
-def replay(trajectories: Sequence[Trajectory], forecaster: str = "fn_star", calibration: str = "leave-one-out",
-           policy: str = "stop_at_forecast", priors: Mapping[str, Prior] | None = None, min_observations: int = 3,
-           rule: OnsetRule = OnsetRule(), budget: int | None = None, terminal_acc: float = 0.99,
-           use_relaxed: bool = False, forecaster_options: Mapping[str, Any] | None = None) -> ReplayResult:
-    """Replay the stopper over ``trajectories`` (see module docs)."""
+def replay(trajectories: Sequence[Trajectory], forecaster: str = DEFAULT_FORECASTER,
+           calibration: str = "leave-one-out", policy: str = "stop_at_forecast", prior: Calibration | None = None,
+           min_observations: int = 3, rule: OnsetRule = OnsetRule(), budget: int | None = None,
+           terminal_acc: float = 0.99, forecaster_options: Mapping[str, Any] | None = None,
+           priors: Mapping[str, Prior] | None = None, holdout_by: str | None = None,
+           use_relaxed: bool = False) -> ReplayResult:
+    """Replay the stopper over ``trajectories`` (see the module docs). ``prior``: the calibration
+    every run starts from (pooled runs, priors); ``priors``: per-group priors added to it."""
     if calibration not in CALIBRATION_MODES:
         raise ValueError(f"calibration must be one of {', '.join(CALIBRATION_MODES)}")
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}")
-    if calibration == "prior" and not priors and forecaster != "nc1":
-        raise ValueError("prior calibration needs priors (e.g. --prior paper or a calibration JSON)")
+    if calibration == "leave-one-group-out" and not holdout_by:
+        raise ValueError("leave-one-group-out needs holdout_by (a metadata key, e.g. 'config')")
     ids = [t.run_id for t in trajectories]
     if len(set(ids)) != len(ids):
         raise ValueError("run ids must be unique")
-    base = Calibration(priors, min_observations=min_observations, use_relaxed=use_relaxed)
-    if calibration == "leave-one-out":
+    base = Calibration(min_observations=min_observations, use_relaxed=use_relaxed)
+    if prior is not None:
+        base = base.merged(prior)
+        base.min_observations = min_observations
+    for g, p in (priors or {}).items():
+        base.set_prior(g, p)
+    if calibration == "prior" and not base.priors and not base.n_runs() and forecaster != "nc1":
+        raise ValueError("prior calibration needs a prior (a calibration with runs or priors)")
+    budgets = infer_budgets(trajectories, budget, rule)
+    if calibration != "prior":
         for t in trajectories:
-            obs = observation_from_records(t.run_id, t.records, rule, terminal_acc)
-            if obs is not None:
-                base.add(t.group, obs)
-    runs = []
+            base.add_run(t.group, RunRecord.from_records(t.run_id, t.records, budgets[t.run_id], rule, terminal_acc))
+    runs, coverage_log = [], []
     for t in trajectories:
-        cal = base.without(t.run_id) if calibration == "leave-one-out" else base
-        runs.append(replay_run(t, cal, forecaster, policy, rule, budget, terminal_acc, forecaster_options))
-    return ReplayResult(runs, summarize(runs, forecaster, policy, calibration))
+        if calibration == "leave-one-out":
+            cal = base.without(t.run_id)
+        elif calibration == "leave-one-group-out":
+            key = t.meta.get(holdout_by)
+            cal = base.without_runs(u.run_id for u in trajectories if u.meta.get(holdout_by) == key)
+        else:
+            cal = base
+        runs.append(replay_run(t, cal, forecaster, policy, rule, budgets[t.run_id], terminal_acc,
+                               forecaster_options, coverage_log))
+    options = {"forecaster": forecaster, "calibration": calibration, "policy": policy, "holdout_by": holdout_by,
+               "budget": budget, "min_observations": min_observations, **dict(forecaster_options or {})}
+    return ReplayResult(runs, summarize(runs, forecaster, policy, calibration, coverage_log), options)
 
 
 # ----------------------------------------------------------------------------------------------
-def _f(x: Any, fmt: str = "{:.1f}") -> str:
-    if x is None:
+def _cell(v: Any) -> str:
+    if v is None:
         return "-"
-    return fmt.format(x)
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "inf" if v > 0 else "-" if math.isnan(v) else "-inf"
+        return f"{v:.3g}" if abs(v) < 1 else (str(int(v)) if v.is_integer() else f"{v:.1f}")
+    return str(v)
 
 
 def format_runs(result: ReplayResult) -> str:
-    head = ["run", "group", "T_NC", "thr", "cross", "forecast", "made_at", "error", "lead", "stop", "reason",
-            "saved"]
-    rows = [[r.run_id, r.group, _f(r.t_nc, "{}"), (r.threshold or "-")[:3], _f(r.crossing_epoch, "{}"),
-             _f(r.forecast_onset), _f(r.made_at, "{}"), _f(r.error, "{:+.1f}"), _f(r.lead, "{:+.0f}"),
-             str(r.stop_epoch), r.stop_reason, str(r.epochs_saved)] for r in result.runs]
-    return _table(head, rows)
-
-
-SUMMARY_HEAD = ["forecaster", "policy", "calibration", "runs", "coverage", "mean lead", "MAE",
-                "coverage (strict)", "MAE (strict)", "saved vs onset", "saved vs budget", "fc on never",
-                "fc on no-strict"]
-
-
-def summary_row(s: ReplaySummary) -> list[str]:
-    pct = "{:.0%}"
-    lead = "-" if s.mean_lead is None else (
-        f"{s.mean_lead:+.1f}" + ("" if s.sd_lead is None else f" ± {s.sd_lead:.1f}"))
-    return [s.forecaster, s.policy, s.calibration, str(s.n_runs),
-            "-" if s.coverage is None else f"{s.n_before_onset}/{s.n_collapsing} ({s.coverage:.0%})", lead,
-            _f(s.mae) + f" (n={s.n_forecast})",
-            "-" if s.coverage_strict is None else f"{s.n_before_onset_strict}/{s.n_strict} ({s.coverage_strict:.0%})",
-            _f(s.mae_strict) + f" (n={s.n_forecast_strict})", _f(s.saved_vs_onset, pct), _f(s.saved_vs_budget, pct),
-            f"{s.forecasts_on_never}/{s.n_never}", f"{s.forecasts_on_no_strict}/{s.n_no_strict}"]
+    """One row per run with every :class:`RunReplay` field (the JSON ``runs`` entries)."""
+    head = list(RunReplay.__dataclass_fields__)
+    return _table(head, [[_cell(getattr(r, k)) for k in head] for r in result.runs])
 
 
 def format_summaries(summaries: Sequence[ReplaySummary], markdown: bool = False) -> str:
-    rows = [summary_row(s) for s in summaries]
+    """Every :class:`ReplaySummary` field (the JSON ``summary``), one row per field, one column per
+    forecaster."""
+    fields = list(ReplaySummary.__dataclass_fields__)
+    head = ["field"] + [s.forecaster for s in summaries]
+    rows = [[f] + [_cell(getattr(s, f)) for s in summaries] for f in fields if f != "forecaster"]
     if markdown:
-        lines = ["| " + " | ".join(SUMMARY_HEAD) + " |", "|" + "---|" * len(SUMMARY_HEAD)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
-    return _table(SUMMARY_HEAD, rows)
+    return _table(head, rows)
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
@@ -229,13 +327,22 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 def calibration_from_trajectories(trajectories: Sequence[Trajectory], min_observations: int = 3,
                                   rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
-                                  use_relaxed: bool = False, priors: Mapping[str, Prior] | None = None) -> Calibration:
-    """A calibration holding the observation of every trajectory that reached onset."""
+                                  use_relaxed: bool = False, priors: Mapping[str, Prior] | None = None,
+                                  budget: int | None = None, prior: Calibration | None = None) -> Calibration:
+    """A calibration holding every trajectory as a pooled run (collapsed or censored, budgets as in
+    :func:`infer_budgets`), on top of ``prior`` and ``priors``. What ``ncstudy replay
+    --save-calibration`` writes and ``--prior FILE`` reads back."""
     cal = Calibration(priors, min_observations=min_observations, use_relaxed=use_relaxed)
+    if prior is not None:
+        cal = prior.merged(cal)
+        cal.min_observations = min_observations
+    budgets = infer_budgets(trajectories, budget, rule)
     for t in trajectories:
-        obs = observation_from_records(t.run_id, t.records, rule, terminal_acc)
-        if obs is not None:
-            cal.add(t.group, obs)
+        cal.add_run(t.group, RunRecord.from_records(t.run_id, t.records, budgets[t.run_id], rule, terminal_acc))
+        if use_relaxed:  # relaxed onsets only enter as observations (fn*, lead), not as pooled outcomes
+            obs = observation_from_records(t.run_id, t.records, rule, terminal_acc)
+            if obs is not None and obs.threshold != "strict":
+                cal.add(t.group, obs)
     return cal
 
 

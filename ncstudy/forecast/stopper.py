@@ -2,14 +2,18 @@
 
 Policies:
 
-* ``record`` -- forecast only, never stop;
-* ``stop_at_forecast`` -- stop at the first *trusted* forecast (or at the strict onset, if that
-  comes first: once NC1 < 0.01 has been observed there is nothing left to forecast);
+* ``record`` -- forecast only, never stop (the decision the stopper *would* act on is recorded);
+* ``stop_at_forecast`` -- stop at the first *trusted* forecast that carries a decision: ``onset``
+  (stop reason ``forecast``; the trial reports the forecast onset) or ``no_onset`` (stop reason
+  ``no_onset_forecast``; the trial reports the censored objective) -- or at the strict onset, if
+  that comes first (once NC1 < 0.01 has been observed there is nothing left to forecast);
 * ``stop_at_onset`` -- stop when NC1 crosses the strict threshold (``OnsetTracker``).
 
-:class:`TrialMonitor` follows one trial; :class:`ForecastStopper` holds the monitors of a study,
-its :class:`Calibration` (learning online: each trial that reaches strict onset is added to its
-group) and serialises everything to a JSON-able dict for resumption.
+:class:`TrialMonitor` follows one trial; :class:`ForecastStopper` holds the monitors of a study and
+its :class:`Calibration`, which learns online: a trial that reaches strict onset joins its group at
+that evaluation, and one that runs to its budget without onset joins as a censored run. Trials
+stopped by a forecast never show their outcome and are not learnt from. Everything serialises to
+a JSON-able dict for resumption.
 """
 from __future__ import annotations
 
@@ -19,11 +23,14 @@ from typing import Any, Mapping
 from ncstudy.onset import Onset, OnsetRule, OnsetTracker
 from ncstudy.records import EPOCH, FN, LOSS, NC1, finite, num
 
-from .calibration import Calibration, Observation
-from .core import Forecast, TerminalGate, phase_of
-from .forecasters import FORECASTERS, make_forecaster
+from .calibration import Calibration, Observation, RunRecord
+from .core import NO_ONSET, ONSET, Forecast, TerminalGate, phase_of
+from .forecasters import DEFAULT_FORECASTER, FORECASTERS, make_forecaster
 
 POLICIES = ("record", "stop_at_forecast", "stop_at_onset")
+#: Stop reasons of the stopper (a trial's own reasons -- ``budget``, ``diverged`` -- pass through).
+FORECAST_STOP, NO_ONSET_STOP, ONSET_STOP = "forecast", "no_onset_forecast", "onset"
+_REASON_OF = {ONSET: FORECAST_STOP, NO_ONSET: NO_ONSET_STOP}
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,7 @@ class TrialForecast:
 @dataclass(frozen=True)
 class Decision:
     stop: bool
-    reason: str | None  # "forecast" or "onset" when ``stop``
+    reason: str | None  # "forecast", "no_onset_forecast" or "onset" when ``stop``
     forecast: Forecast | None  # the latest forecast (trusted or not)
     onset: bool  # this evaluation is the strict onset
 
@@ -53,11 +60,12 @@ class TrialMonitor:
     restored from a checkpoint re-reports those epochs)."""
 
     def __init__(self, trial_id: str, group: str, policy: str, calibration: Calibration,
-                 forecaster: str = "fn_star", rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
-                 forecaster_options: Mapping[str, Any] | None = None) -> None:
+                 forecaster: str = DEFAULT_FORECASTER, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
+                 forecaster_options: Mapping[str, Any] | None = None, budget: float | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
         self.trial_id, self.group, self.policy = str(trial_id), group, policy
+        self.budget = None if budget is None else float(budget)
         self.calibration, self.forecaster_name, self.rule = calibration, forecaster, rule
         self.terminal_acc = terminal_acc
         self.forecaster_options = dict(forecaster_options or {})
@@ -68,13 +76,14 @@ class TrialMonitor:
     def _reset(self) -> None:
         opts = dict(self.forecaster_options)
         opts.setdefault("terminal_acc", self.terminal_acc)
-        if self.forecaster_name == "nc1":
+        if self.forecaster_name in ("nc1", "conformal", "conformal_no_fn"):
             opts.setdefault("strict", self.rule.strict)
-        self.forecaster = make_forecaster(self.forecaster_name, self.calibration, self.group, **opts)
+        self.forecaster = make_forecaster(self.forecaster_name, self.calibration, self.group, self.budget, **opts)
         self.tracker = OnsetTracker(self.rule)
         self.gate = TerminalGate(self.terminal_acc)
         self.latest: Forecast | None = None
-        self.acted: Forecast | None = None  # first trusted forecast
+        self.acted: Forecast | None = None  # first trusted forecast with a decision
+        self.invalid: list[Forecast] = []  # forecasts whose onset was not after the epoch they were made at
         self.stop_reason: str | None = None
         self.stopped_at: int | None = None
         self.points: list[tuple[int, int | None, float]] = []
@@ -106,16 +115,26 @@ class TrialMonitor:
         if is_onset:
             self.loss_at_onset = num(r.get(LOSS))
         fc = self.forecaster.observe(r)
-        if fc is not None:
-            self.latest = fc
-            if fc.trusted and self.acted is None:
-                self.acted = fc
+        if fc is not None and fc is not self.latest:
+            if not fc.valid:  # a forecaster bug, never acted on; replay counts these
+                self.invalid.append(fc)
+                fc = None
+            else:
+                self.latest = fc
+                if fc.trusted and fc.decision is not None and self.acted is None and not self.tracker.collapsed:
+                    self.acted = fc
         if self.stop_reason is None and self.policy != "record":
             if self.tracker.collapsed:
-                self.stop_reason, self.stopped_at = "onset", epoch
+                self.stop_reason, self.stopped_at = ONSET_STOP, epoch
             elif self.policy == "stop_at_forecast" and self.acted is not None:
-                self.stop_reason, self.stopped_at = "forecast", epoch
+                self.stop_reason, self.stopped_at = _REASON_OF[self.acted.decision], epoch
         return Decision(self.stop_reason is not None, self.stop_reason, self.latest, is_onset)
+
+    @property
+    def decision(self) -> str | None:
+        """What the stopper decided or would decide (under ``record``): ``forecast``,
+        ``no_onset_forecast`` or None (for the strict onset itself see :attr:`tracker`)."""
+        return None if self.acted is None else _REASON_OF[self.acted.decision]
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -133,6 +152,19 @@ class TrialMonitor:
         t = self.tracker.t_strict
         pts = tuple(p for p in self.points if p[0] <= t)
         return Observation(self.trial_id, int(t), float(self.tracker.fn_strict), "strict", pts, levels)
+
+    def run_record(self) -> RunRecord | None:
+        """The trial as a completed run for the calibration: collapsed (from its strict onset on),
+        or censored once it has run to its budget without onset; None otherwise (a forecast stop
+        hides the outcome)."""
+        if self.tracker.collapsed:
+            return RunRecord.from_records(self.trial_id, self.records, int(self.budget or self.tracker.t_strict),
+                                          self.rule, self.terminal_acc)
+        if (self.budget is not None and self.last_epoch is not None and self.last_epoch >= self.budget
+                and self.final_reason in ("budget", None) and self.stop_reason is None):
+            return RunRecord.from_records(self.trial_id, self.records, int(self.budget), self.rule,
+                                          self.terminal_acc)
+        return None
 
     def complete(self, reason: str | None = None) -> str:
         """Mark the trial finished; returns its stop reason (``forecast``/``onset`` when this
@@ -153,7 +185,8 @@ class TrialMonitor:
 
     # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"trial_id": self.trial_id, "group": self.group, "records": _jsonable(self.records),
+        return {"trial_id": self.trial_id, "group": self.group, "budget": self.budget,
+                "records": _jsonable(self.records),
                 "final_reason": self.final_reason, "stop_reason": self.stop_reason,
                 "stopped_at": self.stopped_at, "acted": None if self.acted is None else self.acted.to_dict()}
 
@@ -161,10 +194,10 @@ class TrialMonitor:
 class ForecastStopper:
     """Monitors for many trials sharing one :class:`Calibration`; the core of both adapters."""
 
-    def __init__(self, policy: str = "record", forecaster: str = "fn_star",
+    def __init__(self, policy: str = "record", forecaster: str = DEFAULT_FORECASTER,
                  calibration: Calibration | None = None, rule: OnsetRule = OnsetRule(),
                  terminal_acc: float = 0.99, learn: bool = True,
-                 forecaster_options: Mapping[str, Any] | None = None) -> None:
+                 forecaster_options: Mapping[str, Any] | None = None, budget: float | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
         if forecaster not in FORECASTERS:
@@ -173,30 +206,40 @@ class ForecastStopper:
         self.calibration = calibration if calibration is not None else Calibration()
         self.terminal_acc, self.learn = terminal_acc, learn
         self.forecaster_options = dict(forecaster_options or {})
+        self.budget = budget
         self.monitors: dict[str, TrialMonitor] = {}
         # fail fast on bad options
-        make_forecaster(forecaster, self.calibration, "default", **self.forecaster_options)
+        make_forecaster(forecaster, self.calibration, "default", budget or 1.0, **self.forecaster_options)
 
-    def monitor(self, trial_id: str, group: str = "default") -> TrialMonitor:
+    def monitor(self, trial_id: str, group: str = "default", budget: float | None = None) -> TrialMonitor:
         tid = str(trial_id)
         m = self.monitors.get(tid)
         if m is None:
             m = self.monitors[tid] = TrialMonitor(tid, group, self.policy, self.calibration, self.forecaster,
-                                                  self.rule, self.terminal_acc, self.forecaster_options)
+                                                  self.rule, self.terminal_acc, self.forecaster_options,
+                                                  budget if budget is not None else self.budget)
         return m
 
-    def observe(self, trial_id: str, record: Mapping[str, Any], group: str | None = None) -> Decision:
-        m = self.monitor(trial_id, group or "default")
+    def observe(self, trial_id: str, record: Mapping[str, Any], group: str | None = None,
+                budget: float | None = None) -> Decision:
+        m = self.monitor(trial_id, group or "default", budget)
         d = m.observe(record)
         if d.onset and self.learn:
-            obs = m.observation()
-            if obs is not None:
-                self.calibration.add(m.group, obs)
+            run = m.run_record()
+            if run is not None:
+                self.calibration.add_run(m.group, run)
         return d
 
     def complete(self, trial_id: str, reason: str | None = None) -> str | None:
         m = self.monitors.get(str(trial_id))
-        return None if m is None else m.complete(reason)
+        if m is None:
+            return None
+        out = m.complete(reason)
+        if self.learn and not m.tracker.collapsed:  # collapsed runs were learnt at their onset
+            run = m.run_record()
+            if run is not None:
+                self.calibration.add_run(m.group, run)
+        return out
 
     def state(self, trial_id: str) -> TrialForecast | None:
         """The trial's :class:`TrialForecast` (None for a trial never seen)."""
@@ -216,7 +259,7 @@ class ForecastStopper:
         self.monitors = {}
         for t in state.get("trials", []):
             m = TrialMonitor(t["trial_id"], t["group"], self.policy, self.calibration, self.forecaster,
-                             self.rule, self.terminal_acc, self.forecaster_options)
+                             self.rule, self.terminal_acc, self.forecaster_options, t.get("budget", self.budget))
             for r in t.get("records", []):
                 m.observe(r)
             if t.get("acted") is not None:

@@ -100,13 +100,16 @@ def build_calibration(cfg: FnStarConfig):
     """The calibration a study's fn* scheduler starts from: a calibration file, then priors from a
     previous MLflow experiment, the paper's, and the study file's own (later ones win per group)."""
     from ncstudy.forecast import PAPER_PRIORS, Calibration, Prior
+    from ncstudy.forecast.calibration import default_prior
     from ncstudy.records import LOSS
 
     if cfg.calibration_file:
         cal = Calibration.load(cfg.calibration_file)
-        cal.min_observations = cfg.min_observations
+    elif cfg.forecaster.startswith("conformal") and cfg.prior == "corpus":
+        cal = default_prior()
     else:
-        cal = Calibration(min_observations=cfg.min_observations)
+        cal = Calibration()
+    cal.min_observations = cfg.min_observations
     if cfg.prior_experiment:
         from ncstudy.forecast.replay import priors_from_trajectories
         from ncstudy.forecast.trajectories import mlflow_trajectories
@@ -152,7 +155,8 @@ def build_scheduler(spec: StudySpec, experiment_dir: Path | None):
             objective=objective, rule=OnsetRule(ev.strict_threshold, ev.relaxed_threshold, ev.onset_phase2_only),
             terminal_acc=ev.terminal_acc, learn=cfg.learn,
             state_path=experiment_dir / "fnstar_state.json" if experiment_dir else None,
-            forecaster_options=cfg.forecaster_options())
+            forecaster_options=cfg.forecaster_options(),
+            budget=lambda config: spec.resolve(config).total_epochs)
     return FIFOScheduler()
 
 

@@ -118,7 +118,12 @@ class FnStarConfig(_Strict):
     """The ``scheduler: {name: fnstar, fnstar: {...}}`` section of a study file."""
 
     policy: Literal["record", "stop_at_forecast", "stop_at_onset"] = "record"
-    forecaster: Literal["fn_star", "nc1", "train_loss"] = "fn_star"
+    forecaster: Literal["conformal", "conformal_no_fn", "fn_star", "nc1", "train_loss"] = "conformal"
+    prior: Literal["corpus", "none"] = Field(
+        "corpus", description="conformal: start from ncstudy's trajectory corpus ('none': only this study's runs)")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="conformal: risk of each stop decision")
+    coverage: float = Field(0.9, gt=0, lt=1, description="conformal: level of the stated interval")
+    tolerance: float = Field(40.0, gt=0, description="conformal: widest interval (epochs) a forecast stop accepts")
     margin: float = Field(0.0, ge=0, lt=1, description="crossing when fn <= fn*(1 + margin)")
     confirm: int = Field(1, ge=1, description="evaluations in a row below the threshold")
     phases: list[int] | None = Field([2], description="phases where a crossing counts (null: any)")
@@ -138,6 +143,9 @@ class FnStarConfig(_Strict):
     max_horizon: float | None = Field(None, gt=0, description="nc1/train_loss: distrust forecasts further ahead")
 
     def forecaster_options(self) -> dict[str, Any]:
+        if self.forecaster.startswith("conformal"):
+            return {"alpha": self.alpha, "coverage": self.coverage, "tolerance": self.tolerance,
+                    "window": self.window}
         if self.forecaster == "fn_star":
             return {"margin": self.margin, "confirm": self.confirm, "phases": self.phases}
         return {"window": self.window, "min_points": self.min_points, "r2_min": self.r2_min,

@@ -1,0 +1,240 @@
+"""Analog forecasting with a distribution-free recalibration: the core of :class:`ConformalOnset`.
+
+**Pool.** Completed runs of the calibration -- those that reached the strict onset and those that
+ran to their budget without it (censored) -- each with its states (:mod:`.state`) before onset.
+The outcome of a state at epoch ``t`` is its remaining time as a fraction of the remaining budget,
+``rho = (T_NC - t) / (budget - t)``: in (0, 1] when the run collapsed, ``inf`` when it did not.
+So "onset before the budget" is ``rho <= 1`` for every run, whatever its length.
+
+**Analogs.** For a query state every pool run contributes its closest state (partial distance:
+the weighted mean squared difference of robustly scaled features over the features both states
+have; runs of another group pay a penalty). The forecast has two parts, each recalibrated on the
+pool itself with leave-one-run-out predictions (split-conformal in spirit; a run is never its own
+analog):
+
+* **whether**: the fraction of collapsed runs among the ``k`` nearest runs, mapped to a calibrated
+  ``P(onset <= budget)`` by isotonic regression of the held-out outcomes on it (each block's rate
+  by Laplace's rule, so no probability is 0 or 1 on finite data);
+* **when, given onset**: the ``k`` nearest *collapsed* runs give ``rho`` on the rank scale of
+  ``k + 1`` exchangeable values (:func:`rank_cdf` ``H``, a CDF on (0, 1]); the empirical law ``G``
+  of the held-out ranks ``H_{-run}(rho)`` of the pool's collapsed states maps nominal levels to
+  achieved ones, so the conditional quantiles ``H^{-1}(G^{-1}(level))`` hold at their stated level
+  whatever the law of the trajectories, as long as a new run is exchangeable with the pool's.
+
+Unconditional quantiles follow: ``q(level) = q_onset(level / P)`` for ``level < P``, beyond the
+budget (``inf``) otherwise.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .state import FEATURES, State
+
+
+@dataclass(frozen=True)
+class PoolRun:
+    run_id: str
+    group: str
+    t_nc: float | None  # strict onset epoch; None: censored (no onset within the budget)
+    budget: float
+    states: tuple[State, ...]
+
+
+def rank_cdf(rho_c: np.ndarray, y: float | np.ndarray) -> float | np.ndarray:
+    """``H(y)``: the collapsed analogs' CDF on the rank scale of ``k + 1`` exchangeable values --
+    piecewise linear through ``(0, 0)``, ``(a_(j), j / (k + 1))`` over the sorted outcomes ``a`` and
+    ``(1, 1)`` (an onset within the budget has ``rho <= 1``)."""
+    k = len(rho_c)
+    return np.interp(y, np.r_[0.0, rho_c, 1.0], np.r_[np.arange(k + 1) / (k + 1), 1.0])
+
+
+def rank_quantile(rho_c: np.ndarray, p: float) -> float:
+    """The inverse of :func:`rank_cdf`."""
+    k = len(rho_c)
+    return float(np.interp(p, np.r_[np.arange(k + 1) / (k + 1), 1.0], np.r_[0.0, rho_c, 1.0]))
+
+
+def isotonic(x: np.ndarray, y: np.ndarray, prior: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Non-decreasing least-squares fit of ``y`` (0/1) on ``x`` (pool-adjacent-violators), as the
+    step function ``(block upper x, block rate)``; each block's rate is shrunk by ``prior``
+    observations towards 1/2 (Laplace's rule for the default 2)."""
+    order = np.argsort(x, kind="stable")
+    xs, ys = x[order], y[order].astype(float)
+    blocks: list[list[float]] = []  # [sum, count, last x]
+    for xv, yv in zip(xs, ys):
+        blocks.append([yv, 1.0, xv])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            s2, n2, x2 = blocks.pop()
+            blocks[-1][0] += s2
+            blocks[-1][1] += n2
+            blocks[-1][2] = x2
+    ux = np.array([b[2] for b in blocks])
+    rate = np.array([(b[0] + prior / 2) / (b[1] + prior) for b in blocks])
+    return ux, rate
+
+
+@dataclass(frozen=True)
+class Predictive:
+    """A calibrated predictive distribution of ``rho`` (see the module docs)."""
+
+    p_onset: float  # calibrated P(onset <= budget)
+    rho_c: np.ndarray  # the collapsed analogs' outcomes, sorted
+    g_x: np.ndarray  # G: nominal rank level grid ...
+    g_y: np.ndarray  # ... -> achieved level (collapsed states)
+    distance: float  # mean distance of the analogs (how far the pool is from this state)
+    n_collapsed: int  # collapsed runs among the k nearest
+
+    def onset_quantile(self, level: float) -> float:
+        """Calibrated ``level``-quantile of ``rho`` given onset within the budget."""
+        if len(self.rho_c) == 0:
+            return math.inf
+        i = min(int(np.searchsorted(self.g_y, level, side="left")), len(self.g_x) - 1)
+        return rank_quantile(self.rho_c, float(self.g_x[i]))
+
+    def quantile(self, level: float) -> float:
+        """Calibrated unconditional ``level``-quantile of ``rho`` (``inf``: beyond the budget)."""
+        if level >= self.p_onset:
+            return math.inf
+        return self.onset_quantile(level / self.p_onset)
+
+    def cdf(self, r: float) -> float:
+        """Calibrated P(rho <= r)."""
+        if len(self.rho_c) == 0:
+            return 0.0
+        return self.p_onset * float(np.interp(rank_cdf(self.rho_c, min(r, 1.0)), self.g_x, self.g_y))
+
+
+class AnalogPool:
+    """The states of a calibration's completed runs, searchable by analog (see the module docs)."""
+
+    def __init__(self, runs: Sequence[PoolRun], features: Sequence[str] = FEATURES,
+                 weights: Mapping[str, float] | None = None, k: int = 15, group_penalty: float = 0.5,
+                 max_pit_states: int = 12) -> None:
+        self.features = tuple(features)
+        w = dict(weights or {})
+        self.w = np.array([float(w.get(f, 1.0)) for f in self.features])
+        self.k, self.group_penalty, self.max_pit_states = int(k), float(group_penalty), int(max_pit_states)
+        rows, run_of, rho = [], [], []
+        self.runs = [r for r in runs
+                     if any(s.epoch < (r.t_nc if r.t_nc is not None else math.inf) for s in r.states)]
+        for i, r in enumerate(self.runs):
+            for s in r.states:
+                if r.t_nc is not None and s.epoch >= r.t_nc:
+                    continue
+                rows.append([s.features.get(f, math.nan) for f in self.features])
+                run_of.append(i)
+                rho.append(math.inf if r.t_nc is None else (r.t_nc - s.epoch) / max(r.budget - s.epoch, 1.0))
+        self.X = np.array(rows, dtype=float).reshape(len(rows), len(self.features))
+        self.run_of = np.array(run_of, dtype=int)
+        self.rho = np.array(rho, dtype=float)
+        self.group_of_run = np.array([r.group for r in self.runs], dtype=object)
+        self.n_runs = len(self.runs)
+        self.starts = np.flatnonzero(np.r_[True, np.diff(self.run_of) != 0]) if len(rows) else np.array([], int)
+        self.collapsed_run = np.array([r.t_nc is not None for r in self.runs], dtype=bool)
+        self.scale = self._robust_scale()
+        self.Xs = self.X / self.scale
+        self._cal: tuple | None = None
+
+    def _robust_scale(self) -> np.ndarray:
+        out = np.ones(len(self.features))
+        for j in range(len(self.features)):
+            col = self.X[:, j]
+            col = col[np.isfinite(col)]
+            if len(col) >= 5:
+                q75, q25 = np.percentile(col, [75, 25])
+                s = (q75 - q25) / 1.349
+                out[j] = s if s > 1e-9 else (float(col.std()) or 1.0)
+        return out
+
+    @property
+    def n_collapsed(self) -> int:
+        return sum(r.t_nc is not None for r in self.runs)
+
+    # ------------------------------------------------------------------------------------------
+    def _run_distances(self, xs: np.ndarray, group: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """Per pool run: the distance of its closest state to the (scaled) query, and that row."""
+        q = np.isfinite(xs)
+        diff = self.Xs[:, q] - xs[q]
+        have = np.isfinite(diff)
+        wq = self.w[q]
+        num = np.where(have, diff * diff, 0.0) @ wq
+        den = have.astype(float) @ wq
+        d = np.sqrt(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.inf))
+        best = np.minimum.reduceat(d, self.starts)
+        # the row of each run's minimum: first row of the run whose distance equals it
+        order = np.lexsort((d, self.run_of))
+        first = order[np.r_[0, np.flatnonzero(np.diff(self.run_of[order])) + 1]]
+        if group is not None and self.group_penalty:
+            best = best + self.group_penalty * (self.group_of_run != group)
+        return best, first
+
+    def analogs(self, x: Mapping[str, float] | np.ndarray, group: str | None = None,
+                exclude_run: int | None = None) -> tuple[int, int, np.ndarray, float]:
+        """For a query state: ``(k used, collapsed among the k nearest runs, outcomes of the k
+        nearest collapsed runs (sorted), mean distance of the k nearest runs)``."""
+        xs = (np.array([x.get(f, math.nan) for f in self.features], float) if isinstance(x, Mapping)
+              else np.asarray(x, float)) / self.scale
+        best, rows = self._run_distances(xs, group)
+        if exclude_run is not None:
+            best = best.copy()
+            best[exclude_run] = np.inf
+        ok = np.isfinite(best)
+        k = min(self.k, int(ok.sum()))
+        if k == 0:
+            return 0, 0, np.array([]), math.inf
+        idx = np.argpartition(best, k - 1)[:k]
+        m = int(self.collapsed_run[idx].sum())
+        cand = np.flatnonzero(ok & self.collapsed_run)
+        kc = min(self.k, len(cand))
+        rho_c = np.array([])
+        if kc:
+            near = cand[np.argpartition(best[cand], kc - 1)[:kc]]
+            rho_c = np.sort(self.rho[rows[near]])
+        return k, m, rho_c, float(best[idx].mean())
+
+    def predictive(self, x: Mapping[str, float], group: str | None = None) -> Predictive | None:
+        if self.n_runs == 0:
+            return None
+        k, m, rho_c, dist = self.analogs(x, group)
+        if k == 0:
+            return None
+        iso_x, iso_y, g_x, g_y = self.calibration()
+        return Predictive(_iso_at(iso_x, iso_y, m / k), rho_c, g_x, g_y, dist, m)
+
+    # ------------------------------------------------------------------------------------------
+    def calibration(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(iso_x, iso_y, g_x, g_y)``: the isotonic map of P(onset) and the map ``G`` of the
+        conditional ranks, from leave-one-run-out predictions of (up to ``max_pit_states`` evenly
+        spaced) states of every pool run (cached)."""
+        if self._cal is None:
+            frac, collapsed, ranks = [], [], []
+            for i in range(self.n_runs):
+                rows = np.flatnonzero(self.run_of == i)
+                if len(rows) > self.max_pit_states:
+                    rows = rows[np.linspace(0, len(rows) - 1, self.max_pit_states).round().astype(int)]
+                g = self.group_of_run[i]
+                for r in rows:
+                    k, m, rho_c, _ = self.analogs(self.X[r], g, exclude_run=i)
+                    if k == 0:
+                        continue
+                    frac.append(m / k)
+                    collapsed.append(bool(self.collapsed_run[i]))
+                    if self.collapsed_run[i] and len(rho_c):
+                        ranks.append(float(rank_cdf(rho_c, self.rho[r])))
+            frac_a, coll_a = np.array(frac), np.array(collapsed, bool)
+            iso_x, iso_y = isotonic(frac_a, coll_a) if len(frac_a) else (np.array([1.0]), np.array([0.5]))
+            g_x = np.linspace(0.0, 1.0, 201)
+            u = np.sort(np.array(ranks))
+            g_y = (np.searchsorted(u, g_x, side="right") / len(u)) if len(u) else g_x.copy()
+            self._cal = (iso_x, iso_y, g_x, np.maximum.accumulate(g_y))
+        return self._cal
+
+
+def _iso_at(ux: np.ndarray, rate: np.ndarray, x: float) -> float:
+    """The isotonic step function at ``x`` (the block whose range holds it)."""
+    i = min(int(np.searchsorted(ux, x, side="left")), len(ux) - 1)
+    return float(rate[i])
