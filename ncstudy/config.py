@@ -21,7 +21,8 @@ ScheduleName = Literal["cosine", "multistep", "constant"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: a YAML `true` is not a width, "256" is not an int and 256.0 is not an epoch count
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class DataConfig(_Strict):
@@ -130,11 +131,19 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: file not found")
+        raise ConfigError(f"{p}: file not found" if not p.exists() else f"{p}: not a file")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the file as UTF-8 YAML") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot be read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply to be a configuration") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -143,7 +152,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
-    data = read_yaml(path)
+    """A trainer config file. An empty file is refused (a typo'd path or an unsaved editor buffer
+    would otherwise start the paper's full 600-epoch run); ``{}`` asks for the defaults explicitly."""
+    p = Path(path)
+    data = read_yaml(p)
+    if not data and p.read_text(encoding="utf-8").strip() != "{}":
+        raise ConfigError(f"{p}: empty configuration; write the keys to change (see configs/quickstart_train.yaml), "
+                          f"or `{{}}` to run the defaults (MLP-5 w512 on mnist5k, 200 CE + 400 MSE epochs)")
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as e:

@@ -414,6 +414,21 @@ def _model_name(model) -> str:
     return str(getattr(model, "name", model))
 
 
+#: Per-sample shape of each dataset's images as the models see them (ResNet-20 pads 28x28 to 32x32).
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "mnist5k": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+def input_spec(cfg: DataConfig, model: str = "mlp") -> tuple[tuple[int, ...], int]:
+    """``(per-sample input shape, number of classes)`` of a dataset for ``model``, without loading it."""
+    model = _model_name(model)
+    if cfg.name == "synthetic":
+        return (tuple(cfg.shape) if cfg.shape else (cfg.dim,)), cfg.num_classes
+    c, h, w = IMAGE_SHAPES[cfg.name]
+    if model == "resnet20" and cfg.name in MNIST_LIKE:  # padded to 32 x 32, repeated to 3 channels
+        c, h, w = 3, 32, 32
+    return (c, h, w), 10
+
+
 def load_dataset(cfg: DataConfig, model: str = "mlp") -> Dataset:
     """Load ``cfg.name`` as in-memory tensors preprocessed for ``model`` (``mlp`` or ``resnet20``).
 

@@ -169,6 +169,14 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def parameter_count(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) -> int:
+    """The number of parameters ``build_model`` would create, without creating them."""
+    if cfg.name == "mlp":
+        d_in, w = math.prod(input_shape), cfg.width
+        return d_in * w + w + (cfg.depth - 1) * (w * w + w) + w * num_classes + num_classes
+    return count_parameters(build_model(cfg, input_shape, num_classes))
+
+
 def build_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """The model ``cfg.name`` for inputs of per-sample ``input_shape`` (``Dataset.input_shape``)."""
     input_shape = tuple(int(s) for s in input_shape)

@@ -35,6 +35,11 @@ COLLAPSE_EPOCH = "collapse_epoch"  # the collapse-time objective (see ncstudy.st
 STOP_REASON = "stop_reason"
 STOP_REASONS = ("onset", "forecast", "no_onset_forecast", "budget", "diverged", "error", "interrupted")
 
+#: Numeric metrics a study's trials report at every evaluation (what ``objective.metric`` can be):
+#: the record, the collapse-time objective, and what Tune adds itself.
+TRIAL_METRICS = (*REFERENCE_COLUMNS, *STANDARD_NC, *OPTIMISATION, LR, ELAPSED, TERMINAL, T_NC, FN_STAR,
+                 COLLAPSE_EPOCH, "training_iteration", "time_total_s", "time_this_iter_s")
+
 #: NC metrics of :class:`~ncstudy.metrics.NCAccumulator` and of every record (NaN until terminal).
 NC_KEYS = (NC1, NC2, NC3, FN) + STANDARD_NC
 

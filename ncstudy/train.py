@@ -31,6 +31,12 @@ NC_KEYS = ("nc1", "nc2", "nc3", "feat_norm", "nc1_papyan", "equinorm_means", "eq
 # classifier's weight matrix at the evaluation.
 OPT_KEYS = ("grad_norm", "weight_norm", "classifier_weight_norm")
 
+# A run has diverged when its training loss is not finite, exceeds DIVERGENCE_CEILING, or exceeds
+# both DIVERGENCE_FACTOR times the loss of the phase's first epoch and DIVERGENCE_FLOOR (a loss of
+# 3e20 at lr 1e3 is finite but no run comes back from it; cross-entropy starts near log K, MSE on
+# one-hot targets below 1).
+DIVERGENCE_FACTOR, DIVERGENCE_FLOOR, DIVERGENCE_CEILING = 1e4, 1e3, 1e6
+
 # Callback: returns a stop reason (e.g. "forecast") to end the run after this evaluation.
 EvalCallback = Callable[[dict[str, Any], "Trainer"], "str | None"]
 
@@ -122,6 +128,7 @@ class Trainer:
     def _start_phase(self, phase: int) -> None:
         """Fresh optimiser and schedule at each phase, as the paper does."""
         self.phase = phase
+        self.phase_first_loss: float | None = None
         n = self.cfg.ce_epochs if phase == 1 else self.cfg.mse_epochs
         self.optimizer = make_optimizer(self.model.parameters(), self.cfg.optimizer,
                                         fused=self.device.type in FUSED_OPTIMIZER_DEVICES)
@@ -229,7 +236,9 @@ class Trainer:
             loss, grad_norm = self._train_epoch()
             self.epoch = next_epoch
             self.elapsed += time.perf_counter() - t0
-            if not math.isfinite(loss):
+            if self.phase_first_loss is None:
+                self.phase_first_loss = loss
+            if self.diverged(loss):
                 self.status, self.stop_reason = "diverged", "diverged"
                 rec = {"epoch": self.epoch, "phase": self.phase, "train_loss": loss, "grad_norm": grad_norm,
                        "elapsed_s": self.elapsed}
@@ -254,6 +263,13 @@ class Trainer:
             self.status, self.stop_reason = "completed", "budget"
         return self.result()
 
+    def diverged(self, loss: float) -> bool:
+        """Not finite, or exploded (see :data:`DIVERGENCE_FACTOR`)."""
+        if not math.isfinite(loss) or loss > DIVERGENCE_CEILING:
+            return True
+        first = self.phase_first_loss if self.phase_first_loss is not None else loss
+        return loss > DIVERGENCE_FLOOR and loss > DIVERGENCE_FACTOR * first
+
     def _stop_reason(self) -> str | None:
         if self.cfg.eval.stop_at_onset and self.onset.collapsed:
             return "onset"
@@ -268,6 +284,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch, "phase": self.phase, "terminal": self.terminal, "elapsed": self.elapsed,
+            "phase_first_loss": self.phase_first_loss,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "shuffle_gen": self.shuffle_gen.get_state(),
             "torch_rng": torch.get_rng_state(), "records": list(self.records),
@@ -283,9 +300,51 @@ class Trainer:
         self.shuffle_gen.set_state(state["shuffle_gen"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.terminal, self.elapsed = state["epoch"], state["terminal"], state["elapsed"]
+        self.phase_first_loss = state.get("phase_first_loss")
         self.records = list(state["records"])
         for k, v in state["onset"].items():
             setattr(self.onset, k, v)
+
+
+def memory_estimate(cfg: TrainConfig) -> tuple[int, int]:
+    """``(parameters, bytes)`` a run of ``cfg`` needs at least: weights, gradients and two optimiser
+    moments in float32, the float64 NC scatter of the penultimate features, and the activations of a
+    training and an evaluation batch."""
+    from ncstudy.data import input_spec
+    from ncstudy.models import parameter_count
+
+    shape, k = input_spec(cfg.data, cfg.model.name)
+    n = parameter_count(cfg.model, shape, k)
+    width = cfg.model.width if cfg.model.name == "mlp" else 64
+    depth = cfg.model.depth if cfg.model.name == "mlp" else 20
+    activations = 4 * 3 * max(cfg.batch_size, cfg.eval.batch_size) * (width * depth + math.prod(shape))
+    return n, 16 * n + 8 * width * width + activations
+
+
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes (None where the OS does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(cfg: TrainConfig, where: str = "", limit: int | None = None) -> None:
+    """:class:`~ncstudy.errors.ConfigError` when ``cfg``'s model cannot be trained in this machine's
+    memory (``limit`` bytes; default its RAM): a width of 10**9 fails here, not in the allocator."""
+    limit = limit if limit is not None else physical_memory()
+    if limit is None:
+        return
+    n, need = memory_estimate(cfg)
+    if need > limit:
+        from ncstudy.errors import ConfigError
+
+        raise ConfigError(
+            f"{where}model {cfg.model.name} (depth {cfg.model.depth}, width {cfg.model.width}) on {cfg.data.name} has "
+            f"{n:.3g} parameters and needs at least {need / 2**30:.3g} GiB to train; this machine has "
+            f"{limit / 2**30:.3g} GiB. Use a smaller model.width / model.depth or batch_size")
 
 
 def train(cfg: TrainConfig, data: Dataset | None = None, on_eval: EvalCallback | None = None) -> TrainResult:

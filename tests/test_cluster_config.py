@@ -27,6 +27,8 @@ import tomllib
 import yaml
 from cluster_config import check_cluster_config
 
+from ncstudy.cli import group_alive
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 HEAD = "ray.head.cpu"
@@ -308,24 +310,14 @@ def _run_head_mlflow_command(home: Path, port: int, timeout: float = 240):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def _stop_group(pgid: int, timeout: float = 30) -> None:
-    if not _group_alive(pgid):
+    if not group_alive(pgid):
         return
     os.killpg(pgid, signal.SIGTERM)
     deadline = time.time() + timeout
-    while time.time() < deadline and _group_alive(pgid):
+    while time.time() < deadline and group_alive(pgid):
         time.sleep(0.2)
-    if _group_alive(pgid):
+    if group_alive(pgid):
         os.killpg(pgid, signal.SIGKILL)
 
 
@@ -379,8 +371,8 @@ def test_head_mlflow_command_starts_restarts_and_binds_private_ip(mlflow_home):
     r = _run_head_mlflow_command(home, port)
     second = record()
     assert r.returncode == 0, r.stdout + r.stderr
-    assert second != first and not _group_alive(first)
-    assert _group_alive(second)
+    assert second != first and not group_alive(first)
+    assert group_alive(second)
     assert _get(f"http://{ip}:{port}/health") == 200
 
 

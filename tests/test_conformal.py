@@ -12,7 +12,7 @@ from ncstudy.forecast.analog import AnalogPool, PoolRun, isotonic, rank_cdf, ran
 from ncstudy.forecast.calibration import RunRecord
 from ncstudy.forecast.core import NO_ONSET, ONSET
 from ncstudy.forecast.forecasters import ConformalOnset
-from ncstudy.forecast.state import FEATURES, State, StateTracker, trajectory_states
+from ncstudy.forecast.state import FEATURES, State, trajectory_states
 
 
 # -- state features --------------------------------------------------------------------------------
@@ -217,17 +217,3 @@ def test_decisions_follow_alpha_and_tolerance(synthetic_calibration):
         assert all(fc.high - fc.low <= tol for fc in fcs)
         counts.append(len({fc.made_at for fc in fcs}))
     assert counts[0] >= counts[1] >= counts[2] and counts[0] > counts[2]
-
-
-def test_state_tracker_is_fast():
-    tr = StateTracker(600)
-    recs = synthetic_trajectory(t_nc=400, noise=0.05)
-    import time
-
-    t0 = time.perf_counter()
-    for _ in range(20):
-        tr = StateTracker(600)
-        for r in recs:
-            tr.observe(r)
-    per = (time.perf_counter() - t0) / (20 * len(recs))
-    assert per < 0.005  # generous: the benchmark measures the real figure

@@ -70,8 +70,13 @@ def test_interrupted_study_resumes_same_runs(tmp_path, mlflow_uri):
         assert wait_for(some_results, timeout=180), (tmp_path / "first.log").read_text()[-3000:]
     finally:
         kill_group(p, signal.SIGINT)
-    _, _, before = child_runs(mlflow_uri, "study_resume")
-    assert any(c.info.status == "RUNNING" or c.data.tags.get("status") == "running" for c in before)
+    # interrupted: exit 130 with the resume command; the runs and the study run end KILLED, not FINISHED
+    first = (tmp_path / "first.log").read_text()
+    assert p.returncode == 130, first[-3000:]
+    assert "did not finish" in first and "--resume" in first
+    _, parents, before = child_runs(mlflow_uri, "study_resume")
+    assert parents[0].info.status == "KILLED"
+    assert all(c.info.status == "KILLED" and c.data.tags.get("status") == "interrupted" for c in before)
 
     p2 = spawn_cli(args + ["--resume"], tmp_path, tmp_path / "second.log")
     try:
@@ -79,9 +84,10 @@ def test_interrupted_study_resumes_same_runs(tmp_path, mlflow_uri):
     finally:
         kill_group(p2)
     client, parents, children = child_runs(mlflow_uri, "study_resume")
-    assert len(parents) == 1 and len(children) == 2
+    assert len(parents) == 1 and len(children) == 2 and parents[0].info.status == "FINISHED"
     for c in children:
         assert c.info.status == "FINISHED" and c.data.tags["stop_reason"] == "budget"
+        assert c.data.tags["status"] == "completed"
         assert steps(client, c.info.run_id) == list(range(5, 401, 5))
 
 
@@ -210,3 +216,24 @@ def test_reused_actor_runs_the_next_trial_identically(tmp_path, mlflow_uri, ray_
     hist = [{k: [(m.step, m.value) for m in sorted(client.get_metric_history(c.info.run_id, k), key=lambda m: m.step)]
              for k in ("train_loss", "nc1", "feat_norm", "test")} for c in children]
     assert hist[0]["nc1"] and hist[0] == hist[1]
+
+
+def test_a_diverging_trial_fails_the_study(tmp_path, mlflow_uri, ray_local):
+    """lr 1e3: the loss explodes (finite, 1e20+) -- the trial is diverged, its run FAILED, exit 1."""
+    import contextlib
+    import io
+
+    data = synthetic_study("study_diverge", mse_epochs=10, widths=(16,), seeds=(0,))
+    data["space"]["optimizer.lr"] = {"grid": [0.02, 1.0e3]}
+    data["trial_name"] = "lr{optimizer.lr}"
+    spec = load_study(write_study(tmp_path, data))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        rc = run_study(spec, RunOptions(tracking_uri=mlflow_uri, storage=str(tmp_path / "res"), progress_interval_s=0))
+    assert rc == 1, out.getvalue()
+    assert "1 complete, 1 diverged" in out.getvalue() and "failed or diverged: lr1e+03" in out.getvalue()
+    _, parents, children = child_runs(mlflow_uri, "study_diverge")
+    assert parents[0].info.status == "FAILED"
+    by = {c.info.run_name: c for c in children}
+    assert by["lr1e+03"].info.status == "FAILED" and by["lr1e+03"].data.tags["status"] == "diverged"
+    assert by["lr0.02"].info.status == "FINISHED" and by["lr0.02"].data.tags["status"] == "completed"

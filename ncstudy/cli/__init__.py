@@ -6,6 +6,7 @@ key, before any training, Ray or MLflow start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shutil
@@ -13,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ncstudy.errors import EXIT_BAD_INPUT, EXIT_TRACKING_UNAVAILABLE, ConfigError, InputError
+from ncstudy.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRACKING_UNAVAILABLE, ConfigError, InputError
 
 
 def _fmt(v: float) -> str:
@@ -23,11 +24,12 @@ def _fmt(v: float) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from ncstudy.config import load_train_config
     from ncstudy.logs import write_log
-    from ncstudy.train import Trainer
+    from ncstudy.train import Trainer, check_fits_in_memory
 
     cfg = load_train_config(args.config)
     if args.device:
         cfg = cfg.model_copy(update={"device": args.device})
+    check_fits_in_memory(cfg, where=f"{args.config}: ")
     trainer = Trainer(cfg)
     print(f"training {cfg.model.name} (depth {cfg.model.depth}, width {cfg.model.width}, {cfg.model.activation}) "
           f"on {cfg.data.name}: {cfg.ce_epochs} CE + {cfg.mse_epochs} MSE epochs, device {trainer.device}",
@@ -64,6 +66,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--tracking-max-outage: must be a positive number of seconds")
     if not args.tracking_flush_interval >= 0:
         raise ConfigError("--tracking-flush-interval: must be a number of seconds >= 0")
+    if args.num_cpus is not None and args.num_cpus <= 0:
+        raise ConfigError("--num-cpus: must be a positive integer")
+    if not args.progress_interval >= 0:
+        raise ConfigError("--progress-interval: must be a number of seconds >= 0")
+    if args.allow_changed and not args.resume:
+        raise ConfigError("--allow-changed goes with --resume")
     if args.dry_run:
         print("\n".join(trial_plan(spec)))
         return 0
@@ -72,33 +80,83 @@ def cmd_run(args: argparse.Namespace) -> int:
                       storage=args.storage, resume=args.resume, max_concurrent=args.max_concurrent,
                       num_cpus=args.num_cpus, progress_interval_s=args.progress_interval,
                       tracking_max_outage_s=args.tracking_max_outage,
-                      tracking_flush_interval_s=args.tracking_flush_interval)
-    print(f"study {spec.name}: {spec.num_trials()} trial(s); tracking {opts.tracking_uri}; "
-          f"results in {opts.storage}/{spec.name}", flush=True)
+                      tracking_flush_interval_s=args.tracking_flush_interval,
+                      allow_changed=args.allow_changed, study_file=args.space)
     from ncstudy.adapters.mlflow.writer import TrackingUnavailable
 
     try:
         return run_study(spec, opts)
     except TrackingUnavailable as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"ncstudy run: error: {e}", file=sys.stderr, flush=True)
         return EXIT_TRACKING_UNAVAILABLE
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """The MLflow UI on 127.0.0.1 in its own process group; SIGTERM or Ctrl-C stop the whole group."""
+    import signal
+    import socket
+    import time
+
+    from ncstudy.adapters.mlflow.reader import check_uri, sqlite_path
     from ncstudy.study.runner import DEFAULT_TRACKING_URI
 
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: must be a TCP port, 1 to 65535")
     uri = args.tracking_uri or DEFAULT_TRACKING_URI
+    check_uri(uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ConfigError(f"no MLflow store at {db} (tracking URI {uri}); run a study first, or pass --tracking-uri")
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", args.port))
+        except OSError:
+            raise ConfigError(f"--port {args.port}: already in use on 127.0.0.1; pass another --port") from None
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port),
            "--workers", "1"]
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
     # MLflow's job runner (GenAI jobs: ~7 extra processes) serves nothing a study logs.
     env = dict(os.environ)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)  # its own process group
+    stopping: list[int] = []
+
+    def stop(signum: int, frame) -> None:
+        stopping.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
+        print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
+        while True:
+            try:
+                rc = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if stopping:  # the server and every worker it started, gone: wait for the group to empty
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and group_alive(proc.pid):
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            return 0
+        return rc
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group ``pgid`` is still alive."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 def cmd_analyze(args: argparse.Namespace, rest: list[str]) -> int:
@@ -134,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-flush-interval", type=float, default=5.0, metavar="SECONDS",
                    help="how often queued metrics are sent to MLflow (and how fresh the UI is); default 5")
     r.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    r.add_argument("--allow-changed", action="store_true",
+                   help="with --resume: continue although the study file changed since the first launch "
+                        "(the first launch's study goes on as it was)")
     r.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
     r.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     r.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress tables")
@@ -165,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # Ctrl-C outside a study (a study handles it and returns 130 itself)
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -37,9 +37,11 @@ class ProgressTable(Callback):
     scheduler's :meth:`~ncstudy.adapters.ray_scheduler.FnStarScheduler.trial_forecast`, if any."""
 
     def __init__(self, label: Callable[[Any], str], forecasts: ForecastLookup | None = None,
-                 interval_s: float = 10.0, quiet: bool = False, stream: TextIO | None = None) -> None:
+                 interval_s: float = 10.0, quiet: bool = False, stream: TextIO | None = None,
+                 outcome: Any = None) -> None:
         self.label = label
         self.forecasts = forecasts
+        self.outcome = outcome  # ncstudy.study.outcome.StudyOutcome: the final status column
         self.interval_s = interval_s
         self.quiet = quiet
         self.stream = stream
@@ -69,6 +71,9 @@ class ProgressTable(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         rows = [self.row(t) for t in trials]
+        if self.outcome is not None:  # what happened, not Tune's status (TERMINATED also when interrupted)
+            for r, t in zip(rows, trials):
+                r["status"] = self.outcome.outcome(t)
         cols = ("trial", "status", "epoch", "T_NC", "fn*", "forecast", "stop")
         print("\nStudy summary (epochs run = last evaluated epoch):", file=self._out())
         print(render_table(rows, cols), file=self._out(), flush=True)

@@ -43,6 +43,8 @@ class RunOptions:
     tracking_max_outage_s: float = 600.0  # MLflow down longer than this: spill to JSONL, fail the study
     tracking_flush_interval_s: float = 5.0  # queued metrics are sent at most this often (and at each trial's end)
     tracking: bool = True  # False: no MLflow callback at all (benchmarks/tracking_overhead.py's baseline)
+    allow_changed: bool = False  # --resume of a study file that changed since the first launch
+    study_file: str | None = None  # for the resume hint
 
 
 def tune_domain(p: Param):
@@ -184,6 +186,11 @@ def _dirname_creator(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def private_temp_dir() -> Path:
+    """The temp folder of the local Ray instance ``ncstudy run`` starts (removed when it ends)."""
+    return Path(tempfile.gettempdir()) / f"ncstudy_ray_{os.getpid()}"
+
+
 def start_ray(opts: RunOptions) -> bool:
     """Connect to ``--address`` or start a private local instance; True when we started one."""
     import ray
@@ -193,27 +200,32 @@ def start_ray(opts: RunOptions) -> bool:
     if opts.address:
         ray.init(address=opts.address, log_to_driver=False)
         return False
-    tmp = Path(tempfile.gettempdir()) / f"ncstudy_ray_{os.getpid()}"
     ray.init(address="local", num_cpus=opts.num_cpus or os.cpu_count(), num_gpus=opts.num_gpus,
-             include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False,
+             include_dashboard=False, _temp_dir=str(private_temp_dir()), log_to_driver=False,
              configure_logging=True, logging_level=logging.WARNING)
     return True
 
 
-def preload_data(spec: StudySpec) -> dict[str, Any]:
-    """Load every dataset a trial can ask for once, into Ray's object store."""
-    import ray
-
+def load_datasets(spec: StudySpec) -> dict[str, Any]:
+    """Every dataset a trial can ask for, loaded once (before Ray starts: a missing dataset is bad
+    input, exit 2, with nothing started)."""
     from ncstudy.data import load_dataset
     from ncstudy.study.trainable import data_key, dataset_to_numpy
 
-    refs: dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for variant in spec.data_variants():
         cfg = spec.config_for(variant)
         key = data_key(cfg)
-        if key not in refs:
-            refs[key] = ray.put(dataset_to_numpy(load_dataset(cfg.data, model=cfg.model.name)))
-    return refs
+        if key not in out:
+            out[key] = dataset_to_numpy(load_dataset(cfg.data, model=cfg.model.name))
+    return out
+
+
+def put_datasets(datasets: dict[str, Any]) -> dict[str, Any]:
+    """Into Ray's object store, so every node fetches each dataset once."""
+    import ray
+
+    return {k: ray.put(v) for k, v in datasets.items()}
 
 
 # Our own progress table replaces Tune's console output; frequent small checkpoints are by design.
@@ -238,68 +250,143 @@ def _retarget_tracking(tuner, opts: RunOptions) -> None:
             cb.flush_interval_s = opts.tracking_flush_interval_s
 
 
+def _callback(tuner, cls):
+    local = getattr(tuner, "_local_tuner", None)
+    for cb in (local.get_run_config().callbacks or []) if local is not None else []:
+        if isinstance(cb, cls):
+            return cb
+    return None
+
+
+def resume_command(opts: RunOptions, name: str) -> str:
+    import shlex
+
+    args = ["ncstudy", "run", opts.study_file or f"<{name}.yaml>", "--resume"]
+    if opts.storage != DEFAULT_STORAGE:
+        args += ["--storage", opts.storage]
+    if opts.address:
+        args += ["--address", opts.address]
+    if opts.tracking_uri_given and opts.tracking_uri != DEFAULT_TRACKING_URI:
+        args += ["--tracking-uri", opts.tracking_uri]
+    return " ".join(shlex.quote(a) for a in args)
+
+
 def run_study(spec: StudySpec, opts: RunOptions) -> int:
-    """Run (or resume) a study; returns 0 only when every trial completed."""
+    """Run (or resume) a study. Returns the exit status of :func:`ncstudy.study.outcome.exit_status`:
+    0 when every trial completed, 1 when one failed or diverged, 130 when some did not end
+    (interrupted). Bad input raises :class:`~ncstudy.errors.InputError` before anything starts."""
     for k, v in QUIET_TUNE_ENV.items():
         os.environ.setdefault(k, v)
-    import ray
+    from ncstudy.study import preflight
+
+    t = preflight.target(opts.storage, spec.name)
+    preflight.check_storage(opts.storage)
+    if opts.resume:
+        spec = preflight.resume_spec(t, spec, opts.allow_changed)
+    if opts.address:
+        preflight.check_address(opts.address)
+    else:
+        preflight.check_resources(spec, preflight.local_resources(opts.num_cpus, opts.num_gpus), "this machine")
+    if opts.tracking:
+        preflight.check_tracking(opts.tracking_uri, spec.name)
+    datasets = load_datasets(spec)
+    if not opts.quiet:
+        print(f"study {spec.name}: {spec.num_trials()} trial(s); tracking {opts.tracking_uri}; "
+              f"results in {t.experiment_path}", flush=True)
+    started = start_ray(opts)
+    try:
+        if opts.address:
+            preflight.check_resources(spec, preflight.cluster_largest_node(), f"the cluster at {opts.address}")
+        return _run(spec, opts, t, put_datasets(datasets))
+    finally:
+        if started:
+            import shutil
+
+            import ray
+
+            ray.shutdown()
+            shutil.rmtree(private_temp_dir(), ignore_errors=True)
+
+
+def _run(spec: StudySpec, opts: RunOptions, t, refs: dict[str, Any]) -> int:
     from ray import tune
 
     from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
+    from ncstudy.study.outcome import StudyOutcome, exit_status
+    from ncstudy.study.preflight import save_study
     from ncstudy.study.progress import ProgressTable
     from ncstudy.study.trainable import run_trial
 
-    storage = opts.storage if "://" in opts.storage else str(Path(opts.storage).resolve())
+    storage = t.storage
     # Local (or NFS) storage keeps the scheduler's state file beside Tune's; with remote storage it
     # goes to Tune's driver directory, which Tune syncs.
-    experiment_dir = Path(storage) / spec.name if "://" not in storage else None
-    started = start_ray(opts)
-    try:
-        refs = preload_data(spec)
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, spec_json=spec.model_dump_json(), data_refs=refs),
-            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-        path = f"{storage.rstrip('/')}/{spec.name}"
-        if opts.resume and tune.Tuner.can_restore(path):
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-            _retarget_tracking(tuner, opts)
-        else:
-            if opts.resume:
-                log.warning("--resume: nothing to resume at %s; starting the study", path)
-            scheduler = build_scheduler(spec, experiment_dir)
-            forecasts = getattr(scheduler, "trial_forecast", None)
-            tracking = None if not opts.tracking else MLflowStudyCallback(
-                opts.tracking_uri, spec.name,
-                study_params={"study.searcher": spec.searcher, "study.scheduler": spec.scheduler.name,
-                              "study.num_trials": spec.num_trials(), "study.objective": spec.objective.metric,
-                              "study.space": json.dumps({k: p.model_dump(exclude_none=True)
-                                                         for k, p in spec.space.items()})},
-                trial_params=trial_params(spec), trial_tags=trial_tags(spec),
-                trial_label=trial_namer(spec), forecasts=forecasts,
-                max_outage_s=opts.tracking_max_outage_s, flush_interval_s=opts.tracking_flush_interval_s,
-                spill_dir=str(experiment_dir) if experiment_dir else None)
-            progress = ProgressTable(trial_namer(spec), forecasts=forecasts, interval_s=opts.progress_interval_s,
-                                     quiet=opts.quiet)
-            tuner = tune.Tuner(
-                trainable,
-                param_space={k: tune_domain(p) for k, p in spec.space.items()},
-                tune_config=tune.TuneConfig(
-                    metric=spec.objective.metric, mode=spec.objective.mode,
-                    search_alg=build_search_alg(spec, opts.max_concurrent or spec.max_concurrent),
-                    scheduler=scheduler, num_samples=spec.num_samples,
-                    max_concurrent_trials=opts.max_concurrent or spec.max_concurrent,
-                    reuse_actors=spec.reuse_actors,
-                    trial_name_creator=trial_namer(spec), trial_dirname_creator=_dirname_creator),
-                run_config=tune.RunConfig(
-                    name=spec.name, storage_path=storage, verbose=0,
-                    callbacks=[c for c in (tracking, progress) if c is not None],
-                    failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
-                    sync_config=tune.SyncConfig(sync_period=STATE_SYNC_PERIOD_S)),
-            )
-        results = tuner.fit()
-        failed = [r for r in results if r.error is not None]
-        return 0 if not failed and len(results) > 0 else 1
-    finally:
-        if started:
-            ray.shutdown()
+    experiment_dir = t.local_dir
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec_json=spec.model_dump_json(), data_refs=refs),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    path = t.experiment_path
+    if opts.resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        _retarget_tracking(tuner, opts)
+    else:
+        save_study(t, spec)
+        scheduler = build_scheduler(spec, experiment_dir)
+        forecasts = getattr(scheduler, "trial_forecast", None)
+        tracking = None if not opts.tracking else MLflowStudyCallback(
+            opts.tracking_uri, spec.name,
+            study_params={"study.searcher": spec.searcher, "study.scheduler": spec.scheduler.name,
+                          "study.num_trials": spec.num_trials(), "study.objective": spec.objective.metric,
+                          "study.space": json.dumps({k: p.model_dump(exclude_none=True)
+                                                     for k, p in spec.space.items()})},
+            trial_params=trial_params(spec), trial_tags=trial_tags(spec),
+            trial_label=trial_namer(spec), forecasts=forecasts,
+            max_outage_s=opts.tracking_max_outage_s, flush_interval_s=opts.tracking_flush_interval_s,
+            spill_dir=str(experiment_dir) if experiment_dir else None)
+        outcome = StudyOutcome()
+        progress = ProgressTable(trial_namer(spec), forecasts=forecasts, interval_s=opts.progress_interval_s,
+                                 quiet=opts.quiet, outcome=outcome)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={k: tune_domain(p) for k, p in spec.space.items()},
+            tune_config=tune.TuneConfig(
+                metric=spec.objective.metric, mode=spec.objective.mode,
+                search_alg=build_search_alg(spec, opts.max_concurrent or spec.max_concurrent),
+                scheduler=scheduler, num_samples=spec.num_samples,
+                max_concurrent_trials=opts.max_concurrent or spec.max_concurrent,
+                reuse_actors=spec.reuse_actors,
+                trial_name_creator=trial_namer(spec), trial_dirname_creator=_dirname_creator),
+            run_config=tune.RunConfig(
+                name=spec.name, storage_path=storage, verbose=0,
+                callbacks=[c for c in (outcome, tracking, progress) if c is not None],
+                failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+                sync_config=tune.SyncConfig(sync_period=STATE_SYNC_PERIOD_S)),
+        )
+    outcome = _callback(tuner, StudyOutcome)
+    results = tuner.fit()
+    trials = results._experiment_analysis.trials  # Tune keeps no public handle on the trial list
+    if outcome is None:  # a study first launched by an older ncstudy: Tune's view is all there is
+        outcomes = {tr.trial_id: "failed" if tr.status == "ERROR" else "complete" for tr in trials}
+    else:
+        outcomes = {tr.trial_id: outcome.outcome(tr) for tr in trials}
+    status = exit_status(list(outcomes.values()))
+    if not opts.quiet:
+        _report(outcomes, trials, opts, spec.name, status)
+    return status
+
+
+def _report(outcomes: dict[str, str], trials: list, opts: RunOptions, name: str, status: int) -> None:
+    import sys
+
+    counts: dict[str, int] = {}
+    for o in outcomes.values():
+        counts[o] = counts.get(o, 0) + 1
+    names = {tr.trial_id: str(tr) for tr in trials}
+    print(f"\nStudy {name}: " + ", ".join(f"{n} {o}" for o, n in counts.items()), flush=True)
+    left = sorted(names[t] for t, o in outcomes.items() if o in ("interrupted", "not started"))
+    if left:
+        print(f"{len(left)} trial(s) did not finish ({', '.join(left[:10])}{' ...' if len(left) > 10 else ''}). "
+              f"Resume with:\n  {resume_command(opts, name)}", file=sys.stderr, flush=True)
+    bad = sorted(names[t] for t, o in outcomes.items() if o in ("failed", "diverged"))
+    if bad:
+        print(f"failed or diverged: {', '.join(bad[:10])} (see their runs in MLflow)", file=sys.stderr, flush=True)

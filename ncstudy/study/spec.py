@@ -7,6 +7,7 @@ a second with the file and key named instead of an hour into a cluster run.
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ncstudy.config import TrainConfig, flatten, format_validation_error, read_yaml, set_dotted
 from ncstudy.errors import ConfigError
-from ncstudy.records import COLLAPSE_EPOCH, T_NC
+from ncstudy.records import COLLAPSE_EPOCH, T_NC, TRIAL_METRICS
 
 # Readable trial names: the varied keys, shortened (w256-s0).
 SHORT_NAMES = {
@@ -27,7 +28,7 @@ SHORT_NAMES = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Param(_Strict):
@@ -35,9 +36,9 @@ class Param(_Strict):
 
     grid: list[Any] | None = None
     choice: list[Any] | None = None
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    randint: tuple[int, int] | None = None
+    uniform: list[float] | None = Field(None, min_length=2, max_length=2, description="[low, high]")
+    loguniform: list[float] | None = Field(None, min_length=2, max_length=2, description="[low, high]")
+    randint: list[int] | None = Field(None, min_length=2, max_length=2, description="[low, high)")
 
     @model_validator(mode="after")
     def _one_form(self) -> "Param":
@@ -216,6 +217,20 @@ class StudySpec(_Strict):
                 set_dotted(d, dotted, value)
         return TrainConfig.model_validate(d)
 
+    def probe_configs(self, limit: int = 2000) -> list[TrainConfig]:
+        """Trainer configs covering every value the search can produce (grid/choice values, range
+        ends): all combinations when there are at most ``limit``, else each key varied alone."""
+        keys = list(self.space)
+        values = [self.space[k].probe_values() for k in keys]
+        n = 1
+        for v in values:
+            n *= len(v)
+        if n <= limit:
+            combos = [dict(zip(keys, c)) for c in itertools.product(*values)]
+        else:
+            combos = [{k: v} for k, vs in zip(keys, values) for v in vs]
+        return [self.config_for(c) for c in combos] or [self.base]
+
     def grid_size(self) -> int:
         n = 1
         for p in self.space.values():
@@ -314,6 +329,11 @@ def load_study(path: str | Path) -> StudySpec:
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(path))) from None
     _check_space_values(spec, str(path))
+    if spec.objective.metric not in TRIAL_METRICS:
+        near = difflib.get_close_matches(spec.objective.metric, TRIAL_METRICS, n=3)
+        raise ConfigError(f"{path}: objective.metric: '{spec.objective.metric}' is not a metric trials report"
+                          + (f" (did you mean {', '.join(near)}?)" if near else "")
+                          + f"; choose from {', '.join(TRIAL_METRICS)}")
     if spec.trial_name:
         try:
             spec.trial_label({k: p.probe_values()[0] for k, p in spec.space.items()})

@@ -67,8 +67,9 @@ def run_trial(config: dict[str, Any], spec_json: str, data_refs: dict[str, Any])
     # Where the trial runs: the MLflow callback tags the run with the node and GPU(s), and keeps
     # them current when a retry lands elsewhere. Ray's own ``node_ip`` cannot tell apart nodes
     # that share a host.
-    where = {"node_id": ray.get_runtime_context().get_node_id(),
-             "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
+    ctx = ray.get_runtime_context()
+    where = {"node_id": ctx.get_node_id(), "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+             "gpu_share": f"{ctx.get_assigned_resources().get('GPU', 0.0):g}"}
 
     def on_eval(rec: dict[str, Any], tr: Trainer) -> None:
         evals["n"] += 1

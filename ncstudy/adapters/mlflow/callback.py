@@ -22,6 +22,7 @@ from ncstudy.records import EPOCH
 from .layout import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
+    INTERRUPTED,
     PARENT_TAG,
     PLACEMENT_TAGS,
     ROLE_STUDY,
@@ -173,15 +174,27 @@ class MLflowStudyCallback(Callback):
         from mlflow.entities import RunStatus
 
         w = self.writer
+        # Trials that started but did not end (an interrupted study: Tune never calls
+        # on_trial_complete for them): their runs end KILLED; --resume reopens them.
+        interrupted = 0
+        for t in trials:
+            q = w.trials.get(t.trial_id)
+            if q is not None and q.end is None:
+                s = self.summary(t)
+                w.end_trial(t.trial_id, end_tags(INTERRUPTED, INTERRUPTED, s.t_nc, s.fn_star), failed=False,
+                            plot={"title": s.trial}, killed=True)
+                interrupted += 1
+            elif q is None:  # never started: no run
+                interrupted += 1
         w.stop()  # sends everything queued, finishes every ended trial (or gives up)
         w.raise_if_failed()
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / SUMMARY_ARTIFACT
             pd.DataFrame([self.summary(t).row() for t in trials]).to_csv(p, index=False)
             w.blocking(w.client.log_artifact, w.parent_run_id, str(p))
-        ok = all(t.status == "TERMINATED" for t in trials)
-        w.blocking(w.client.set_terminated, w.parent_run_id,
-                   RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+        failed = any(q.end is not None and q.end.get("failed") for q in w.trials.values())
+        status = RunStatus.FAILED if failed else RunStatus.KILLED if interrupted else RunStatus.FINISHED
+        w.blocking(w.client.set_terminated, w.parent_run_id, RunStatus.to_string(status))
 
     # -- helpers ----------------------------------------------------------------------------------
     def _name(self, trial) -> str:
@@ -213,4 +226,4 @@ class MLflowStudyCallback(Callback):
         fc = self.forecasts(trial.trial_id) if self.forecasts else None
         status = "error" if failed else ("diverged" if stop == "diverged" else "completed")
         tags = end_tags(status, stop, s.t_nc, s.fn_star, forecast_tags(fc))
-        self.writer.end_trial(trial.trial_id, tags, failed, {"title": s.trial})
+        self.writer.end_trial(trial.trial_id, tags, failed or stop == "diverged", {"title": s.trial})

@@ -42,13 +42,14 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 
 # Trial-run tags.
 MODEL_TAG, DATASET_TAG = "model", "dataset"
-STATUS_TAG = "status"  # running | completed | diverged | error
+STATUS_TAG = "status"  # running | completed | diverged | error | interrupted
+INTERRUPTED = "interrupted"  # status and stop reason of a trial whose study was interrupted
 STOP_REASON_TAG = STOP_REASON  # onset | forecast | no_onset_forecast | budget | diverged | error
 T_NC_TAG, FN_STAR_TAG, THRESHOLD_TAG = T_NC, FN_STAR, "threshold"  # threshold: strict | none
 FORECAST_ONSET = "forecast_onset"  # also a metric while a forecast exists
 FORECAST_CROSSING_TAG, FORECAST_CALIBRATION_TAG = "forecast_crossing_epoch", "forecast_calibration"
 # Where the trial runs now (a retry may move it): result key -> tag.
-PLACEMENT_TAGS = {"node_id": "ray.node_id", "gpu_ids": "ray.gpu_ids"}
+PLACEMENT_TAGS = {"node_id": "ray.node_id", "gpu_ids": "ray.gpu_ids", "gpu_share": "ray.gpu_share"}
 ANALYSIS_TAG = "ncstudy.analysis"  # on the study run: where `ncstudy analyze` put its report
 
 TRAJECTORY_CSV, TRAJECTORY_PNG, SUMMARY_ARTIFACT = "trajectory.csv", "trajectory.png", "summary.csv"

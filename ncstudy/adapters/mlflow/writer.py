@@ -51,7 +51,7 @@ class TrialQueue:
     params: dict[str, str] = field(default_factory=dict)
     last_step: int = -1
     pending: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, ts, step
-    end: dict[str, Any] | None = None  # {"tags": ..., "failed": bool, "plot": {...}} once the trial ended
+    end: dict[str, Any] | None = None  # {"tags", "failed", "killed", "plot"} once the trial ended
     finished: bool = False
     pending_tags: dict[str, str] = field(default_factory=dict)
 
@@ -151,6 +151,10 @@ class StudyWriter:
         trial whose run was created after the save would get a second run. Queued points are kept:
         re-sending one that was written is a no-op.
         """
+        from mlflow.entities import RunStatus
+
+        from .layout import STATUS_TAG
+
         for tid, s in self.trials.items():
             if s.run_id is None:
                 found = self._find_run(tid)
@@ -158,6 +162,9 @@ class StudyWriter:
                     self._adopt(s, found)
                 continue
             s.last_step = max(s.last_step, self.reader.last_step(s.run_id))
+            if s.end is None:  # continues now: its run was ended KILLED when the study was interrupted
+                self.client.update_run(s.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+                self.client.set_tag(s.run_id, STATUS_TAG, "running")
 
     # -- what the hooks call (driver thread: queue only) ---------------------------------------
     def add_trial(self, trial_id: str, run_name: str, tags: dict[str, str], params: dict[str, str],
@@ -192,13 +199,15 @@ class StudyWriter:
             if trial_id in self._rows:
                 self._rows[trial_id][step] = {"epoch": step, **{k: metrics[k] for k in HISTORY_KEYS if k in metrics}}
 
-    def end_trial(self, trial_id: str, tags: dict[str, str], failed: bool, plot: dict[str, Any] | None = None) -> bool:
-        """Mark a trial ended (False when it already was); the thread writes its end soon."""
+    def end_trial(self, trial_id: str, tags: dict[str, str], failed: bool, plot: dict[str, Any] | None = None,
+                  killed: bool = False) -> bool:
+        """Mark a trial ended (False when it already was); the thread writes its end soon. The run
+        ends FAILED when ``failed``, KILLED when ``killed`` (the study was interrupted), else FINISHED."""
         with self._lock:
             q = self.trials[trial_id]
             if q.end is not None:
                 return False
-            q.end = {"tags": tags, "failed": failed, "plot": dict(plot or {})}
+            q.end = {"tags": tags, "failed": failed, "killed": killed, "plot": dict(plot or {})}
         self._wake.set()
         return True
 
@@ -417,8 +426,8 @@ class StudyWriter:
                 if self.plotter is not None:
                     plot = {"t_nc": num(end["tags"].get(T_NC_TAG)), **end.get("plot", {})}
                     self.client.log_artifact(run_id, str(self.plotter(rows, Path(d) / TRAJECTORY_PNG, plot)))
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if end["failed"]
-                                                               else RunStatus.FINISHED))
+        status = RunStatus.FAILED if end["failed"] else RunStatus.KILLED if end.get("killed") else RunStatus.FINISHED
+        self.client.set_terminated(run_id, RunStatus.to_string(status))
 
 
 def is_connection_error(e: Exception) -> bool:

@@ -1,0 +1,73 @@
+"""What happened to each trial of a study, and the exit status that follows from it.
+
+Tune's trial status does not say it: when a run is interrupted (Ctrl-C, SIGUSR1), Tune marks the
+running trials TERMINATED without ending them (no ``on_trial_complete``), and trials that never
+started stay PENDING. :class:`StudyOutcome` records the trials that really ended, through Tune's
+callback hooks, and keeps that record in Tune's saved state, so a resumed launch remembers the
+trials an earlier launch finished.
+
+===============  ==========================================================================
+outcome          meaning
+===============  ==========================================================================
+``complete``     ran to its own end: onset, budget, or a stopper's decision
+``diverged``     ended with a loss that exploded (the trainer's ``stop_reason: diverged``)
+``failed``       ended with an error (after Tune's retries)
+``interrupted``  started but did not end (the study was interrupted; ``--resume`` continues it)
+``not started``  never started
+===============  ==========================================================================
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune import Callback
+
+from ncstudy.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from ncstudy.records import STOP_REASON
+
+OUTCOMES = ("complete", "diverged", "failed", "interrupted", "not started")
+
+
+class StudyOutcome(Callback):
+    def __init__(self) -> None:
+        self.ended: dict[str, str] = {}  # trial id -> "complete" | "error"
+        self.started: set[str] = set()
+
+    def get_state(self) -> dict[str, Any]:
+        return {"ended": dict(self.ended), "started": sorted(self.started)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.ended = dict(state.get("ended", {}))
+        self.started = set(state.get("started", []))
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.started.add(trial.trial_id)
+
+    def on_trial_restore(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.started.add(trial.trial_id)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        self.started.add(trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.ended[trial.trial_id] = "complete"
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.ended[trial.trial_id] = "error"
+
+    def outcome(self, trial) -> str:
+        end = self.ended.get(trial.trial_id)
+        if end == "error":
+            return "failed"
+        if end == "complete":
+            return "diverged" if (trial.last_result or {}).get(STOP_REASON) == "diverged" else "complete"
+        return "interrupted" if trial.trial_id in self.started else "not started"
+
+
+def exit_status(outcomes: list[str]) -> int:
+    """0 when every trial completed; 1 when one failed or diverged; 130 when some did not end."""
+    if any(o in ("failed", "diverged") for o in outcomes):
+        return EXIT_FAILED
+    if any(o in ("interrupted", "not started") for o in outcomes) or not outcomes:
+        return EXIT_INTERRUPTED if outcomes else EXIT_FAILED
+    return EXIT_OK
