@@ -91,7 +91,7 @@ def _finish(fn: float, sw: np.ndarray, mu: np.ndarray, mu_g: np.ndarray, w: np.n
     ideal = (np.eye(k) - 1.0 / k) / math.sqrt(k - 1)
     mnorm, wnorm = np.linalg.norm(m, axis=1), np.linalg.norm(w, axis=1)
     return {
-        "fn": fn,
+        "feat_norm": fn,
         "nc1": float(np.trace(sw) / np.trace(sb)),
         "nc2": float(np.abs(cos[off] + 1.0 / (k - 1)).mean()),
         "nc3": float(1.0 - (mn * wn).sum(1).mean()),

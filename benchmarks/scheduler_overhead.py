@@ -76,7 +76,7 @@ def run_chunk(name: str, n: int, reuse: bool, uri: str, storage: str) -> dict[st
         tune.with_resources(trivial_trainable, {"cpu": 1}),
         param_space={k: tune_domain(p) for k, p in spec.space.items()},
         tune_config=tune.TuneConfig(metric="nc1", mode="min", search_alg=build_search_alg(spec, None),
-                                    scheduler=build_scheduler(spec, None), num_samples=1, reuse_actors=reuse,
+                                    scheduler=build_scheduler(spec), num_samples=1, reuse_actors=reuse,
                                     trial_name_creator=trial_namer(spec),
                                     trial_dirname_creator=_dirname_creator),
         run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=0, callbacks=[tracking, progress],

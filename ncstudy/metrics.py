@@ -64,7 +64,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from ncstudy.records import FN, NC_KEYS, TRAIN
 
 __all__ = [
     "METRIC_KEYS",
@@ -77,12 +79,11 @@ __all__ = [
     "ncc_predict",
     "ncc_mismatch",
     "nc_metrics",
+    "measure",
 ]
 
-METRIC_KEYS: tuple[str, ...] = (
-    "fn", "nc1", "nc2", "nc3", "nc1_papyan", "equinorm_means", "equinorm_weights",
-    "etf_distance", "self_duality", "nc4",
-)
+#: What :meth:`NCAccumulator.compute` returns: the NC part of a record (ncstudy.records.NC_KEYS).
+METRIC_KEYS: tuple[str, ...] = NC_KEYS
 
 NCCMode = Literal["cached", "online", "off"]
 
@@ -277,7 +278,7 @@ def metrics_from_stats(stats: NCStats, w: Tensor, nc4: float = math.nan) -> dict
                          f"{tuple(m.shape)}")
     n = stats.counts.sum().to(_F64)
     return {
-        "fn": float(stats.norm_sum / n),
+        FN: float(stats.norm_sum / n),
         "nc1": nc1_paper(stats.class_ss.sum() / n, m),
         "nc2": nc2_paper(m),
         "nc3": nc3_paper(w, m),
@@ -587,3 +588,46 @@ def nc_metrics(features: Tensor, labels: Tensor, W: Tensor,
     acc = NCAccumulator(int(W.shape[0]))
     acc.update(features, labels, logits)
     return acc.compute(W)
+
+
+@torch.no_grad()
+def measure(model: nn.Module, loader, head: nn.Linear | None = None, num_classes: int | None = None,
+            device: torch.device | str | None = None) -> dict[str, float]:
+    """The NC part of a record for any classifier: training accuracy (``train``), ``feat_norm`` and
+    every NC metric (:data:`METRIC_KEYS`), over the batches ``(x, y)`` of ``loader`` (pass the
+    training set).
+
+    The penultimate features are the input of ``head``, the classifier layer (default: the model's
+    last ``nn.Linear``), captured with a forward hook, so the model needs no change; its weight is
+    the W of NC3. The model is put in eval mode for the pass and restored after.
+
+        tune.report({"epoch": epoch, "phase": phase, **measure(model, train_loader)})
+    """
+    if head is None:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError("measure: the model has no nn.Linear; pass head= (the classifier layer)")
+        head = linears[-1]
+    k = int(num_classes or head.out_features)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    captured: list[Tensor] = []
+    hook = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
+    was_training = model.training
+    model.eval()
+    acc = NCAccumulator(k)
+    correct = seen = 0
+    try:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            feats = captured.pop().reshape(len(y), -1)
+            acc.update(feats, y, logits)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("measure: the loader gave no samples")
+    return {TRAIN: correct / seen, **acc.compute(head.weight)}

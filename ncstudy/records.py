@@ -33,12 +33,18 @@ T_NC = "t_nc"  # strict onset epoch once reached (NaN before)
 FN_STAR = "fn_star"  # fn at T_NC
 COLLAPSE_EPOCH = "collapse_epoch"  # the collapse-time objective (see ncstudy.study.trainable)
 STOP_REASON = "stop_reason"
+# What a stopper writes into every result of a trial it follows (Ray Tune) or onto the trial (Optuna):
+T_NC_ESTIMATE = "t_nc_estimate"  # the onset: the acted-on or latest forecast, or the observed T_NC once reached
+T_NC_LOW, T_NC_HIGH = "t_nc_low", "t_nc_high"  # the stated interval
+P_ONSET = "p_onset"  # P(onset <= budget)
+FORECAST_EPOCH = "forecast_epoch"  # when the forecast of an onset acted on was made (lead = T_NC - this)
+FORECAST_FIELDS = (T_NC_ESTIMATE, T_NC_LOW, T_NC_HIGH, P_ONSET, FORECAST_EPOCH)
 STOP_REASONS = ("onset", "forecast", "no_onset_forecast", "budget", "diverged", "error", "interrupted")
 
 #: Numeric metrics a study's trials report at every evaluation (what ``objective.metric`` can be):
 #: the record, the collapse-time objective, and what Tune adds itself.
 TRIAL_METRICS = (*REFERENCE_COLUMNS, *STANDARD_NC, *OPTIMISATION, LR, ELAPSED, TERMINAL, T_NC, FN_STAR,
-                 COLLAPSE_EPOCH, "training_iteration", "time_total_s", "time_this_iter_s")
+                 COLLAPSE_EPOCH, *FORECAST_FIELDS, "training_iteration", "time_total_s", "time_this_iter_s")
 
 #: NC metrics of :class:`~ncstudy.metrics.NCAccumulator` and of every record (NaN until terminal).
 NC_KEYS = (NC1, NC2, NC3, FN) + STANDARD_NC

@@ -22,14 +22,13 @@ from ncstudy.data import Dataset, load_dataset
 from ncstudy.metrics import NCAccumulator
 from ncstudy.models import build_model
 from ncstudy.onset import Onset, OnsetRule, OnsetTracker
+from ncstudy.records import CLASSIFIER_WEIGHT_NORM, GRAD_NORM, NC_KEYS, WEIGHT_NORM
 
 NAN = float("nan")
-NC_KEYS = ("nc1", "nc2", "nc3", "feat_norm", "nc1_papyan", "equinorm_means", "equinorm_weights",
-           "etf_distance", "self_duality", "nc4")
 # Optimisation signals of every evaluation (forecasters and the literature use them): the mean over
 # the epoch's steps of the total gradient L2 norm, and the L2 norm of all parameters and of the
 # classifier's weight matrix at the evaluation.
-OPT_KEYS = ("grad_norm", "weight_norm", "classifier_weight_norm")
+OPT_KEYS = (GRAD_NORM, WEIGHT_NORM, CLASSIFIER_WEIGHT_NORM)
 
 # A run has diverged when its training loss is not finite, exceeds DIVERGENCE_CEILING, or exceeds
 # both DIVERGENCE_FACTOR times the loss of the phase's first epoch and DIVERGENCE_FLOOR (a loss of
@@ -210,7 +209,6 @@ class Trainer:
         if acc is not None:
             with torch.inference_mode():
                 m = acc.compute(self.model.head.weight.detach())
-            m["feat_norm"] = m.pop("fn")
             rec.update({k: float(m[k]) for k in NC_KEYS})
         else:
             rec.update({k: NAN for k in NC_KEYS})

@@ -295,7 +295,7 @@ def mlflow_study(request, tmp_path_factory):
                 "ncstudy.study": STUDY, "model": "mlp", "dataset": "synthetic", "status": "completed",
                 "stop_reason": "onset", "t_nc": str(t), "fn_star": str(fn), "threshold": "strict"}
         if i == 1:
-            tags.update(forecast_onset="330", forecast_crossing_epoch="300")
+            tags.update(t_nc_estimate="330", forecast_epoch="300")
         rid = c.create_run(exp, run_name=f"trial_{i}", tags=tags).info.run_id
         params = {"model.name": "mlp", "model.width": w, "model.depth": 5, "model.activation": "relu",
                   "optimizer.name": "adam", "optimizer.lr": 1e-3, "optimizer.weight_decay": 1e-4,

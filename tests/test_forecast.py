@@ -240,8 +240,10 @@ def test_stopper_policies_and_online_learning():
         stops = [r["epoch"] for r in trajs[0] if s.observe("t0", r, "g").stop]
         assert (stops[0] if stops else None) == expect
     # learning online, no priors, min_observations 2
+    spec = [(330, 1.0), (350, 1.0), (340, 1.2), (360, 0.97)]
+    trajs = [synthetic_trajectory(t_nc=t, fn_end=f, tau=20.0, seed=i) for i, (t, f) in enumerate(spec)]
     s = ForecastStopper("stop_at_forecast", "fn_star", calibration=Calibration(min_observations=2))
-    first_stop = {}
+    first_stop, estimates = {}, []
     for i, traj in enumerate(trajs):
         for r in traj:
             d = s.observe(f"t{i}", r, "g")
@@ -249,19 +251,22 @@ def test_stopper_policies_and_online_learning():
                 first_stop[i] = (r["epoch"], d.reason)
                 break
         s.complete(f"t{i}")
-    assert first_stop[0] == (330, "onset") and first_stop[1] == (350, "onset")
-    # fn* = mean fn at the two onsets (~1.0); run 0 crossed it at 280 (gap 50), run 1 never did
-    est = s.calibration.estimate("g")
+        estimates.append(s.calibration.estimate("g"))
+    assert [first_stop[i] for i in range(3)] == [(330, "onset"), (350, "onset"), (340, "onset")]
+    # after two runs fn* is their mean, but only run 0 crossed it before its onset: one gap is no lead
+    est = estimates[1]
     fn0 = next(r["feat_norm"] for r in trajs[0] if r["epoch"] == 330)
     fn1 = next(r["feat_norm"] for r in trajs[1] if r["epoch"] == 350)
-    assert est.trusted and est.n_fn == 2 and est.fn_star == pytest.approx((fn0 + fn1) / 2)
-    assert (est.n_gaps, est.lead) == (1, 50.0)
-    # third run is stopped at its crossing, before its onset at 340
-    crossing = next(r["epoch"] for r in trajs[2] if r["phase"] == 2 and r["feat_norm"] <= est.fn_star)
-    assert first_stop[2] == (crossing, "forecast") and crossing == 290
-    ann = s.state("t2")
+    assert est.n_fn == 2 and est.fn_star == pytest.approx((fn0 + fn1) / 2) and est.n_gaps == 1 and not est.trusted
+    # after three: runs 0 and 1 crossed the mean (raised by run 2's 1.2) 60 and 80 epochs early
+    est = estimates[2]
+    assert est.trusted and (est.n_fn, est.n_gaps, est.lead) == (3, 2, 70.0)
+    # the fourth run is stopped at its crossing, 90 epochs before its onset at 360
+    crossing = next(r["epoch"] for r in trajs[3] if r["phase"] == 2 and r["feat_norm"] <= est.fn_star)
+    assert first_stop[3] == (crossing, "forecast") and crossing == 270
+    ann = s.state("t3")
     assert ann.stop_reason == "forecast" and ann.onset == 340.0
-    assert ann.forecast.crossing_epoch == 290 and "mean of 2 runs" in ann.forecast.calibration
+    assert ann.forecast.crossing_epoch == 270 and "mean of 3 runs" in ann.forecast.calibration
     assert s.state("t0").stop_reason == "onset"
 
 

@@ -44,7 +44,7 @@ def naive_reference(h: np.ndarray, y: np.ndarray, w: np.ndarray,
     dist = np.linalg.norm(h[:, None, :] - mu[None, :, :], axis=2)
     net = (h @ w.T if logits is None else np.asarray(logits)).argmax(axis=1)
     return {
-        "fn": float(np.linalg.norm(h, axis=1).mean()),
+        "feat_norm": float(np.linalg.norm(h, axis=1).mean()),
         "nc1": float(np.trace(sigma_w) / np.trace(sigma_b)),
         "nc2": float(np.mean(nc2_terms)),
         "nc3": float(1.0 - np.mean(cos_wm)),
@@ -119,10 +119,10 @@ def test_exact_simplex_etf_gives_zero_everywhere():
     h = offset + 3.0 * etf[y]
     out = run(h, y, 2.0 * etf, batch=7)
     for key in METRIC_KEYS:
-        if key != "fn":
+        if key != "feat_norm":
             assert abs(out[key]) <= 1e-12, (key, out[key])
     assert out["nc4"] == 0.0
-    assert out["fn"] == pytest.approx(math.sqrt(25.0 + 9.0), rel=1e-12)
+    assert out["feat_norm"] == pytest.approx(math.sqrt(25.0 + 9.0), rel=1e-12)
 
 
 CASES = {
@@ -219,7 +219,7 @@ def test_readme_formulas_on_a_small_fixed_set():
         "nc2": (0.5 + (3 / s13 - 0.5) + (2 / s13 - 0.5)) / 3,
         # cos(w_c, m_c) = 1, 1, 3/√13
         "nc3": 1.0 - (2.0 + 3 / s13) / 3,
-        "fn": (2 + 4 + 1 + 3 + math.sqrt(10) + math.sqrt(18)) / 6,
+        "feat_norm": (2 + 4 + 1 + 3 + math.sqrt(10) + math.sqrt(18)) / 6,
         # Σ_W = diag(1/3, 2/3), Σ_B = [[6, 2], [2, 8/3]] (full rank K−1 = 2): tr(Σ_W Σ_B⁻¹) = 11/27
         "nc1_papyan": 11 / 27 / 3,
     }

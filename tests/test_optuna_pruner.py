@@ -1,4 +1,5 @@
-"""FnStarPruner in real Optuna studies."""
+"""FnStarPruner in real Optuna studies: the three-line loop, the forecast on the trial, learning
+online, Optuna's own should_prune, and the messages for mistakes."""
 from __future__ import annotations
 
 import math
@@ -7,94 +8,110 @@ import optuna
 import pytest
 
 from ncstudy.adapters.optuna_pruner import FnStarPruner
-from ncstudy.forecast import MissingMetricError, Prior, synthetic_trajectory
+from ncstudy.forecast import Calibration, Prior, synthetic_trajectory
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+GROUP = "mlp/synthetic"
+#: (onset epoch, final fn) of the trials in order; see tests/test_ray_tune.py for why four.
+SPEC = [(330, 1.0), (350, 1.0), (340, 1.2), (360, 0.97), (380, 0.97)]
 
 
-def t_nc_of(wd: float) -> int:
-    return int(round(330 + 2000 * wd, -1))
-
-
-def make_objective(pruner, honest=True, fn_key="feat_norm"):
+def objective_for(pruner: FnStarPruner, rename: dict[str, str] | None = None):
     def objective(trial: optuna.Trial) -> float:
-        wd = trial.suggest_float("weight_decay", 0.0, 0.05)
-        trial.set_user_attr("model", "mlp")
-        trial.set_user_attr("dataset", "synthetic")
-        t_nc = t_nc_of(wd)
-        # fn plateau differs per trial: some cross the group's fn*, some do not
-        fn_end = 0.95 + 0.1 * (trial.number % 3) / 2
-        for rec in synthetic_trajectory(t_nc=t_nc, fn_end=fn_end, tau=20.0, epochs=500, seed=trial.number):
-            if fn_key != "feat_norm":
-                rec[fn_key] = rec.pop("feat_norm")
-            pruner.report(trial, rec)
-            if trial.should_prune():
-                if honest:  # collapse time is the objective: return the onset the stop rests on
-                    return pruner.forecast_onset(trial.number)
-                raise optuna.TrialPruned()
-        return float(t_nc)
+        trial.suggest_categorical("model", ["mlp"])
+        trial.suggest_categorical("dataset", ["synthetic"])
+        t_nc, fn_end = SPEC[trial.number]
+        for rec in synthetic_trajectory(t_nc=t_nc, fn_end=fn_end, tau=20.0, seed=trial.number):
+            rec = {(rename or {}).get(k, k): v for k, v in rec.items()}
+            if pruner.should_stop(trial, rec):  # the three lines a user adds
+                return pruner.value(trial)
+        return pruner.value(trial)
 
     return objective
 
 
-def test_pruner_learns_and_stops_at_forecast_in_a_real_study():
-    pruner = FnStarPruner("stop_at_forecast", min_observations=2)
+def test_three_lines_learn_online_and_report_the_forecast():
+    pruner = FnStarPruner(forecaster="fn_star", prior="none", budget=600, min_observations=2)
     study = optuna.create_study(direction="minimize", pruner=pruner, sampler=optuna.samplers.TPESampler(seed=0))
-    study.optimize(make_objective(pruner), n_trials=8)
+    study.optimize(objective_for(pruner), n_trials=5)
     trials = study.trials
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    reasons = [pruner.trial_forecast(t.number).stop_reason for t in trials]
-    # the first two trials reach onset (nothing to forecast with yet) and calibrate the group
-    assert reasons[:2] == ["onset", "onset"]
-    assert "forecast" in reasons
-    for t, reason in zip(trials, reasons):
-        last = max(int(k[len("fnstar.e"):]) for k in t.user_attrs if k.startswith("fnstar.e"))
-        onset = t_nc_of(t.params["weight_decay"])
-        if reason == "forecast":
-            ann = pruner.trial_forecast(t.number)
-            assert last < onset and last == ann.forecast.crossing_epoch
-            assert t.value == ann.onset == pruner.forecast_onset(t.number)
-        else:
-            assert reason == "onset" and last == onset and t.value == onset
-    cal = pruner.calibration
-    assert cal.estimate("mlp/synthetic").trusted
-    # only trials that reached onset were learned (a stop at forecast hides the onset)
-    assert {o.run_id for o in cal.observations("mlp/synthetic")} == {
-        str(t.number) for t, r in zip(trials, reasons) if r == "onset"}
+    reasons = [t.user_attrs["stop_reason"] for t in trials]
+    assert reasons == ["onset", "onset", "onset", "forecast", "forecast"]
+    assert [t.value for t in trials[:3]] == [330.0, 350.0, 340.0]  # the observed onsets
+    for t in trials[3:]:  # the forecast: objective = t_nc_estimate, inside its interval
+        a = t.user_attrs
+        assert t.value == a["t_nc_estimate"] == 340.0 and a["t_nc_low"] <= 340.0 <= a["t_nc_high"]
+    assert study.best_value == 330.0
+    est = pruner.calibration.estimate(GROUP)
+    assert est.n_fn == 3 and est.trusted  # forecast-stopped trials hide their onset: not learnt
 
 
-def test_pruner_with_intermediate_values_prior_and_trial_pruned():
-    pruner = FnStarPruner("stop_at_forecast", source="intermediate_values", metrics={"feat_norm": "fn"},
-                          priors={"mlp/synthetic": Prior(fn_star=1.1, lead=50.0)})
-    study = optuna.create_study(direction="minimize", pruner=pruner, sampler=optuna.samplers.TPESampler(seed=1))
-    study.optimize(make_objective(pruner, honest=False, fn_key="fn"), n_trials=3)
-    for t in study.trials:
-        assert t.state == optuna.trial.TrialState.PRUNED
-        # stopped at the first phase-2 evaluation with fn <= 1.1; forecast = that epoch + 50
-        steps = sorted(t.intermediate_values)
-        last, before = steps[-1], steps[-2]
-        assert t.intermediate_values[last] <= 1.1 < t.intermediate_values[before] and last > 200
-        assert pruner.trial_forecast(t.number).onset == last + 50.0
-        assert last < t_nc_of(t.params["weight_decay"])
-
-
-def test_record_policy_never_prunes_and_missing_metric_raises():
-    pruner = FnStarPruner("record", priors={"mlp/synthetic": Prior(fn_star=1.1, lead=50.0)})
+def test_custom_names_prior_and_optunas_own_should_prune():
+    cal = Calibration({GROUP: Prior(fn_star=1.1, lead=50.0)})
+    pruner = FnStarPruner(forecaster="fn_star", prior=cal, metrics={"nc1": "within_class"})
     study = optuna.create_study(pruner=pruner)
-    study.optimize(make_objective(pruner), n_trials=2, callbacks=[pruner])
-    assert pruner.trial_forecast(1).stop_reason == "budget"  # finalised by the callback
-    assert all(len([k for k in t.user_attrs if k.startswith("fnstar.e")]) == 50 for t in study.trials)
-    assert pruner.trial_forecast(0).onset == 310.0  # crossing 1.1 at 260, + 50
-    assert pruner.trial_forecast(0).stop_reason == "budget"
-    # a record without fn
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_categorical("model", ["mlp"])
+        trial.suggest_categorical("dataset", ["synthetic"])
+        for rec in synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0):
+            rec["within_class"] = rec.pop("nc1")
+            rec["fn"] = rec.pop("feat_norm")  # NCAccumulator's short name is understood
+            pruner.should_stop(trial, rec)
+            if trial.should_prune():  # Optuna's idiom works too
+                raise optuna.TrialPruned()
+        return 350.0
+
+    study.optimize(objective, n_trials=1)
+    t = study.trials[0]
+    assert t.state == optuna.trial.TrialState.PRUNED
+    assert t.user_attrs["stop_reason"] == "forecast" and t.user_attrs["t_nc_estimate"] == 340.0
+
+
+def test_record_policy_never_stops_and_values_the_observed_onset():
+    pruner = FnStarPruner("record", forecaster="fn_star", prior=Calibration({GROUP: Prior(1.1, 50.0)}))
     study = optuna.create_study(pruner=pruner)
-    trial = study.ask()
-    trial.set_user_attr("fnstar.e0000010", {"epoch": 10, "nc1": 0.3})
-    with pytest.raises(MissingMetricError, match=r"trial 0 .*'feat_norm'"):
-        trial.should_prune()
-    p2 = FnStarPruner(source="intermediate_values")
-    trial = optuna.create_study(pruner=p2).ask()
-    with pytest.raises(MissingMetricError, match="feat_norm"):
-        p2.report(trial, {"epoch": 10, "nc1": math.nan})
-    with pytest.raises(ValueError, match="source"):
-        FnStarPruner(source="nope")
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_categorical("model", ["mlp"])
+        trial.suggest_categorical("dataset", ["synthetic"])
+        n = 0
+        for rec in synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0):
+            n += 1
+            assert not pruner.should_stop(trial, rec)
+        assert n == 60
+        return pruner.value(trial)
+
+    study.optimize(objective, n_trials=1)
+    t = study.trials[0]
+    assert t.value == 350.0 and t.user_attrs["stop_reason"] == "budget" and t.user_attrs["t_nc_estimate"] == 350.0
+
+
+def test_no_onset_is_the_censored_penalty():
+    pruner = FnStarPruner("record", forecaster="fn_star", prior="none", budget="epochs")
+    study = optuna.create_study(pruner=pruner)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_int("epochs", 300, 300)
+        trial.suggest_categorical("model", ["mlp"])
+        for rec in synthetic_trajectory(collapse=False, epochs=300):
+            pruner.should_stop(trial, rec)
+        return pruner.value(trial)
+
+    study.optimize(objective, n_trials=1)
+    assert study.trials[0].value == 600.0 and study.trials[0].user_attrs["stop_reason"] == "budget"
+
+
+def test_mistakes_name_the_fix():
+    with pytest.raises(ValueError) as e:
+        FnStarPruner(metrics={"feature_norm": "fn"})
+    assert "FnStarPruner" in str(e.value) and "feature_norm" in str(e.value) and "feat_norm" in str(e.value)
+    pruner = FnStarPruner()  # conformal: needs each trial's budget
+    trial = optuna.create_study(pruner=pruner).ask()
+    with pytest.raises(ValueError, match="budget="):
+        pruner.should_stop(trial, {"epoch": 10, "nc1": 0.5, "feat_norm": 2.0})
+    pruner = FnStarPruner(budget=100)
+    with pytest.raises(ValueError, match="no epoch"):
+        pruner.should_stop(trial, {"nc1": 0.5})
+    assert math.isnan(FnStarPruner(forecaster="fn_star").value(trial))  # nothing known, no budget

@@ -147,7 +147,8 @@ def test_mlflow_ui_shows_trials_nested_under_study(small_study, mlflow_uri, arti
 
 
 def test_fnstar_stop_at_forecast_ends_trials_early(tmp_path, mlflow_uri, ray_local):
-    """A study with the fn* scheduler: trials stop once onset is forecast, tags reach MLflow."""
+    """A study with the fn* stopper: trials stop once onset is forecast; the forecast is their
+    objective in MLflow."""
     import contextlib
     import io
 
@@ -163,15 +164,16 @@ def test_fnstar_stop_at_forecast_ends_trials_early(tmp_path, mlflow_uri, ray_loc
     client, parents, children = child_runs(mlflow_uri, "study_fnstar")
     assert len(children) == 2
     for c in children:
-        tags = c.data.tags
+        tags, metrics = c.data.tags, c.data.metrics
         assert tags["stop_reason"] == "forecast", tags
-        crossing, forecast = float(tags["forecast_crossing_epoch"]), float(tags["forecast_onset"])
-        assert forecast == crossing + 30
+        made, forecast = float(tags["forecast_epoch"]), float(tags["t_nc_estimate"])
+        assert forecast == made + 30  # the fn* crossing + the prior's lead
         ran = steps(client, c.info.run_id)
-        assert ran[-1] == crossing < 200  # stopped at the evaluation that made the forecast
-        assert tags["forecast_calibration"]
-        hist = client.get_metric_history(c.info.run_id, "forecast_onset")
-        assert [m.value for m in hist][-1] == forecast
+        assert ran[-1] == made < 200  # stopped at the evaluation that made the forecast
+        # the forecast is the trial's collapse-time objective and a metric of its last step
+        assert metrics["collapse_epoch"] == metrics["t_nc_estimate"] == forecast
+        hist = client.get_metric_history(c.info.run_id, "t_nc_estimate")
+        assert hist[-1].step == ran[-1] and hist[-1].value == forecast
     assert "forecast" in out.getvalue()
 
 

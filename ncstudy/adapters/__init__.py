@@ -1,5 +1,3 @@
-"""Adapters of :mod:`ncstudy.forecast` to Ray Tune (:class:`FnStarScheduler`) and Optuna
-(:class:`FnStarPruner`). Import the submodules directly; this package imports neither Ray nor
-Optuna by itself."""
-
-__all__ = ["ray_scheduler", "optuna_pruner"]
+"""Adapters of :mod:`ncstudy.forecast` to the frameworks: Ray Tune (:mod:`.ray_tune`,
+``FnStarStopper``), Optuna (:mod:`.optuna_pruner`, ``FnStarPruner``), their shared core
+(:mod:`.common`) and MLflow (:mod:`.mlflow`)."""

@@ -1,12 +1,27 @@
 """A typed view of one Tune trial: the summary the progress table, ``summary.csv`` and a trial's
-end tags are all made from (one computation, not one per consumer)."""
+end tags are all made from (one computation, not one per consumer). The forecast comes from the
+trial's own results (a stopper writes it there)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
-from ncstudy.forecast.stopper import TrialForecast
-from ncstudy.records import EPOCH, FN, FN_STAR, NC1, PHASE, STOP_REASON, T_NC, TEST, num
+from ncstudy.records import (
+    EPOCH,
+    FN,
+    FN_STAR,
+    FORECAST_EPOCH,
+    NC1,
+    P_ONSET,
+    PHASE,
+    STOP_REASON,
+    T_NC,
+    T_NC_ESTIMATE,
+    T_NC_HIGH,
+    T_NC_LOW,
+    TEST,
+    num,
+)
 
 
 class TrialLike(Protocol):  # what is read of a ``ray.tune.experiment.Trial``
@@ -14,10 +29,6 @@ class TrialLike(Protocol):  # what is read of a ``ray.tune.experiment.Trial``
     status: str
     last_result: dict[str, Any]
     config: dict[str, Any]
-
-
-#: ``trial_id -> TrialForecast | None``: what a stopper knows of a trial (e.g. ``FnStarScheduler.trial_forecast``).
-ForecastLookup = Callable[[str], "TrialForecast | None"]
 
 
 @dataclass(frozen=True)
@@ -30,19 +41,25 @@ class TrialSummary:
     t_nc: float | None  # observed strict onset
     fn_star: float | None
     stop_reason: str | None  # None while running
-    forecast_onset: float | None
+    t_nc_estimate: float | None  # forecast (or observed) onset
+    t_nc_low: float | None
+    t_nc_high: float | None
+    p_onset: float | None
+    forecast_epoch: float | None  # when the onset forecast acted on was made
     final_nc1: float | None
     final_feat_norm: float | None
     test: float | None
 
     @classmethod
-    def of(cls, trial: TrialLike, name: str, forecast: TrialForecast | None = None) -> "TrialSummary":
+    def of(cls, trial: TrialLike, name: str) -> "TrialSummary":
         r = trial.last_result or {}
-        reason = (forecast.stop_reason if forecast is not None else None) or r.get(STOP_REASON) or None
+        reason = r.get(STOP_REASON) or None
         epoch, phase = num(r.get(EPOCH)), num(r.get(PHASE))
         return cls(name, trial.trial_id, trial.status, None if epoch is None else int(epoch),
-                   None if phase is None else int(phase), num(r.get(T_NC)), num(r.get(FN_STAR)), reason,
-                   None if forecast is None else forecast.onset, num(r.get(NC1)), num(r.get(FN)), num(r.get(TEST)))
+                   None if phase is None else int(phase), num(r.get(T_NC)), num(r.get(FN_STAR)),
+                   reason if isinstance(reason, str) else None, num(r.get(T_NC_ESTIMATE)), num(r.get(T_NC_LOW)),
+                   num(r.get(T_NC_HIGH)), num(r.get(P_ONSET)), num(r.get(FORECAST_EPOCH)),
+                   num(r.get(NC1)), num(r.get(FN)), num(r.get(TEST)))
 
     def row(self) -> dict[str, Any]:
         """The ``summary.csv`` row (also what the progress table shows)."""

@@ -22,7 +22,7 @@ from scipy import stats
 from ncstudy.analysis.sources import ATTR_KEYS, RunInput
 from ncstudy.forecast.insample import crossing_epoch, loglog_fit
 from ncstudy.onset import OnsetRule, onset_of
-from ncstudy.records import num
+from ncstudy.records import FORECAST_EPOCH, num
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def onset_table(runs: Sequence[RunInput], opts: AnalysisOptions) -> pd.DataFrame
         row.update(cell=r.cell or r.run_id, rule=rule, phase_rule="phase 2" if p2 else "any phase",
                    origin=r.origin, source=r.source, experiments=";".join(r.experiments), note=r.note,
                    stop_reason=r.tags.get("stop_reason"),
-                   forecast_crossing_epoch=num(r.tags.get("forecast_crossing_epoch")))
+                   forecast_epoch=num(r.tags.get(FORECAST_EPOCH)))
         if r.trajectory is not None:
             tr = r.trajectory
             o = onset_of(_records(tr), OnsetRule(opts.strict, opts.relaxed, p2), relaxed_fallback=False)
@@ -471,12 +471,12 @@ def lead_times(runs: pd.DataFrame, trajectories: dict[str, pd.DataFrame], fit_ke
             thr = group_mean.get(r["group"])
         cross = (fn_crossing(traj, thr, r["phase_rule"] == "phase 2")
                  if traj is not None and thr is not None else None)
-        fc = r.get("forecast_crossing_epoch")
+        fc = r.get(FORECAST_EPOCH)
         per_run.append({"run_id": r["run_id"], "name": r.get("name", r["run_id"]), "group": r["group"],
                         "t_nc": int(r["t_nc"]),
                         "fn_threshold": thr, "crossing": cross, "has_trajectory": traj is not None,
                         "lead": int(r["t_nc"]) - cross if cross is not None else None,
-                        "forecast_crossing": fc if fc is not None and not pd.isna(fc) else None,
+                        "forecast_epoch": fc if fc is not None and not pd.isna(fc) else None,
                         "forecast_lead": (int(r["t_nc"]) - fc) if fc is not None and not pd.isna(fc) else None})
     pr = pd.DataFrame(per_run)
     with_traj = pr[pr["has_trajectory"]]

@@ -160,7 +160,7 @@ def lead_md(lead: dict[str, Any]) -> str:
            f"- lead T_NC − crossing: mean {pm(s['lead_mean'], s['lead_sd'], 1)} epochs, "
            f"median {f3(s['lead_median'], 1)}"]
     if s.get("n_forecast"):
-        out.append(f"- forecaster (tag forecast_crossing_epoch): {s['n_forecast']} runs, lead "
+        out.append(f"- stopper's forecasts (tag forecast_epoch): {s['n_forecast']} runs, lead T_NC − forecast_epoch "
                    f"{pm(s['forecast_lead_mean'], s.get('forecast_lead_sd'), 1)} epochs")
     pr = lead["per_run"]
     pr = pr[pr["has_trajectory"]]

@@ -358,7 +358,7 @@ class Calibration:
             c = first_crossing(o.points, thr, phases, confirm)
             if c is not None and c[0] <= o.t_nc:
                 gaps.append(float(o.t_nc - c[0]))
-        if enough and gaps:
+        if len(gaps) >= self.min_observations:  # never a lead from fewer gaps than runs are needed for fn*
             lead, lead_src, lead_trusted = float(statistics.median(gaps)), "observed", True
             interval = (min(gaps), max(gaps)) if len(gaps) > 1 else None
         elif prior is not None and prior.lead is not None:

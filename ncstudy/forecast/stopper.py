@@ -21,7 +21,19 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ncstudy.onset import Onset, OnsetRule, OnsetTracker
-from ncstudy.records import EPOCH, FN, LOSS, NC1, finite, num
+from ncstudy.records import (
+    EPOCH,
+    FN,
+    FORECAST_EPOCH,
+    LOSS,
+    NC1,
+    P_ONSET,
+    T_NC_ESTIMATE,
+    T_NC_HIGH,
+    T_NC_LOW,
+    finite,
+    num,
+)
 
 from .calibration import Calibration, Observation, RunRecord
 from .core import NO_ONSET, ONSET, Forecast, TerminalGate, phase_of
@@ -179,6 +191,27 @@ class TrialMonitor:
         else:
             self.final_reason = "budget"
         return self.final_reason
+
+    def fields(self) -> dict[str, float]:
+        """What a result of this trial carries (:data:`ncstudy.records.FORECAST_FIELDS`): the observed
+        onset once reached, else the forecast acted on, else the latest one; NaN where unknown (an
+        onset not expected within the budget has ``t_nc_estimate`` NaN and a low ``p_onset``).
+        ``forecast_epoch`` is when the onset forecast acted on (or, under ``record``, that would be)
+        was made -- kept after onset, so ``t_nc - forecast_epoch`` is its lead."""
+        nan = float("nan")
+        made = float(self.acted.made_at) if self.acted is not None and self.acted.decision == ONSET else nan
+        if self.tracker.t_strict is not None:
+            t = float(self.tracker.t_strict)
+            return {T_NC_ESTIMATE: t, T_NC_LOW: t, T_NC_HIGH: t, P_ONSET: 1.0, FORECAST_EPOCH: made}
+        fc = self.acted or self.latest
+        if fc is None:
+            return {T_NC_ESTIMATE: nan, T_NC_LOW: nan, T_NC_HIGH: nan, P_ONSET: nan, FORECAST_EPOCH: nan}
+
+        def fin(x: float) -> float:
+            return float(x) if finite(x) else nan
+
+        return {T_NC_ESTIMATE: fin(fc.onset), T_NC_LOW: fin(fc.low), T_NC_HIGH: fin(fc.high),
+                P_ONSET: fin(fc.p_onset) if fc.p_onset is not None else nan, FORECAST_EPOCH: made}
 
     def state(self) -> TrialForecast:
         return TrialForecast(self.acted or self.latest, self.final_reason or self.stop_reason)

@@ -8,7 +8,7 @@ from typing import Any, Callable, TextIO
 
 from ray.tune import Callback
 
-from ncstudy.adapters.trials import ForecastLookup, TrialSummary
+from ncstudy.adapters.trials import TrialSummary
 
 COLUMNS = ("trial", "status", "epoch", "phase", "fn", "NC1", "forecast", "T_NC", "fn*", "stop")
 
@@ -33,14 +33,12 @@ def render_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
 
 
 class ProgressTable(Callback):
-    """``label``: ``trial -> name`` (:func:`ncstudy.study.runner.trial_namer`); ``forecasts``: the
-    scheduler's :meth:`~ncstudy.adapters.ray_scheduler.FnStarScheduler.trial_forecast`, if any."""
+    """``label``: ``trial -> name`` (:func:`ncstudy.study.runner.trial_namer`). The forecast column
+    is the trial's ``t_nc_estimate`` (written into its results by the fn* stopper)."""
 
-    def __init__(self, label: Callable[[Any], str], forecasts: ForecastLookup | None = None,
-                 interval_s: float = 10.0, quiet: bool = False, stream: TextIO | None = None,
-                 outcome: Any = None) -> None:
+    def __init__(self, label: Callable[[Any], str], interval_s: float = 10.0, quiet: bool = False,
+                 stream: TextIO | None = None, outcome: Any = None) -> None:
         self.label = label
-        self.forecasts = forecasts
         self.outcome = outcome  # ncstudy.study.outcome.StudyOutcome: the final status column
         self.interval_s = interval_s
         self.quiet = quiet
@@ -56,9 +54,9 @@ class ProgressTable(Callback):
         return self.stream or sys.stdout
 
     def row(self, trial) -> dict[str, Any]:
-        s = TrialSummary.of(trial, self.label(trial), self.forecasts(trial.trial_id) if self.forecasts else None)
+        s = TrialSummary.of(trial, self.label(trial))
         return {"trial": s.trial, "status": s.status, "epoch": s.epochs_run, "phase": s.phase,
-                "fn": s.final_feat_norm, "NC1": s.final_nc1, "forecast": s.forecast_onset, "T_NC": s.t_nc,
+                "fn": s.final_feat_norm, "NC1": s.final_nc1, "forecast": s.t_nc_estimate, "T_NC": s.t_nc,
                 "fn*": s.fn_star, "stop": s.stop_reason or ""}
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:

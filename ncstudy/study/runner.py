@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 from ncstudy.config import flatten
 from ncstudy.study.spec import COLLAPSE_TIME_METRICS, FnStarConfig, Param, StudySpec
@@ -98,10 +98,29 @@ def build_search_alg(spec: StudySpec, max_concurrent: int | None):
     return BasicVariantGenerator(random_state=spec.seed, max_concurrent=max_concurrent or 0)
 
 
-def build_calibration(cfg: FnStarConfig):
-    """The calibration a study's fn* scheduler starts from: a calibration file, then priors from a
-    previous MLflow experiment, the paper's, and the study file's own (later ones win per group)."""
-    from ncstudy.forecast import PAPER_PRIORS, Calibration, Prior
+def paper_priors_for(groups: Sequence[str] = ()) -> dict[str, Any]:
+    """The paper's fn*/lead per group, also for the study's groups on a subset of a paper dataset
+    (``mlp/mnist5k`` takes ``mlp/mnist``'s, marked as such in its source)."""
+    from dataclasses import replace
+
+    from ncstudy.forecast import PAPER_PRIORS
+
+    out = dict(PAPER_PRIORS)
+    for g in groups:
+        model, _, dataset = g.partition("/")
+        for pg, p in PAPER_PRIORS.items():
+            pm, _, pd_ = pg.partition("/")
+            if g not in out and model == pm and dataset.startswith(pd_) and dataset != pd_:
+                out[g] = replace(p, source=f"{p.source} ({pg}, applied to {dataset})")
+    return out
+
+
+def build_calibration(cfg: FnStarConfig, groups: Sequence[str] = ()):
+    """The calibration a study's fn* stopper starts from: a calibration file (else the corpus for
+    the conformal forecasters), then a previous MLflow experiment's runs and priors, the paper's
+    priors (also for ``groups`` on a subset of a paper dataset), and the study file's own priors
+    (later ones win per group)."""
+    from ncstudy.forecast import Calibration, Prior
     from ncstudy.forecast.calibration import default_prior
     from ncstudy.records import LOSS
 
@@ -113,15 +132,18 @@ def build_calibration(cfg: FnStarConfig):
         cal = Calibration()
     cal.min_observations = cfg.min_observations
     if cfg.prior_experiment:
-        from ncstudy.forecast.replay import priors_from_trajectories
+        from ncstudy.forecast.replay import calibration_from_trajectories, priors_from_trajectories
         from ncstudy.forecast.trajectories import mlflow_trajectories
 
         trajs = mlflow_trajectories(cfg.prior_experiment, cfg.tracking_uri)
+        # its runs join the pool (conformal analogs) and give each group's fn*/lead prior (fn_star)
+        cal = cal.merged(calibration_from_trajectories(trajs))
+        cal.min_observations = cfg.min_observations
         for g, p in priors_from_trajectories(trajs, margin=cfg.margin, phases=cfg.phases,
                                              confirm=cfg.confirm).items():
             cal.set_prior(g, p)
     if cfg.paper_priors:
-        for g, p in PAPER_PRIORS.items():
+        for g, p in paper_priors_for(groups).items():
             if g not in cal.priors:
                 cal.set_prior(g, p)
     for g, p in cfg.priors.items():
@@ -130,36 +152,45 @@ def build_calibration(cfg: FnStarConfig):
     return cal
 
 
-def build_scheduler(spec: StudySpec, experiment_dir: Path | None):
+def build_scheduler(spec: StudySpec):
+    """Tune's trial scheduler: ASHA, or FIFO (the fn* stopper works beside any of them)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    name = spec.scheduler.name
-    if name == "asha":
+    if spec.scheduler.name == "asha":
         a = spec.scheduler.asha
         return ASHAScheduler(time_attr="epoch", max_t=spec.base.total_epochs,
                              grace_period=a.grace_period * spec.base.eval.nc_every,
                              reduction_factor=a.reduction_factor)
-    if name == "fnstar":
-        from ncstudy.adapters.ray_scheduler import FnStarScheduler, MetricNames
-        from ncstudy.forecast import default_group_key, group_key_from
-        from ncstudy.onset import OnsetRule
-
-        cfg, ev = spec.scheduler.fnstar, spec.base.eval
-        objective = cfg.objective
-        if objective is None and spec.objective.metric in COLLAPSE_TIME_METRICS:
-            objective = spec.objective.metric
-        inner = group_key_from(cfg.group_by) if cfg.group_by else default_group_key
-        return FnStarScheduler(
-            cfg.policy, cfg.forecaster, metrics=MetricNames(**cfg.metrics.model_dump()),
-            calibration=build_calibration(cfg),
-            # Trials carry only the searched keys; groups (model + dataset by default) need the full config.
-            group_key=lambda config: inner(flatten(spec.resolve(config).model_dump())),
-            objective=objective, rule=OnsetRule(ev.strict_threshold, ev.relaxed_threshold, ev.onset_phase2_only),
-            terminal_acc=ev.terminal_acc, learn=cfg.learn,
-            state_path=experiment_dir / "fnstar_state.json" if experiment_dir else None,
-            forecaster_options=cfg.forecaster_options(),
-            budget=lambda config: spec.resolve(config).total_epochs)
     return FIFOScheduler()
+
+
+def study_groups(spec: StudySpec, key: Callable[[Mapping[str, Any]], str]) -> list[str]:
+    """The calibration groups the study's trials can fall in."""
+    return sorted({key(flatten(c.model_dump())) for c in spec.probe_configs()})
+
+
+def build_stopper(spec: StudySpec):
+    """The study's :class:`~ncstudy.adapters.ray_tune.FnStarStopper` (``scheduler: {name: fnstar}``),
+    or None."""
+    if spec.scheduler.name != "fnstar":
+        return None
+    from ncstudy.adapters.ray_tune import FnStarStopper
+    from ncstudy.forecast import default_group_key, group_key_from
+    from ncstudy.onset import OnsetRule
+
+    cfg, ev = spec.scheduler.fnstar, spec.base.eval
+    objective = cfg.objective
+    if objective is None and spec.objective.metric in COLLAPSE_TIME_METRICS:
+        objective = spec.objective.metric
+    inner = group_key_from(cfg.group_by) if cfg.group_by else default_group_key
+    return FnStarStopper(
+        cfg.policy, cfg.forecaster, budget=lambda config: spec.resolve(config).total_epochs,
+        metrics=cfg.metrics.model_dump(), prior=build_calibration(cfg, study_groups(spec, inner)),
+        # Trials carry only the searched keys; groups (model + dataset by default) need the full config.
+        group_key=lambda config: inner(flatten(spec.resolve(config).model_dump())),
+        objective=objective, rule=OnsetRule(ev.strict_threshold, ev.relaxed_threshold, ev.onset_phase2_only),
+        terminal_acc=ev.terminal_acc, learn=cfg.learn, forecaster_options=cfg.forecaster_options(),
+        min_observations=cfg.min_observations)
 
 
 def trial_tags(spec: StudySpec):
@@ -330,8 +361,7 @@ def _run(spec: StudySpec, opts: RunOptions, t, refs: dict[str, Any]) -> int:
         _retarget_tracking(tuner, opts)
     else:
         save_study(t, spec)
-        scheduler = build_scheduler(spec, experiment_dir)
-        forecasts = getattr(scheduler, "trial_forecast", None)
+        stopper = build_stopper(spec)
         tracking = None if not opts.tracking else MLflowStudyCallback(
             opts.tracking_uri, spec.name,
             study_params={"study.searcher": spec.searcher, "study.scheduler": spec.scheduler.name,
@@ -339,25 +369,26 @@ def _run(spec: StudySpec, opts: RunOptions, t, refs: dict[str, Any]) -> int:
                           "study.space": json.dumps({k: p.model_dump(exclude_none=True)
                                                      for k, p in spec.space.items()})},
             trial_params=trial_params(spec), trial_tags=trial_tags(spec),
-            trial_label=trial_namer(spec), forecasts=forecasts,
+            trial_label=trial_namer(spec),
             max_outage_s=opts.tracking_max_outage_s, flush_interval_s=opts.tracking_flush_interval_s,
             spill_dir=str(experiment_dir) if experiment_dir else None)
         outcome = StudyOutcome()
-        progress = ProgressTable(trial_namer(spec), forecasts=forecasts, interval_s=opts.progress_interval_s,
-                                 quiet=opts.quiet, outcome=outcome)
+        progress = ProgressTable(trial_namer(spec), interval_s=opts.progress_interval_s, quiet=opts.quiet,
+                                 outcome=outcome)
         tuner = tune.Tuner(
             trainable,
             param_space={k: tune_domain(p) for k, p in spec.space.items()},
             tune_config=tune.TuneConfig(
                 metric=spec.objective.metric, mode=spec.objective.mode,
                 search_alg=build_search_alg(spec, opts.max_concurrent or spec.max_concurrent),
-                scheduler=scheduler, num_samples=spec.num_samples,
+                scheduler=build_scheduler(spec), num_samples=spec.num_samples,
                 max_concurrent_trials=opts.max_concurrent or spec.max_concurrent,
                 reuse_actors=spec.reuse_actors,
                 trial_name_creator=trial_namer(spec), trial_dirname_creator=_dirname_creator),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=storage, verbose=0,
-                callbacks=[c for c in (outcome, tracking, progress) if c is not None],
+                stop=stopper,  # writes each trial's forecast into its results (before the callbacks see them)
+                callbacks=[c for c in (outcome, stopper, tracking, progress) if c is not None],
                 failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
                 sync_config=tune.SyncConfig(sync_period=STATE_SYNC_PERIOD_S)),

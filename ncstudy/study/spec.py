@@ -118,7 +118,7 @@ COLLAPSE_TIME_METRICS = (COLLAPSE_EPOCH, T_NC)
 class FnStarConfig(_Strict):
     """The ``scheduler: {name: fnstar, fnstar: {...}}`` section of a study file."""
 
-    policy: Literal["record", "stop_at_forecast", "stop_at_onset"] = "record"
+    policy: Literal["record", "stop_at_forecast", "stop_at_onset"] = "stop_at_forecast"  # = the adapters' default
     forecaster: Literal["conformal", "conformal_no_fn", "fn_star", "nc1", "train_loss"] = "conformal"
     prior: Literal["corpus", "none"] = Field(
         "corpus", description="conformal: start from ncstudy's trajectory corpus ('none': only this study's runs)")
@@ -156,7 +156,7 @@ class FnStarConfig(_Strict):
 class SchedulerSpec(_Strict):
     name: Literal["fifo", "asha", "fnstar"] = "fifo"
     asha: AshaConfig = Field(default_factory=AshaConfig)
-    fnstar: FnStarConfig = Field(default_factory=FnStarConfig, description="fn* scheduler options")
+    fnstar: FnStarConfig = Field(default_factory=FnStarConfig, description="fn* stopper options")
 
 
 class StudySpec(_Strict):

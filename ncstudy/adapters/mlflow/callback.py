@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from ncstudy.adapters.trials import ForecastLookup, TrialSummary
+from ncstudy.adapters.trials import TrialSummary
 from ncstudy.records import EPOCH
 
 from .layout import (
@@ -34,7 +34,6 @@ from .layout import (
     TRIAL_TAG,
     end_tags,
     finite_metrics,
-    forecast_metrics,
     forecast_tags,
     truncate_params,
 )
@@ -65,7 +64,6 @@ class MLflowStudyCallback(Callback):
         trial_params: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         trial_tags: Callable[[dict[str, Any]], dict[str, str]] | None = None,
         trial_label: Callable[[Any], str] | None = None,
-        forecasts: ForecastLookup | None = None,
         flush_interval_s: float = 5.0,
         max_outage_s: float = 600.0,
         spill_dir: str | None = None,
@@ -75,7 +73,6 @@ class MLflowStudyCallback(Callback):
         self.trial_params = trial_params
         self.trial_tags = trial_tags
         self.trial_label = trial_label
-        self.forecasts = forecasts
         self.writer = StudyWriter(tracking_uri, study_name, flush_interval_s, max_outage_s, spill_dir,
                                   plotter=_plot_trajectory)
         self._resync = False
@@ -155,8 +152,6 @@ class MLflowStudyCallback(Callback):
         placement = {t: str(result[k]) for k, t in PLACEMENT_TAGS.items() if result.get(k) is not None}
         step = None if result.get(EPOCH) is None else int(result[EPOCH])
         metrics = finite_metrics(result) if step is not None else {}
-        if metrics and self.forecasts is not None:
-            metrics.update(forecast_metrics(self.forecasts(trial.trial_id)))
         self.writer.queue(trial.trial_id, step, metrics, placement)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
@@ -204,7 +199,7 @@ class MLflowStudyCallback(Callback):
         return self.trial_label(trial) if self.trial_label else str(trial)
 
     def summary(self, trial) -> TrialSummary:
-        return TrialSummary.of(trial, self._name(trial), self.forecasts(trial.trial_id) if self.forecasts else None)
+        return TrialSummary.of(trial, self._name(trial))
 
     def _ensure_run(self, trial) -> None:
         """The trial's queue, created on first sight; its run is created (or, on a resumed launch,
@@ -223,7 +218,6 @@ class MLflowStudyCallback(Callback):
         self._ensure_run(trial)
         s = self.summary(trial)
         stop = s.stop_reason or ("error" if failed else "budget")
-        fc = self.forecasts(trial.trial_id) if self.forecasts else None
         status = "error" if failed else ("diverged" if stop == "diverged" else "completed")
-        tags = end_tags(status, stop, s.t_nc, s.fn_star, forecast_tags(fc))
+        tags = end_tags(status, stop, s.t_nc, s.fn_star, forecast_tags(s))
         self.writer.end_trial(trial.trial_id, tags, failed or stop == "diverged", {"title": s.trial})

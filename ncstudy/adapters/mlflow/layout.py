@@ -20,20 +20,26 @@ from ncstudy.records import (
     CLASSIFIER_WEIGHT_NORM,
     EPOCH,
     FN_STAR,
+    FORECAST_EPOCH,
+    FORECAST_FIELDS,
     GRAD_NORM,
     LOSS,
     LR,
+    P_ONSET,
     REFERENCE_COLUMNS,
     STANDARD_NC,
     STOP_REASON,
     T_NC,
+    T_NC_ESTIMATE,
+    T_NC_HIGH,
+    T_NC_LOW,
     WEIGHT_NORM,
     finite,
     tag_text,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ncstudy.forecast.stopper import TrialForecast
+    from ncstudy.adapters.trials import TrialSummary
 
 ROLE_TAG, TRIAL_TAG, STUDY_TAG = "ncstudy.role", "ncstudy.trial_id", "ncstudy.study"
 PARENT_TAG = "mlflow.parentRunId"
@@ -46,8 +52,8 @@ STATUS_TAG = "status"  # running | completed | diverged | error | interrupted
 INTERRUPTED = "interrupted"  # status and stop reason of a trial whose study was interrupted
 STOP_REASON_TAG = STOP_REASON  # onset | forecast | no_onset_forecast | budget | diverged | error
 T_NC_TAG, FN_STAR_TAG, THRESHOLD_TAG = T_NC, FN_STAR, "threshold"  # threshold: strict | none
-FORECAST_ONSET = "forecast_onset"  # also a metric while a forecast exists
-FORECAST_CROSSING_TAG, FORECAST_CALIBRATION_TAG = "forecast_crossing_epoch", "forecast_calibration"
+# The forecast: metrics at every evaluation (written into the results by the fn* stopper), and tags
+# of the finished run.
 # Where the trial runs now (a retry may move it): result key -> tag.
 PLACEMENT_TAGS = {"node_id": "ray.node_id", "gpu_ids": "ray.gpu_ids", "gpu_share": "ray.gpu_share"}
 ANALYSIS_TAG = "ncstudy.analysis"  # on the study run: where `ncstudy analyze` put its report
@@ -57,7 +63,7 @@ ANALYSIS_ARTIFACT_DIR = "analysis"
 
 #: The metrics a trajectory is rebuilt from (``trajectory.csv`` and replay).
 HISTORY_KEYS = tuple(REFERENCE_COLUMNS[1:]) + STANDARD_NC + (LOSS, GRAD_NORM, WEIGHT_NORM, CLASSIFIER_WEIGHT_NORM,
-                                                            LR, FORECAST_ONSET)
+                                                            LR, *FORECAST_FIELDS)
 #: Every evaluation logs it, so its history gives the steps written.
 STEP_KEY = "train"
 
@@ -99,15 +105,7 @@ def end_tags(status: str, stop_reason: str, t_nc: Any, fn_star: Any,
     return tags
 
 
-def forecast_metrics(fc: "TrialForecast | None") -> dict[str, float]:
-    """The forecast as a metric of the trial run (logged with each evaluation while one exists)."""
-    return {} if fc is None or fc.onset is None else {FORECAST_ONSET: fc.onset}
-
-
-def forecast_tags(fc: "TrialForecast | None") -> dict[str, Any]:
+def forecast_tags(s: "TrialSummary") -> dict[str, Any]:
     """The forecast as tags of a finished trial run (what is unknown is left out)."""
-    if fc is None or fc.forecast is None:
-        return {}
-    f = fc.forecast
-    return {FORECAST_ONSET: f"{f.onset:.1f}", FORECAST_CROSSING_TAG: f.crossing_epoch,
-            FORECAST_CALIBRATION_TAG: f.calibration}
+    return {T_NC_ESTIMATE: s.t_nc_estimate, T_NC_LOW: s.t_nc_low, T_NC_HIGH: s.t_nc_high, P_ONSET: s.p_onset,
+            FORECAST_EPOCH: s.forecast_epoch}

@@ -1,0 +1,273 @@
+"""What the Ray Tune stopper and the Optuna pruner share: one core, the same defaults, the same
+decisions, the same result fields and the same warnings.
+
+A trial reports a record per evaluation in ncstudy's vocabulary (:mod:`ncstudy.records`; other
+names are mapped with ``metrics=`` or recognised as aliases, e.g. ``fn`` or ``train_acc``).
+:class:`FnStarCore` forecasts its onset, decides by policy, and gives the fields a result carries
+(:data:`ncstudy.records.FORECAST_FIELDS` and, when it stops the trial, ``stop_reason`` and the
+collapse-time objective). When it cannot do its job it says so, once: a trial that reports no NC1,
+one that only ever reports phase 1, a group with no calibration yet, priors that match no group.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ncstudy.config import flatten
+from ncstudy.forecast import POLICIES, Calibration, ForecastStopper, default_group_key, group_key_from
+from ncstudy.forecast.calibration import default_prior
+from ncstudy.forecast.forecasters import DEFAULT_FORECASTER, FORECASTERS
+from ncstudy.forecast.stopper import FORECAST_STOP, NO_ONSET_STOP
+from ncstudy.onset import OnsetRule
+from ncstudy.records import (
+    ALIASES,
+    COLLAPSE_EPOCH,
+    EPOCH,
+    FN,
+    GRAD_NORM,
+    LOSS,
+    NC1,
+    PHASE,
+    STOP_REASON,
+    T_NC,
+    TERMINAL,
+    TRAIN,
+    WEIGHT_NORM,
+    finite,
+)
+
+log = logging.getLogger("ncstudy.stopper")
+
+DEFAULT_POLICY = "stop_at_forecast"
+#: The objectives a forecast-stopped trial reports its forecast in (collapse time).
+COLLAPSE_TIME = (COLLAPSE_EPOCH, T_NC)
+_WARN_AFTER = 3  # results without NC1 before the stopper says why it cannot act
+
+
+class MetricNames(BaseModel):
+    """The result keys the stopper reads; ``None`` means "not reported" (e.g. ``phase: None`` for a
+    single-phase run). Defaults: ncstudy's names (and their aliases, e.g. ``fn``, ``train_acc``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    epoch: str | None = EPOCH
+    phase: str | None = PHASE
+    train: str | None = TRAIN
+    feat_norm: str | None = FN
+    nc1: str | None = NC1
+    train_loss: str | None = LOSS
+    grad_norm: str | None = GRAD_NORM
+    weight_norm: str | None = WEIGHT_NORM
+    terminal: str | None = TERMINAL
+
+    @classmethod
+    def of(cls, metrics: "MetricNames | Mapping[str, str | None] | None", where: str) -> "MetricNames":
+        if isinstance(metrics, MetricNames):
+            return metrics
+        try:
+            return cls(**dict(metrics or {}))
+        except ValidationError as e:
+            bad = [".".join(map(str, x["loc"])) for x in e.errors()]
+            raise ValueError(f"{where}: metrics: unknown or invalid key(s) {', '.join(bad)}; the keys are "
+                             f"{', '.join(cls.model_fields)} (ncstudy's record names), each mapped to your "
+                             f"result key or None") from None
+
+
+class FnStarCore:
+    """One stopper over many trials (see the adapters for the arguments).
+
+    ``budget``: each trial's last epoch -- an int, a (dotted) config key, or ``config -> int``; the
+    conformal forecaster needs it. ``prior``: ``"corpus"`` (ncstudy's trajectory corpus, default),
+    ``"none"`` or a :class:`Calibration`. ``objective``: the collapse-time metric a forecast-stopped
+    trial reports its forecast in (default ``collapse_epoch``; None: leave the trial's own).
+    """
+
+    def __init__(self, policy: str = DEFAULT_POLICY, forecaster: str = DEFAULT_FORECASTER, *,
+                 budget: int | str | Callable[[Mapping[str, Any]], int] | None = None,
+                 metrics: MetricNames | Mapping[str, str | None] | None = None, prior: str | Calibration = "corpus",
+                 group_key: Callable[[Mapping[str, Any]], str] | Sequence[str] | None = None,
+                 objective: str | None = COLLAPSE_EPOCH, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
+                 learn: bool = True, forecaster_options: Mapping[str, Any] | None = None,
+                 min_observations: int = 3, where: str = "FnStarStopper") -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"{where}: policy {policy!r}: choose from {', '.join(POLICIES)}")
+        if forecaster not in FORECASTERS:
+            raise ValueError(f"{where}: forecaster {forecaster!r}: choose from {', '.join(FORECASTERS)}")
+        self.where = where
+        self.names = MetricNames.of(metrics, where)
+        if isinstance(prior, Calibration):
+            cal = prior
+        elif prior == "corpus":
+            cal = default_prior()
+        elif prior == "none":
+            cal = Calibration()
+        else:
+            raise ValueError(f"{where}: prior {prior!r}: 'corpus', 'none' or a Calibration")
+        cal.min_observations = min_observations
+        self.stopper = ForecastStopper(policy, forecaster, cal, rule, terminal_acc, learn, forecaster_options)
+        if group_key is None:
+            self.group_key: Callable[[Mapping[str, Any]], str] = default_group_key
+        elif callable(group_key):
+            self.group_key = group_key
+        else:
+            self.group_key = group_key_from(list(group_key))
+        if budget is not None and not (callable(budget) or isinstance(budget, (int, str))):
+            raise ValueError(f"{where}: budget: an int, a config key or a function of the config")
+        self.budget, self.objective = budget, objective
+        self.needs_budget = forecaster.startswith("conformal")
+        self._warned: set[tuple[str, str]] = set()
+        self._no_nc1: dict[str, int] = {}
+        self._phase1: dict[str, bool] = {}  # trial -> only phase 1 seen so far
+
+    # -- a result ---------------------------------------------------------------------------------------
+    def record(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        """The canonical record of a result (mapped names, aliases, nested keys flattened)."""
+        flat = flatten(result) if any(isinstance(v, Mapping) for v in result.values()) else dict(result)
+        rec = {}
+        for key, name in self.names.model_dump().items():
+            if name is None:
+                continue
+            v = flat.get(name)
+            if v is None and name == key:  # an alias of ncstudy's name (fn, train_acc, loss, ...)
+                v = next((flat[a] for a, k in ALIASES.items() if k == key and a in flat), None)
+            if v is not None:
+                rec[key] = v
+        if not finite(rec.get(EPOCH)):
+            it = flat.get("training_iteration")
+            if finite(it):
+                rec[EPOCH] = it
+        return rec
+
+    def budget_of(self, config: Mapping[str, Any], trial_id: str) -> int | None:
+        b = self.budget
+        if b is None:
+            value = None
+        elif callable(b):
+            value = b(config)
+        elif isinstance(b, int):
+            value = b
+        else:
+            value = flatten(config).get(b)
+            if value is None and self.needs_budget:
+                raise ValueError(f"{self.where}: budget={b!r} is not a key of trial {trial_id}'s config "
+                                 f"({', '.join(sorted(flatten(config)))})")
+        if value is None and self.needs_budget:
+            raise ValueError(f"{self.where}: the conformal forecaster needs each trial's budget (its last "
+                             f"epoch): pass budget=<int>, budget='<config key>' or budget=lambda config: ...")
+        return None if value is None else int(value)
+
+    def observe(self, trial_id: str, result: dict[str, Any], config: Mapping[str, Any]) -> bool:
+        """Forecast, decide, and write the forecast fields into ``result``; True: stop the trial."""
+        rec = self.record(result)
+        if not finite(rec.get(EPOCH)):
+            raise ValueError(f"{self.where}: trial {trial_id}'s result has no epoch ('{self.names.epoch}' or "
+                             f"training_iteration); set metrics={{'epoch': '<your key>'}}")
+        mon = self.stopper.monitors.get(trial_id)
+        if mon is not None and mon.records and mon.records[-1] == dict(rec, **{EPOCH: int(float(rec[EPOCH]))}):
+            # The same result again (Tune hands a trial's last result back when it ends): no new evaluation.
+            return mon.stop_reason is not None
+        reported = sorted(k for k in result if not k.startswith(("config", "_")))
+        group = self.group_key(config)
+        d = self.stopper.observe(trial_id, rec, group, self.budget_of(config, trial_id))
+        mon = self.stopper.monitors[trial_id]
+        result.update(mon.fields())
+        if d.stop:
+            result[STOP_REASON] = d.reason
+        self._objective(mon, d, result)
+        self._explain(trial_id, group, rec, reported)
+        return d.stop
+
+    def _objective(self, mon, d, result: dict[str, Any]) -> None:
+        """The collapse-time objective in ``result``: the forecast for a trial stopped at one; else the
+        trial's own value when finite; else the observed onset, or -- ``collapse_epoch`` only -- the
+        censored penalty 2 x budget once no onset can come (a no-onset stop, or the budget reached)."""
+        key = self.objective
+        if not key:
+            return
+        if d.stop and d.reason == FORECAST_STOP and mon.acted is not None:
+            result[key] = float(mon.acted.onset)
+            return
+        if finite(result.get(key)):
+            return
+        if mon.tracker.t_strict is not None:
+            result[key] = float(mon.tracker.t_strict)
+        elif key == COLLAPSE_EPOCH and mon.budget is not None and (
+                (d.stop and d.reason == NO_ONSET_STOP) or float(mon.last_epoch or 0) >= mon.budget):
+            result[key] = 2.0 * mon.budget
+        else:
+            result.setdefault(key, math.nan)
+
+    def _phase1_only(self, trial_id: str) -> None:
+        if self._phase1.get(trial_id):
+            self._warn("phase", trial_id, f"trial {trial_id} reported only phase 1: the forecaster follows the MSE "
+                       "phase (phase 2), so it had no forecast. For a single-phase run, report no phase: "
+                       "metrics={'phase': None}")
+
+    def complete(self, trial_id: str, last_result: Mapping[str, Any], error: bool = False) -> str | None:
+        self._phase1_only(trial_id)
+        reason = last_result.get(STOP_REASON) if last_result else None
+        return self.stopper.complete(trial_id, "error" if error else (reason if isinstance(reason, str) and reason
+                                                                      else None))
+
+    def value(self, trial_id: str, budget: int | None) -> float:
+        """The collapse-time objective of a trial: its forecast (stopped at one), its observed onset,
+        else the censored penalty 2 x budget (no onset seen or expected)."""
+        m = self.stopper.monitors.get(str(trial_id))
+        if m is not None and m.tracker.t_strict is not None:
+            return float(m.tracker.t_strict)
+        if m is not None and m.stop_reason == FORECAST_STOP and m.acted is not None:
+            return float(m.acted.onset)
+        b = budget if budget is not None else (m.budget if m is not None else None)
+        return 2.0 * b if b is not None else math.nan
+
+    # -- saying why it does not stop ----------------------------------------------------------------------
+    def _warn(self, kind: str, key: str, message: str) -> None:
+        if (kind, key) not in self._warned:
+            self._warned.add((kind, key))
+            log.warning("%s: %s", self.where, message)
+
+    def _explain(self, trial_id: str, group: str, rec: Mapping[str, Any], reported: Sequence[str]) -> None:
+        cal = self.stopper.calibration
+        if NC1 not in rec:
+            n = self._no_nc1[trial_id] = self._no_nc1.get(trial_id, 0) + 1
+            if n >= _WARN_AFTER:
+                keys = ", ".join(reported[:20])
+                self._warn("nc1", trial_id, f"trial {trial_id} reports no '{self.names.nc1}' (it reports: {keys}): "
+                           "without NC1 there is no forecast and no onset. Report it (ncstudy.metrics.measure(model, "
+                           "loader) gives it) or name your key: metrics={'nc1': '<key>'}")
+        if self.names.phase is not None and finite(rec.get(PHASE)):
+            if int(float(rec[PHASE])) == 1:
+                self._phase1.setdefault(trial_id, True)
+            else:
+                self._phase1[trial_id] = False
+            mon = self.stopper.monitors[trial_id]
+            if mon.budget is not None and float(rec[EPOCH]) >= mon.budget:
+                self._phase1_only(trial_id)
+        if cal.priors and group not in cal.priors:
+            self._warn("prior", group, f"group '{group}' has no prior; the priors are for "
+                       f"{', '.join(sorted(cal.priors))}. The group comes from the trial config (default: "
+                       "model.name/model and data.name/dataset); pass group_key= to match")
+        forecaster = self.stopper.forecaster
+        if forecaster == "fn_star" and cal.estimate(group).fn_star is None:
+            self._warn("calibration", group, f"group '{group}' has no fn* yet (no prior, fewer than "
+                       f"{cal.min_observations} of its runs have reached onset): its trials run to onset until then")
+        elif forecaster.startswith("conformal") and cal.n_runs() < 10:
+            self._warn("calibration", "pool", f"the calibration pool has {cal.n_runs()} completed run(s); forecasts "
+                       "are not acted on before it has 10 (prior='corpus' starts from ncstudy's corpus)")
+
+    # -- state ------------------------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        return self.stopper.to_dict()
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self.stopper.load_dict(state)
+
+    def describe(self) -> str:
+        reasons: dict[str, int] = {}
+        for m in self.stopper.monitors.values():
+            r = m.final_reason or m.stop_reason or "running"
+            reasons[r] = reasons.get(r, 0) + 1
+        return (f"{self.where}(policy={self.stopper.policy}, forecaster={self.stopper.forecaster}): trials {reasons}; "
+                f"calibration: {self.stopper.calibration!r}")

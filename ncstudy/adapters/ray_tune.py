@@ -1,0 +1,78 @@
+"""``FnStarStopper``: the collapse-onset stopper as a ``ray.tune.Stopper``, composable with any
+scheduler (ASHA, median stopping, FIFO) and any searcher.
+
+    from ncstudy.adapters.ray_tune import FnStarStopper
+
+    stopper = FnStarStopper(budget="epochs")          # each trial's budget: its config key `epochs`
+    tuner = tune.Tuner(train_fn, run_config=tune.RunConfig(stop=stopper, callbacks=[stopper]))
+
+The trial reports its NC metrics at every evaluation (``ncstudy.metrics.measure(model, loader)``
+gives them from any classifier). At every result the stopper forecasts the trial's onset and writes
+the forecast **into that result** -- ``t_nc_estimate`` (the forecast, or the observed T_NC once
+reached), ``t_nc_low``/``t_nc_high``, ``p_onset`` and, when it stops the trial, ``stop_reason``
+and the collapse-time objective -- so ``result.json``, ``ResultGrid.get_best_result``,
+``ExperimentAnalysis``, Ray's own ``MLflowLoggerCallback`` and ncstudy's tracking all see the
+same value. (Tune hands the stopper the result it then stores and passes to the callbacks:
+``ray/tune/execution/tune_controller.py``, ``_process_trial_result``; ``tests/test_ray_tune.py``
+pins that down.)
+
+Passing the stopper in ``callbacks`` too is optional: it then saves its state with Tune's
+experiment state (a ``Tuner.restore`` continues with what it learnt) and learns from trials that
+end on their own at once.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+from ray.tune import Callback, Stopper
+
+from ncstudy.adapters.common import DEFAULT_POLICY, FnStarCore, MetricNames
+from ncstudy.forecast import Calibration
+from ncstudy.forecast.forecasters import DEFAULT_FORECASTER
+from ncstudy.onset import OnsetRule
+from ncstudy.records import COLLAPSE_EPOCH
+
+
+class FnStarStopper(Stopper, Callback):
+    """Forecast every trial's collapse onset; stop by ``policy`` (see :class:`FnStarCore` for the
+    arguments shared with :class:`~ncstudy.adapters.optuna_pruner.FnStarPruner`)."""
+
+    def __init__(self, policy: str = DEFAULT_POLICY, forecaster: str = DEFAULT_FORECASTER, *,
+                 budget: int | str | Callable[[Mapping[str, Any]], int] | None = None,
+                 metrics: MetricNames | Mapping[str, str | None] | None = None, prior: str | Calibration = "corpus",
+                 group_key: Callable[[Mapping[str, Any]], str] | Sequence[str] | None = None,
+                 objective: str | None = COLLAPSE_EPOCH, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
+                 learn: bool = True, forecaster_options: Mapping[str, Any] | None = None,
+                 min_observations: int = 3) -> None:
+        self.core = FnStarCore(policy, forecaster, budget=budget, metrics=metrics, prior=prior, group_key=group_key,
+                               objective=objective, rule=rule, terminal_acc=terminal_acc, learn=learn,
+                               forecaster_options=forecaster_options, min_observations=min_observations,
+                               where="FnStarStopper")
+
+    # -- Stopper ----------------------------------------------------------------------------------
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return self.core.observe(str(trial_id), result, result.get("config") or {})
+
+    def stop_all(self) -> bool:
+        return False
+
+    # -- Callback (optional) -------------------------------------------------------------------------
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.core.complete(trial.trial_id, trial.last_result or {})
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.core.complete(trial.trial_id, trial.last_result or {}, error=True)
+
+    def get_state(self) -> dict[str, Any]:
+        return self.core.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.core.set_state(state)
+
+    # -- queries -------------------------------------------------------------------------------------
+    @property
+    def calibration(self) -> Calibration:
+        return self.core.stopper.calibration
+
+    def describe(self) -> str:
+        return self.core.describe()

@@ -1,0 +1,265 @@
+"""FnStarStopper (ncstudy.adapters.ray_tune) and the core it shares with the Optuna pruner
+(ncstudy.adapters.common): decisions and result fields on synthetic trajectories, the messages a
+user gets for each mistake, state round trips, the study file's stopper -- and a real Tune run with
+ASHA, OptunaSearch and Ray's stock MLflowLoggerCallback, where every consumer sees the forecast."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from ncstudy.adapters.ray_tune import FnStarStopper
+from ncstudy.forecast import Calibration, Prior, synthetic_trajectory
+from ncstudy.study.runner import build_stopper
+from ncstudy.study.spec import StudySpec
+
+CONFIG = {"model": {"name": "mlp"}, "data": {"name": "synthetic"}}
+GROUP = "mlp/synthetic"
+
+
+def fn_star_prior() -> Calibration:
+    return Calibration({GROUP: Prior(fn_star=1.1, lead=50.0)})
+
+
+def feed(stopper: FnStarStopper, trial_id: str, traj, config=CONFIG):
+    """Hand results to the stopper as Tune does; returns (stop epoch or None, the results)."""
+    results = []
+    for rec in traj:
+        result = dict(rec, training_iteration=rec["epoch"] // 10, trial_id=trial_id, config=dict(config))
+        results.append(result)
+        if stopper(trial_id, result):
+            return rec["epoch"], results
+    return None, results
+
+
+def test_stops_at_forecast_and_writes_it_into_the_result():
+    stopper = FnStarStopper(forecaster="fn_star", prior=fn_star_prior())
+    stop, results = feed(stopper, "a", synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0))
+    # fn = 1 + 2 exp(-(t-200)/30) <= 1.1 first at epoch 290; forecast = 290 + lead 50
+    assert stop == 290
+    last = results[-1]
+    assert last["stop_reason"] == "forecast"
+    assert last["t_nc_estimate"] == last["collapse_epoch"] == 340.0
+    assert last["t_nc_low"] <= 340.0 <= last["t_nc_high"]
+    # before the crossing there is no forecast: NaN, and no objective yet
+    assert math.isnan(results[10]["t_nc_estimate"]) and math.isnan(results[10]["collapse_epoch"])
+    assert "stop_reason" not in results[10]
+
+
+def test_record_policy_forecasts_without_stopping_and_the_observed_onset_wins():
+    stopper = FnStarStopper("record", forecaster="fn_star", prior=fn_star_prior())
+    stop, results = feed(stopper, "a", synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0))
+    assert stop is None
+    est = [(r["epoch"], r["t_nc_estimate"]) for r in results]
+    assert math.isnan(est[27][1]) and est[28] == (290, 340.0) and est[33] == (340, 340.0)
+    assert est[34] == (350, 350.0)  # the observed strict onset replaces the forecast
+    assert results[-1]["t_nc_low"] == results[-1]["t_nc_high"] == 350.0 and results[-1]["p_onset"] == 1.0
+    assert results[-1]["collapse_epoch"] == 350.0
+
+
+def test_no_crossing_stops_at_onset_and_the_trial_keeps_its_own_objective():
+    stopper = FnStarStopper(forecaster="fn_star", prior=fn_star_prior(), objective="t_nc")
+    traj = [dict(r, t_nc=350.0 if r["epoch"] >= 330 else math.nan)
+            for r in synthetic_trajectory(t_nc=330, fn_end=1.3, tau=30.0)]
+    stop, results = feed(stopper, "a", traj)
+    assert stop == 330 and results[-1]["stop_reason"] == "onset"
+    assert results[-1]["t_nc"] == 350.0  # finite: the trial's own value is kept
+    assert results[-1]["t_nc_estimate"] == 330.0
+
+
+def test_the_same_result_again_is_not_a_new_evaluation():
+    """Tune hands a finished trial's last result back (done=True); nothing may change."""
+    stopper = FnStarStopper("record", forecaster="fn_star", prior=fn_star_prior())
+    _, results = feed(stopper, "a", synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0)[:30])
+    before = dict(results[-1])
+    again = dict(results[-1], done=True)
+    assert stopper("a", again) is False
+    assert {k: again[k] for k in before} == before
+    assert len(stopper.core.stopper.monitors["a"].records) == 30
+
+
+def test_fn_alias_needs_no_mapping_and_misspelt_metric_names_list_the_valid_ones():
+    stopper = FnStarStopper(forecaster="fn_star", prior=fn_star_prior())
+    traj = synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0)
+    for r in traj:
+        r["fn"] = r.pop("feat_norm")  # NCAccumulator's short name
+    assert feed(stopper, "a", traj)[0] == 290
+    with pytest.raises(ValueError) as e:
+        FnStarStopper(metrics={"feat_nrm": "fn"})
+    msg = str(e.value)
+    assert "feat_nrm" in msg and "feat_norm" in msg and "nc1" in msg and "FnStarStopper" in msg
+    with pytest.raises(ValueError, match="policy 'stop_early': choose from record, stop_at_forecast"):
+        FnStarStopper("stop_early")
+    with pytest.raises(ValueError, match="prior 'paper'"):
+        FnStarStopper(prior="paper")
+
+
+def test_conformal_needs_a_budget_and_says_how_to_give_it():
+    stopper = FnStarStopper()
+    with pytest.raises(ValueError, match=r"budget=<int>, budget='<config key>'"):
+        stopper("a", {"epoch": 10, "nc1": 0.5, "feat_norm": 3.0, "config": {}})
+    stopper = FnStarStopper(budget="train.epochs")
+    with pytest.raises(ValueError, match=r"budget='train.epochs' is not a key of trial a's config \(lr\)"):
+        stopper("a", {"epoch": 10, "nc1": 0.5, "feat_norm": 3.0, "config": {"lr": 0.1}})
+    stopper = FnStarStopper(budget="train.epochs")
+    assert stopper("a", {"epoch": 10, "nc1": 0.5, "feat_norm": 3.0, "config": {"train": {"epochs": 300}}}) is False
+    assert stopper.core.stopper.monitors["a"].budget == 300.0
+    with pytest.raises(ValueError, match="has no epoch"):
+        FnStarStopper(budget=100)("b", {"nc1": 0.5, "config": {}})
+
+
+def test_it_says_why_it_is_not_stopping_once(caplog):
+    caplog.set_level(logging.WARNING, logger="ncstudy.stopper")
+    stopper = FnStarStopper(budget=600, prior="none")
+    for e in range(10, 110, 10):  # no NC1 at all
+        stopper("t1", {"epoch": e, "feat_norm": 2.0, "train_loss": 0.1, "config": {}})
+    no_nc1 = [r for r in caplog.records if "reports no 'nc1'" in r.message]
+    assert len(no_nc1) == 1 and "measure(model, loader)" in no_nc1[0].message
+    assert "feat_norm, train_loss" in no_nc1[0].message
+    pool = [r for r in caplog.records if "calibration pool has 0 completed run(s)" in r.message]
+    assert len(pool) == 1
+    caplog.clear()
+    stopper = FnStarStopper(budget=100, prior="none")
+    for e in range(10, 110, 10):  # a cross-entropy-only run reporting phase 1: said when it reaches its budget
+        assert not any("only phase 1" in r.message for r in caplog.records)
+        stopper("t2", {"epoch": e, "phase": 1, "nc1": 0.5, "feat_norm": 2.0, "config": {}})
+    stopper.on_trial_complete(0, [], type("T", (), {"trial_id": "t2", "last_result": {}})())
+    phase = [r for r in caplog.records if "only phase 1" in r.message]
+    assert len(phase) == 1 and "metrics={'phase': None}" in phase[0].message
+    caplog.clear()
+    # priors that match no group of the search
+    stopper = FnStarStopper(forecaster="fn_star", prior=Calibration({"mlp/mnist": Prior(1.05, 60.0)}))
+    stopper("t", {"epoch": 10, "nc1": 0.5, "feat_norm": 2.0, "config": {"model": "mlp", "dataset": "mnist5k"}})
+    stopper("u", {"epoch": 10, "nc1": 0.5, "feat_norm": 2.0, "config": {"model": "mlp", "dataset": "mnist5k"}})
+    prior = [r for r in caplog.records if "has no prior" in r.message]
+    assert len(prior) == 1 and "'mlp/mnist5k'" in prior[0].message and "mlp/mnist" in prior[0].message
+    assert any("no fn* yet" in r.message for r in caplog.records)
+
+
+def test_single_phase_runs_are_forecast_when_phase_is_not_reported():
+    stopper = FnStarStopper("record", forecaster="fn_star", prior=fn_star_prior(), metrics={"phase": None})
+    traj = synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0)
+    for r in traj:
+        r["phase"] = 1  # would hide every record from a phase-2 forecaster
+    _, results = feed(stopper, "a", traj)
+    assert results[28]["t_nc_estimate"] == 340.0
+
+
+def test_learns_online_and_never_trusts_a_lead_from_fewer_runs_than_its_minimum():
+    stopper = FnStarStopper(forecaster="fn_star", prior="none", min_observations=2)
+    spec = [(330, 1.0), (350, 1.0), (340, 1.2), (360, 0.97)]
+    stops, trusted = [], []
+    for i, (t, f) in enumerate(spec):
+        stops.append(feed(stopper, f"t{i}", synthetic_trajectory(t_nc=t, fn_end=f, tau=20.0, seed=i))[0])
+        est = stopper.calibration.estimate(GROUP)
+        trusted.append((est.n_fn, est.n_gaps, est.trusted))
+    # two runs give fn*, but only one of them crossed it before its onset: one gap is not a lead
+    assert trusted[:3] == [(1, 1, False), (2, 1, False), (3, 2, True)]
+    assert stops == [330, 350, 340, 270]
+    assert stopper.calibration.estimate(GROUP).lead == 70.0
+
+
+def test_state_round_trip_continues_identically():
+    spec = [(330, 1.0), (350, 1.0), (340, 1.2), (360, 0.97)]
+    trajs = [synthetic_trajectory(t_nc=t, fn_end=f, tau=20.0, seed=i) for i, (t, f) in enumerate(spec)]
+    ref = FnStarStopper(forecaster="fn_star", prior="none", min_observations=2)
+    ref_out = [feed(ref, f"t{i}", tr)[1][-1] for i, tr in enumerate(trajs)]
+    a = FnStarStopper(forecaster="fn_star", prior="none", min_observations=2)
+    for i in range(3):
+        feed(a, f"t{i}", trajs[i])
+    feed(a, "t3", [r for r in trajs[3] if r["epoch"] <= 250])  # the driver dies at epoch 250
+    state = json.loads(json.dumps(a.get_state()))  # what Tune's experiment state keeps
+    b = FnStarStopper(forecaster="fn_star", prior="none", min_observations=2)
+    b.set_state(state)
+    stop, out = feed(b, "t3", [r for r in trajs[3] if r["epoch"] >= 240])  # restored from its epoch-240 checkpoint
+    assert stop == 270 and out[-1]["collapse_epoch"] == 340.0
+    assert json.dumps(out[-1], sort_keys=True) == json.dumps(ref_out[3], sort_keys=True)  # NaN-aware
+    assert [r["epoch"] for r in b.core.stopper.monitors["t3"].records] == list(range(10, 271, 10))
+
+
+def _study(fnstar: dict, objective: str = "collapse_epoch") -> StudySpec:
+    return StudySpec.model_validate({"name": "s", "scheduler": {"name": "fnstar", "fnstar": fnstar},
+                                     "objective": {"metric": objective}})
+
+
+def test_the_study_file_builds_the_same_stopper(tmp_path):
+    s = build_stopper(_study({"policy": "stop_at_forecast", "forecaster": "fn_star", "margin": 0.05,
+                              "min_observations": 2, "objective": "t_nc",
+                              "priors": {"mlp/mnist": {"fn_star": 1.05, "lead": 60}}, "paper_priors": True,
+                              "metrics": {"feat_norm": "fn"}}))
+    core = s.core
+    assert core.stopper.policy == "stop_at_forecast" and core.names.feat_norm == "fn" and core.objective == "t_nc"
+    assert s.calibration.priors["mlp/mnist"].fn_star == 1.05
+    assert s.calibration.priors["mlp/mnist"].source == "study file"
+    assert s.calibration.priors["resnet20/mnist"].fn_star == pytest.approx(5.867)
+    assert core.stopper.forecaster_options["margin"] == 0.05 and s.calibration.min_observations == 2
+    assert build_stopper(_study({}, objective="test")).core.objective is None
+    assert build_stopper(_study({"objective": "t_nc"}, objective="test")).core.objective == "t_nc"
+    assert build_stopper(StudySpec.model_validate({"name": "s"})) is None
+    # budgets and groups come from the resolved trial config
+    s = build_stopper(_study({"policy": "record"}))
+    s("a", {"epoch": 10, "nc1": 0.5, "feat_norm": 3.0, "config": {"model.width": 64}})
+    mon = s.core.stopper.monitors["a"]
+    spec = _study({})
+    assert mon.budget == spec.base.total_epochs and mon.group == "mlp/" + spec.base.data.name
+
+
+# -- a real Tune run ------------------------------------------------------------------------------
+def user_trainable(config):
+    """A user's own trainable: reports its record per evaluation, nothing from ncstudy but the
+    synthetic trajectory standing in for training (collapse later for larger weight decay)."""
+    from ray import tune
+
+    from ncstudy.forecast import synthetic_trajectory
+
+    t_nc = int(round(330 + 2000 * config["weight_decay"], -1))
+    for rec in synthetic_trajectory(t_nc=t_nc, fn_end=1.0, tau=30.0, epochs=500, seed=config["seed"]):
+        # Tune checks a searcher's metric before the stopper runs: report it, the stopper fills it in
+        tune.report(dict(rec, collapse_epoch=math.nan))
+
+
+def test_real_tune_run_with_asha_optuna_and_stock_mlflow(ray_local, tmp_path):  # ray_local: tests/conftest.py
+    from mlflow.tracking import MlflowClient
+    from ray import cloudpickle, tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    stopper = FnStarStopper(forecaster="fn_star", prior=fn_star_prior())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    searcher = OptunaSearch(seed=0, metric="collapse_epoch", mode="min")
+    tuner = tune.Tuner(
+        user_trainable,
+        param_space={"weight_decay": tune.uniform(0.0, 0.05), "seed": 0, **CONFIG},
+        tune_config=tune.TuneConfig(
+            scheduler=ASHAScheduler(metric="nc1", mode="min", time_attr="epoch", max_t=500, grace_period=500),
+            search_alg=searcher, num_samples=3, max_concurrent_trials=2),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="fnstar", verbose=0, stop=stopper,
+                                  callbacks=[stopper, MLflowLoggerCallback(tracking_uri=uri, experiment_name="x")]))
+    grid = tuner.fit()
+    assert not grid.errors and len(grid) == 3
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("x").experiment_id])
+    for res in grid:
+        m = res.metrics
+        assert m["epoch"] == 290 and m["stop_reason"] == "forecast"  # stopped at the fn* crossing
+        assert m["collapse_epoch"] == m["t_nc_estimate"] == 340.0
+        last = json.loads((Path(res.path) / "result.json").read_text().splitlines()[-1])
+        assert last["collapse_epoch"] == 340.0 and last["stop_reason"] == "forecast"
+        logged = next(r for r in runs if r.data.tags["trial_name"].endswith(m["trial_id"]))
+        assert logged.data.metrics["collapse_epoch"] == logged.data.metrics["t_nc_estimate"] == 340.0
+    assert grid.get_best_result(metric="collapse_epoch", mode="min").metrics["collapse_epoch"] == 340.0
+    assert [t.value for t in searcher._ot_study.trials] == [340.0, 340.0, 340.0]  # the searcher was told it
+
+
+def test_paper_priors_cover_a_subset_of_a_paper_dataset():
+    spec = StudySpec.model_validate({"name": "s", "base": {"data": {"name": "mnist5k"}},
+                                     "scheduler": {"name": "fnstar", "fnstar": {"forecaster": "fn_star",
+                                                                                "paper_priors": True}}})
+    prior = build_stopper(spec).calibration.priors["mlp/mnist5k"]
+    assert prior.fn_star == 1.052 and "applied to mnist5k" in prior.source
