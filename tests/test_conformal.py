@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ncstudy.forecast import Calibration, Trajectory, replay, synthetic_trajectory
-from ncstudy.forecast.analog import AnalogPool, PoolRun, isotonic, rank_cdf, rank_quantile
+from ncstudy.forecast.analog import AnalogPool, PoolRun, conformal_quantile, isotonic
 from ncstudy.forecast.calibration import RunRecord
 from ncstudy.forecast.core import NO_ONSET, ONSET
 from ncstudy.forecast.forecasters import ConformalOnset
@@ -55,11 +55,12 @@ def test_isotonic_pools_adjacent_violators_and_shrinks():
     assert np.all(np.diff(rate) >= 0)
 
 
-def test_rank_cdf_and_quantile_are_inverse():
-    rho = np.array([0.2, 0.4, 0.8])
-    assert rank_cdf(rho, 0.4) == pytest.approx(0.5) and rank_cdf(rho, 1.0) == pytest.approx(1.0)
-    for p in (0.1, 0.3, 0.6, 0.9):
-        assert rank_cdf(rho, rank_quantile(rho, p)) == pytest.approx(p)
+def test_conformal_quantile_is_the_finite_sample_rank():
+    scores = np.arange(1.0, 20.0)  # n = 19: level 0.9 -> the ceil(0.9 * 20) = 18th smallest
+    assert conformal_quantile(scores, 0.9) == 18.0 and conformal_quantile(scores, 0.5) == 10.0
+    assert conformal_quantile(scores, 0.96) == math.inf  # ceil(19.2) = 20 > n: no finite bound
+    assert conformal_quantile(scores, 0.1) == 2.0 and conformal_quantile(scores, 0.04) == -math.inf  # floor
+    assert conformal_quantile(scores[:1], 0.5) == 1.0
 
 
 # -- recalibrated coverage on data of known law ----------------------------------------------------

@@ -8,7 +8,8 @@ classifier_weight_norm, lr`` and the standard NC forms); ``manifest.csv`` has on
 ``file, run, config`` (the configuration without its seed: the holdout unit of the forecaster
 evaluation), ``group`` (model/dataset), the searched and fixed hyperparameters, ``ce_epochs``,
 ``budget``, ``t_nc`` (strict onset, empty when none), ``fn_star``, ``stop_reason``. Only trials
-that finished (onset or budget) are exported; the script refuses a study with failed trials.
+that finished (onset or budget) are exported; the script refuses a study with failed trials. It then
+rewrites the packaged prior ``ncstudy/forecast/data/corpus_calibration.json`` from the exported runs.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ncstudy.adapters.mlflow.reader import StudyReader  # noqa: E402
+from ncstudy.forecast.calibration import DEFAULT_PRIOR  # noqa: E402
+from ncstudy.forecast.replay import calibration_from_trajectories  # noqa: E402
+from ncstudy.forecast.trajectories import load_corpus  # noqa: E402
 from ncstudy.onset import onset_of  # noqa: E402
 from ncstudy.records import num  # noqa: E402
 
@@ -77,10 +81,21 @@ def main() -> None:
     ap.add_argument("--experiment", default="corpus")
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--partial", action="store_true", help="export the finished trials of a study still running")
+    ap.add_argument("--no-prior", action="store_true", help="do not rewrite the packaged prior")
     a = ap.parse_args()
     m = export(a.tracking_uri, a.experiment, a.out, a.partial)
     n_c = int(m["t_nc"].notna().sum())
     print(f"exported {len(m)} runs to {a.out} ({n_c} reach NC1 < 0.01, {len(m) - n_c} censored)")
+    if not (a.partial or a.no_prior):
+        write_prior(a.out)
+
+
+def write_prior(corpus: Path, dest: Path = DEFAULT_PRIOR) -> None:
+    """The packaged prior (``prior="corpus"``): every corpus run as a pooled calibration run
+    (``tests/test_corpus.py`` checks that it matches the corpus)."""
+    cal = calibration_from_trajectories(load_corpus(corpus))
+    cal.save(dest)
+    print(f"wrote {dest.relative_to(ROOT)} ({cal.n_runs()} runs)")
 
 
 if __name__ == "__main__":

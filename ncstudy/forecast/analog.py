@@ -15,11 +15,14 @@ analog):
 * **whether**: the fraction of collapsed runs among the ``k`` nearest runs, mapped to a calibrated
   ``P(onset <= budget)`` by isotonic regression of the held-out outcomes on it (each block's rate
   by Laplace's rule, so no probability is 0 or 1 on finite data);
-* **when, given onset**: the ``k`` nearest *collapsed* runs give ``rho`` on the rank scale of
-  ``k + 1`` exchangeable values (:func:`rank_cdf` ``H``, a CDF on (0, 1]); the empirical law ``G``
-  of the held-out ranks ``H_{-run}(rho)`` of the pool's collapsed states maps nominal levels to
-  achieved ones, so the conditional quantiles ``H^{-1}(G^{-1}(level))`` hold at their stated level
-  whatever the law of the trajectories, as long as a new run is exchangeable with the pool's.
+* **when, given onset**: the ``k`` nearest *collapsed* runs give a point forecast ``m``, the
+  median of their ``rho``; its error is measured on the pool itself as the held-out log ratios
+  ``log(rho / m_{-run})`` of the pool's collapsed states, kept in bins of ``m`` (Mondrian
+  split-conformal: a state near its onset is judged by the errors made near onset, not by those made
+  far from it). The conditional quantile at ``level`` is ``m`` times the exponential of the bin's
+  conformal ``level``-quantile (the ``ceil(level (n + 1))``-th of its ``n`` ratios), so it holds at
+  its stated level whatever the law of the trajectories, as long as a new run is exchangeable with
+  the pool's; an interval is narrow where the pool's forecasts were accurate.
 
 Unconditional quantiles follow: ``q(level) = q_onset(level / P)`` for ``level < P``, beyond the
 budget (``inf``) otherwise.
@@ -44,20 +47,6 @@ class PoolRun:
     states: tuple[State, ...]
 
 
-def rank_cdf(rho_c: np.ndarray, y: float | np.ndarray) -> float | np.ndarray:
-    """``H(y)``: the collapsed analogs' CDF on the rank scale of ``k + 1`` exchangeable values --
-    piecewise linear through ``(0, 0)``, ``(a_(j), j / (k + 1))`` over the sorted outcomes ``a`` and
-    ``(1, 1)`` (an onset within the budget has ``rho <= 1``)."""
-    k = len(rho_c)
-    return np.interp(y, np.r_[0.0, rho_c, 1.0], np.r_[np.arange(k + 1) / (k + 1), 1.0])
-
-
-def rank_quantile(rho_c: np.ndarray, p: float) -> float:
-    """The inverse of :func:`rank_cdf`."""
-    k = len(rho_c)
-    return float(np.interp(p, np.r_[np.arange(k + 1) / (k + 1), 1.0], np.r_[0.0, rho_c, 1.0]))
-
-
 def isotonic(x: np.ndarray, y: np.ndarray, prior: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """Non-decreasing least-squares fit of ``y`` (0/1) on ``x`` (pool-adjacent-violators), as the
     step function ``(block upper x, block rate)``; each block's rate is shrunk by ``prior``
@@ -77,23 +66,38 @@ def isotonic(x: np.ndarray, y: np.ndarray, prior: float = 2.0) -> tuple[np.ndarr
     return ux, rate
 
 
+def conformal_quantile(sorted_scores: np.ndarray, level: float) -> float:
+    """The split-conformal ``level``-quantile of ``n`` exchangeable scores, conservative on its side:
+    an upper level (>= 1/2) takes the ``ceil(level (n + 1))``-th smallest (``+inf`` past the n-th), a
+    lower one the ``floor(level (n + 1))``-th (``-inf`` before the first)."""
+    n = len(sorted_scores)
+    if n == 0:
+        return math.inf if level >= 0.5 else -math.inf
+    j = math.ceil(level * (n + 1)) if level >= 0.5 else math.floor(level * (n + 1))
+    if j > n:
+        return math.inf
+    if j < 1:
+        return -math.inf
+    return float(sorted_scores[j - 1])
+
+
 @dataclass(frozen=True)
 class Predictive:
     """A calibrated predictive distribution of ``rho`` (see the module docs)."""
 
     p_onset: float  # calibrated P(onset <= budget)
     rho_c: np.ndarray  # the collapsed analogs' outcomes, sorted
-    g_x: np.ndarray  # G: nominal rank level grid ...
-    g_y: np.ndarray  # ... -> achieved level (collapsed states)
+    median: float  # m: the point forecast of rho given onset (median of rho_c)
+    residuals: np.ndarray  # the held-out log(rho / m) of the pool's collapsed states near m, sorted
     distance: float  # mean distance of the analogs (how far the pool is from this state)
     n_collapsed: int  # collapsed runs among the k nearest
 
     def onset_quantile(self, level: float) -> float:
-        """Calibrated ``level``-quantile of ``rho`` given onset within the budget."""
-        if len(self.rho_c) == 0:
+        """Calibrated ``level``-quantile of ``rho`` given onset within the budget (at most 1)."""
+        if len(self.rho_c) == 0 or not self.median > 0:
             return math.inf
-        i = min(int(np.searchsorted(self.g_y, level, side="left")), len(self.g_x) - 1)
-        return rank_quantile(self.rho_c, float(self.g_x[i]))
+        r = conformal_quantile(self.residuals, level)
+        return min(1.0, self.median * math.exp(r)) if r < math.inf else 1.0
 
     def quantile(self, level: float) -> float:
         """Calibrated unconditional ``level``-quantile of ``rho`` (``inf``: beyond the budget)."""
@@ -103,9 +107,13 @@ class Predictive:
 
     def cdf(self, r: float) -> float:
         """Calibrated P(rho <= r)."""
-        if len(self.rho_c) == 0:
+        if len(self.rho_c) == 0 or not self.median > 0 or r <= 0:
             return 0.0
-        return self.p_onset * float(np.interp(rank_cdf(self.rho_c, min(r, 1.0)), self.g_x, self.g_y))
+        if r >= 1.0:
+            return self.p_onset
+        n = len(self.residuals)
+        below = int(np.searchsorted(self.residuals, math.log(r / self.median), side="right"))
+        return self.p_onset * min(1.0, below / (n + 1))
 
 
 class AnalogPool:
@@ -113,11 +121,12 @@ class AnalogPool:
 
     def __init__(self, runs: Sequence[PoolRun], features: Sequence[str] = FEATURES,
                  weights: Mapping[str, float] | None = None, k: int = 15, group_penalty: float = 0.5,
-                 max_pit_states: int = 12) -> None:
+                 max_pit_states: int = 12, min_bin: int = 60) -> None:
         self.features = tuple(features)
         w = dict(weights or {})
         self.w = np.array([float(w.get(f, 1.0)) for f in self.features])
         self.k, self.group_penalty, self.max_pit_states = int(k), float(group_penalty), int(max_pit_states)
+        self.min_bin = int(min_bin)
         rows, run_of, rho = [], [], []
         self.runs = [r for r in runs
                      if any(s.epoch < (r.t_nc if r.t_nc is not None else math.inf) for s in r.states)]
@@ -202,16 +211,19 @@ class AnalogPool:
         k, m, rho_c, dist = self.analogs(x, group)
         if k == 0:
             return None
-        iso_x, iso_y, g_x, g_y = self.calibration()
-        return Predictive(_iso_at(iso_x, iso_y, m / k), rho_c, g_x, g_y, dist, m)
+        iso_x, iso_y, bin_edges, bins = self.calibration()
+        med = float(np.median(rho_c)) if len(rho_c) else math.nan
+        res = bins[_bin_of(bin_edges, math.log(med))] if med > 0 else np.array([])
+        return Predictive(_iso_at(iso_x, iso_y, m / k), rho_c, med, res, dist, m)
 
     # ------------------------------------------------------------------------------------------
-    def calibration(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(iso_x, iso_y, g_x, g_y)``: the isotonic map of P(onset) and the map ``G`` of the
-        conditional ranks, from leave-one-run-out predictions of (up to ``max_pit_states`` evenly
+    def calibration(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+        """``(iso_x, iso_y, bin_edges, bins)``: the isotonic map of P(onset), and the held-out log
+        ratios ``log(rho / m)`` binned by ``log m`` (upper edges; each bin at least ``min_bin``
+        ratios, sorted), from leave-one-run-out predictions of (up to ``max_pit_states`` evenly
         spaced) states of every pool run (cached)."""
         if self._cal is None:
-            frac, collapsed, ranks = [], [], []
+            frac, collapsed, pairs = [], [], []
             for i in range(self.n_runs):
                 rows = np.flatnonzero(self.run_of == i)
                 if len(rows) > self.max_pit_states:
@@ -223,15 +235,35 @@ class AnalogPool:
                         continue
                     frac.append(m / k)
                     collapsed.append(bool(self.collapsed_run[i]))
-                    if self.collapsed_run[i] and len(rho_c):
-                        ranks.append(float(rank_cdf(rho_c, self.rho[r])))
+                    if self.collapsed_run[i] and len(rho_c) and self.rho[r] > 0:
+                        med = float(np.median(rho_c))
+                        if med > 0:
+                            pairs.append((math.log(med), math.log(self.rho[r] / med)))
             frac_a, coll_a = np.array(frac), np.array(collapsed, bool)
             iso_x, iso_y = isotonic(frac_a, coll_a) if len(frac_a) else (np.array([1.0]), np.array([0.5]))
-            g_x = np.linspace(0.0, 1.0, 201)
-            u = np.sort(np.array(ranks))
-            g_y = (np.searchsorted(u, g_x, side="right") / len(u)) if len(u) else g_x.copy()
-            self._cal = (iso_x, iso_y, g_x, np.maximum.accumulate(g_y))
+            self._cal = (iso_x, iso_y, *_mondrian_bins(pairs, self.min_bin))
         return self._cal
+
+
+def _mondrian_bins(pairs: Sequence[tuple[float, float]], min_bin: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Bins of consecutive ``(log m, ratio)`` pairs by ``log m``, each at least ``min_bin`` pairs
+    (the last absorbs a remainder); returns the upper edges (the last is ``inf``) and each bin's
+    sorted ratios."""
+    if not pairs:
+        return np.array([math.inf]), [np.array([])]
+    a = np.array(sorted(pairs))
+    n_bins = max(1, len(a) // max(min_bin, 1))
+    cuts = [round(i * len(a) / n_bins) for i in range(n_bins + 1)]
+    edges, bins = [], []
+    for b in range(n_bins):
+        chunk = a[cuts[b]:cuts[b + 1]]
+        edges.append(math.inf if b == n_bins - 1 else float((chunk[-1, 0] + a[cuts[b + 1], 0]) / 2))
+        bins.append(np.sort(chunk[:, 1]))
+    return np.array(edges), bins
+
+
+def _bin_of(edges: np.ndarray, x: float) -> int:
+    return min(int(np.searchsorted(edges, x, side="left")), len(edges) - 1)
 
 
 def _iso_at(ux: np.ndarray, rate: np.ndarray, x: float) -> float:

@@ -237,6 +237,9 @@ class Calibration:
         self._obs: dict[str, dict[str, Observation]] = {}
         self._runs: dict[str, dict[str, RunRecord]] = {}
         self._cache: dict[tuple, Any] = {}
+        # A run's states do not change when other runs arrive (only its fn feature moves with its
+        # group's fn*): kept across pool rebuilds, and shared with copies (without/merged).
+        self._states: dict[tuple, list] = {}
 
     # -- content -------------------------------------------------------------------------------
     def add(self, group: str, observation: Observation) -> None:
@@ -276,10 +279,15 @@ class Calibration:
         key = ("pool", window, strict, terminal_acc, feats, tuple(sorted((weights or {}).items())), k, group_penalty)
         pool = self._cache.get(key)
         if pool is None:
-            runs = [PoolRun(r.run_id, g, r.t_nc, r.budget,
-                            tuple(trajectory_states(r.records, r.budget, strict, window, terminal_acc,
-                                                    fn_star=self.fn_star(g))))
-                    for g, r in self.runs()]
+            runs = []
+            for g, r in self.runs():
+                skey = (g, r.run_id, r.budget, len(r.records), r.records[-1].get("epoch") if r.records else None,
+                        window, strict, terminal_acc)
+                states = self._states.get(skey)
+                if states is None:
+                    states = self._states[skey] = trajectory_states(r.records, r.budget, strict, window, terminal_acc)
+                star = self.fn_star(g)
+                runs.append(PoolRun(r.run_id, g, r.t_nc, r.budget, tuple(s.with_fn_star(star) for s in states)))
             pool = self._cache[key] = AnalogPool(runs, feats, weights, k, group_penalty)
         return pool
 
@@ -297,6 +305,7 @@ class Calibration:
     def without(self, run_id: str) -> "Calibration":
         """A copy without ``run_id`` (leave-one-out)."""
         c = Calibration(self.priors, self.min_observations, self.trust_priors, self.use_relaxed)
+        c._states = self._states
         for g, obs in self._obs.items():
             for rid, o in obs.items():
                 if rid != run_id:
@@ -311,6 +320,7 @@ class Calibration:
         """A copy without several runs (leave-one-group-out)."""
         drop = set(run_ids)
         c = Calibration(self.priors, self.min_observations, self.trust_priors, self.use_relaxed)
+        c._states = self._states
         for g, obs in self._obs.items():
             c._obs[g] = {rid: o for rid, o in obs.items() if rid not in drop}
         for g, runs in self._runs.items():
@@ -321,6 +331,7 @@ class Calibration:
         """A copy holding this calibration's runs, observations and priors plus ``other``'s
         (``other`` wins per group for priors and per run id for runs)."""
         c = Calibration({**self.priors, **other.priors}, self.min_observations, self.trust_priors, self.use_relaxed)
+        c._states = {**other._states, **self._states}
         for src in (self, other):
             for g, obs in src._obs.items():
                 c._obs.setdefault(g, {}).update(obs)

@@ -61,6 +61,14 @@ class State:
     features: dict[str, float]  # FEATURES -> value (NaN when unknown)
     remaining: float  # budget - epoch
     nc1: float
+    log_fn: float = math.nan  # log fn at this evaluation (``fn`` = log_fn - log fn*, for any fn*)
+
+    def with_fn_star(self, fn_star: float | None) -> "State":
+        """This state with its ``fn`` feature relative to ``fn_star`` (NaN when either is unknown)."""
+        f = dict(self.features)
+        f["fn"] = self.log_fn - math.log(fn_star) if fn_star and fn_star > 0 and math.isfinite(self.log_fn) \
+            else math.nan
+        return State(self.epoch, f, self.remaining, self.nc1, self.log_fn)
 
 
 @dataclass
@@ -117,7 +125,8 @@ class StateTracker:
                 ys.append(math.log(v))
         fn = num(record.get(FN))
         self._fn_last = fn if fn is not None and fn > 0 else None
-        return State(int(epoch), self._features(epoch), self.budget - epoch, nc1)
+        return State(int(epoch), self._features(epoch), self.budget - epoch, nc1,
+                     math.log(self._fn_last) if self._fn_last is not None else math.nan)
 
     # ------------------------------------------------------------------------------------------
     def _features(self, t: float) -> dict[str, float]:
@@ -140,7 +149,7 @@ class StateTracker:
         f["progress"] = (t - self._start) / length
         star = self.fn_star()
         if self._fn_last is not None and star is not None and star > 0:
-            f["fn"] = math.log(self._fn_last / star)
+            f["fn"] = math.log(self._fn_last) - math.log(star)  # as State.with_fn_star
         for key, (xs, ys) in self._series.items():
             if len(xs) >= 3 and xs[-1] == t:
                 f[key] = _slope(np.asarray(xs[-w:]), np.asarray(ys[-w:]))[0] * length
