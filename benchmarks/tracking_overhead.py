@@ -14,6 +14,9 @@
   the difference of two study wall times on a shared machine.
 * Metric points per second into SQLite with ``log_batch`` (1,000 points a call, as the callback
   sends them) against one ``log_metric`` call per value, alternated.
+* MLflow requests per trial (:class:`RequestCounter`): every ``MlflowClient`` call the tracked
+  studies make, attributed to a trial run (its creation, params, metrics, tags, artifacts, status,
+  read-backs) or to the study run; ~14 ms a request on SQLite.
 
 Target: <= 2 % overhead.
 """
@@ -69,6 +72,71 @@ def run_one(name: str, tracking: bool, uri: str, storage: str, warmup: bool = Fa
         rc = run_study(spec, RunOptions(tracking_uri=uri, storage=storage, progress_interval_s=3600,
                                         quiet=True, tracking=tracking))
     return time.perf_counter() - t, rc
+
+
+#: The ``MlflowClient`` calls that are requests to the tracking store (reads and writes).
+CLIENT_CALLS = ("create_run", "log_batch", "log_metric", "log_param", "set_tag", "set_terminated", "update_run",
+                "log_artifact", "log_artifacts", "get_run", "get_metric_history", "search_runs",
+                "get_experiment_by_name", "create_experiment", "list_artifacts", "download_artifacts")
+
+
+class RequestCounter:
+    """Counts ``MlflowClient`` calls while the ``with`` block runs (the class is patched), per run:
+    a trial run's requests are those naming its run id, and its ``create_run`` (tagged with a parent)."""
+
+    def __init__(self) -> None:
+        self.by_run: dict[str, dict[str, int]] = {}
+        self.other: dict[str, int] = {}
+        self._orig: dict[str, Any] = {}
+        self.trial_runs: set[str] = set()
+
+    def __enter__(self) -> "RequestCounter":
+        import functools
+
+        from mlflow.tracking import MlflowClient
+
+        from ncstudy.adapters.mlflow.layout import PARENT_TAG
+
+        for n in CLIENT_CALLS:
+            orig = getattr(MlflowClient, n)
+            self._orig[n] = orig
+
+            @functools.wraps(orig)
+            def wrapper(client: Any, *a: Any, _orig: Any = orig, _n: str = n, **k: Any) -> Any:
+                out = _orig(client, *a, **k)
+                run_id = k.get("run_id", a[0] if a and isinstance(a[0], str) else None)
+                if _n == "create_run":
+                    run_id = out.info.run_id
+                    if PARENT_TAG in (k.get("tags") or {}):
+                        self.trial_runs.add(run_id)
+                bucket = self.by_run.setdefault(run_id, {}) if run_id and len(run_id) == 32 else self.other
+                bucket[_n] = bucket.get(_n, 0) + 1
+                return out
+
+            setattr(MlflowClient, n, wrapper)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        for n, orig in self._orig.items():
+            setattr(MlflowClient, n, orig)
+
+    def reset(self) -> None:
+        self.by_run, self.other, self.trial_runs = {}, {}, set()
+
+    def per_trial(self) -> dict[str, Any]:
+        """Requests per trial run (mean, and by call), and the rest (study run, experiment look-ups)."""
+        runs = [self.by_run.get(r, {}) for r in self.trial_runs]
+        calls: dict[str, int] = {}
+        for r in runs:
+            for k, v in r.items():
+                calls[k] = calls.get(k, 0) + v
+        n = max(1, len(runs))
+        rest = sum(sum(v.values()) for r, v in self.by_run.items() if r not in self.trial_runs)
+        return {"trials": len(runs), "requests_per_trial": sum(calls.values()) / n,
+                "by_call_per_trial": {k: v / n for k, v in sorted(calls.items())},
+                "study_requests": rest + sum(self.other.values())}
 
 
 def log_rates(uri: str, reps: int, batch_points: int = 2000, single_points: int = 100) -> dict[str, Any]:
@@ -141,17 +209,19 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
         finally:
             writer_cpu.append(self.writer.cpu_s)
     hooks: list[dict[str, float]] = []
+    requests: list[dict[str, Any]] = []
     rcs: list[int] = []
     order: list[str] = []
     MLflowStudyCallback.on_experiment_end = on_experiment_end
     try:
-        with HookTimer(MLflowStudyCallback) as timer:
+        with HookTimer(MLflowStudyCallback) as timer, RequestCounter() as counter:
             for p in range(args.pairs):
                 pair_est = sum(walls["with"][-1:] + walls["without"][-1:])
                 if p > 0 and not deadline.allows(pair_est * 1.3 + 60):
                     break
                 for mode in (("with", "without") if p % 2 == 0 else ("without", "with")):
                     timer.reset()
+                    counter.reset()
                     wall, rc = run_one(f"bench_tracking_{mode}_{p}", mode == "with", uri, storage)
                     walls[mode].append(wall)
                     rcs.append(rc)
@@ -159,6 +229,7 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
                     if mode == "with":
                         hook_s.append(timer.total)
                         hooks.append({k: round(v, 4) for k, v in timer.seconds.items() if v})
+                        requests.append(counter.per_trial())
         rates = log_rates(uri, args.rate_reps)
     finally:
         MLflowStudyCallback.on_experiment_end = end_hook
@@ -190,6 +261,8 @@ def main(argv: list[str] | None = None, deadline: Deadline | None = None) -> dic
         "writer_cpu_per_trial_s": per_trial,
         "untracked_trial_core_s": trial_s,
         "trial_core_s_for_2pct": per_trial / TARGET_OVERHEAD if per_trial is not None else None,
+        "mlflow_requests": requests,
+        "requests_per_trial": median([r["requests_per_trial"] for r in requests]) if requests else None,
         "schema_creation_s": schema_s,
         "warmup_study_s": warmup_s,
         "log_rates": rates,
@@ -210,6 +283,11 @@ def print_summary(r: dict[str, Any]) -> None:
           f"{r['writer_cpu_share_of_study_cpu']:.1%} of the study's 2-core CPU time, "
           f"{r['writer_cpu_per_trial_s']:.2f} s per trial (trials of {r['untracked_trial_core_s']:.1f} core-s; "
           f"2 % from {r['trial_core_s_for_2pct']:.0f} core-s)")
+    if r.get("requests_per_trial") is not None:
+        q = r["mlflow_requests"][0]
+        calls = ", ".join(f"{k} {v:g}" for k, v in q["by_call_per_trial"].items())
+        print(f"MLflow requests per trial: {r['requests_per_trial']:g} ({calls}); study run and look-ups: "
+              f"{q['study_requests']} per study")
     lr = r["log_rates"]
     print(f"log_batch {lr['points_per_s']['log_batch']:.0f} points/s vs log_metric "
           f"{lr['points_per_s']['log_metric']:.0f} points/s: {lr['log_batch_over_log_metric']:.0f}x")

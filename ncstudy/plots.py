@@ -1,41 +1,544 @@
-"""Per-run trajectory figure (fn and NC1 against epoch, T_NC marked), shared by tracking and CLI."""
+"""The figures of a study, drawn by one set of helpers so that a trial looks the same alone and
+among the others:
+
+* :func:`plot_trajectory` -- one trial (``trajectory.png`` of a trial run): fn on a log axis with
+  its group's fn* as a band, where fn crosses fn*, the forecast with its interval, the onset, the
+  CE->MSE switch, and NC1 (log) with the strict and relaxed thresholds labelled;
+* :func:`plot_overview` -- every trial of a study (``overview.png`` of the study run): fn and NC1
+  against epoch, coloured by a searched key, each group's fn* band, onsets and forecasts marked;
+* :func:`plot_sweep` -- T_NC and fn* against each searched key (``sweep.png``): the paper's sweep
+  plots for any study.
+
+What is drawn comes in as plain data (:class:`TrialView`, :class:`Band`); the caller (the MLflow
+writer) works out fn*, the crossing and the forecast. matplotlib's object API only (no pyplot, no
+global figure registry), so the MLflow writer can draw on its background thread; fixed margins
+and plain tick labels keep a trajectory picture cheap (``tight_layout`` and mathtext cost as much
+as the drawing).
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
+
+from ncstudy.records import (
+    EPOCH,
+    FN,
+    FORECAST_EPOCH,
+    NC1,
+    P_ONSET,
+    PHASE,
+    T_NC_ESTIMATE,
+    T_NC_HIGH,
+    T_NC_LOW,
+    num,
+)
+
+STRICT, RELAXED = 0.01, 0.05  # the paper's NC1 thresholds (ncstudy.onset.OnsetRule's defaults)
+FN_COLOUR, NC1_COLOUR, BAND_COLOUR = "tab:blue", "tab:red", "tab:orange"
+CROSS_COLOUR, FORECAST_COLOUR, ONSET_COLOUR = "tab:green", "tab:purple", "black"
+FORECAST_STOPS = ("forecast", "no_onset_forecast")
 
 
-def plot_trajectory(rows: Iterable[Mapping[str, Any]], path: str | Path, t_nc: float | None = None,
-                    title: str | None = None, strict: float = 0.01) -> Path:
-    # The object API, not pyplot: no global figure registry, so the tracking callback can draw on
-    # its background thread, and no backend switch for the caller.
+@dataclass(frozen=True)
+class Band:
+    """fn* of a group: the value and its spread (``low``..``high``; none known: a line)."""
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+    source: str = ""  # e.g. "3 trials of this study", "paper prior"
+
+    def label(self) -> str:
+        spread = "" if self.low is None or self.high is None else f" [{self.low:.3g}, {self.high:.3g}]"
+        return f"fn* {self.value:.3g}{spread}" + (f" ({self.source})" if self.source else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "low": self.low, "high": self.high, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "Band | None":
+        if not d or num(d.get("value")) is None:
+            return None
+        return cls(float(d["value"]), num(d.get("low")), num(d.get("high")), str(d.get("source") or ""))
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """The onset forecast a picture shows: made at ``made_at``, onset ``onset`` in [low, high];
+    ``onset`` None = no onset expected within the budget (``p_onset`` says how unlikely)."""
+
+    made_at: float
+    onset: float | None
+    low: float | None
+    high: float | None
+    p_onset: float | None = None
+
+    def label(self) -> str:
+        if self.onset is None:
+            p = "" if self.p_onset is None else f", P(onset) {self.p_onset:.2f}"
+            return f"forecast @ {self.made_at:g}: no onset within budget{p}"
+        iv = "" if self.low is None or self.high is None else f" [{self.low:.0f}, {self.high:.0f}]"
+        return f"forecast @ {self.made_at:g}: onset {self.onset:.0f}{iv}"
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """What the pictures show of one trial."""
+
+    name: str
+    rows: Sequence[Mapping[str, Any]]  # evaluation records: epoch, phase, feat_norm, nc1, forecast fields
+    t_nc: float | None = None  # observed strict onset
+    band: Band | None = None  # its group's fn*
+    crossing: float | None = None  # first phase-2 epoch with fn <= fn*
+    stop_reason: str | None = None
+    group: str = ""
+    keys: Mapping[str, Any] = field(default_factory=dict)  # searched key -> value
+    fn_star: float | None = None  # observed fn at T_NC
+    collapse_epoch: float | None = None  # the objective (a forecast-stopped trial: its forecast)
+
+    def series(self, key: str) -> tuple[list[float], list[float]]:
+        """Epochs and finite values of ``key`` (non-positive values dropped: log axes)."""
+        xs, ys = [], []
+        for r in self.rows:
+            e, v = num(r.get(EPOCH)), num(r.get(key))
+            if e is not None and v is not None and v > 0:
+                xs.append(e)
+                ys.append(v)
+        return xs, ys
+
+    def switch(self) -> float | None:
+        """The CE->MSE switch: midway between the last phase-1 and first phase-2 evaluation."""
+        last1 = first2 = None
+        for r in self.rows:
+            e, p = num(r.get(EPOCH)), num(r.get(PHASE))
+            if e is None or p is None:
+                continue
+            if p == 1:
+                last1 = e
+            elif first2 is None:
+                first2 = e
+        if first2 is None:
+            return None
+        return first2 if last1 is None else (last1 + first2) / 2 if first2 - last1 > 1 else last1
+
+    def forecast(self) -> Forecast | None:
+        """The forecast to show: the one acted on (its row at ``forecast_epoch``), else the last one
+        made before the onset (or the end)."""
+        made = None
+        for r in reversed(self.rows):
+            made = num(r.get(FORECAST_EPOCH))
+            if made is not None:
+                break
+        chosen = None
+        for r in self.rows:
+            e = num(r.get(EPOCH))
+            if e is None or (self.t_nc is not None and e >= self.t_nc):
+                break
+            if made is not None and e > made:
+                break
+            if num(r.get(T_NC_ESTIMATE)) is not None or num(r.get(P_ONSET)) is not None:
+                chosen = r
+        if chosen is None:
+            return None
+        onset = num(chosen.get(T_NC_ESTIMATE))
+        return Forecast(float(chosen[EPOCH]), onset, num(chosen.get(T_NC_LOW)) if onset is not None else None,
+                        num(chosen.get(T_NC_HIGH)) if onset is not None else None, num(chosen.get(P_ONSET)))
+
+    def value_at(self, key: str, epoch: float | None) -> float | None:
+        if epoch is None:
+            return None
+        for r in self.rows:
+            if num(r.get(EPOCH)) == epoch:
+                return num(r.get(key))
+        return None
+
+
+# -- shared drawing helpers ---------------------------------------------------------------------
+def _figure(w: float, h: float, dpi: int = 100):
     from matplotlib.figure import Figure
-    from matplotlib.ticker import LogFormatter, NullLocator
 
-    rows = list(rows)
-    ep = [r["epoch"] for r in rows]
-    fn = [r.get("feat_norm", math.nan) for r in rows]
-    nc1 = [r.get("nc1", math.nan) for r in rows]
-    fig = Figure(figsize=(7, 4), dpi=100)
-    # Fixed margins: tight_layout cost as much as drawing the figure.
-    fig.subplots_adjust(left=0.1, right=0.88, bottom=0.12, top=0.92)
-    ax1 = fig.subplots()
-    ax1.plot(ep, fn, color="tab:blue", marker=".", label="fn (mean feature norm)")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("fn", color="tab:blue")
-    ax2 = ax1.twinx()
-    ax2.semilogy(ep, nc1, color="tab:red", marker=".", label="NC1")
-    # Plain "1e-02" labels on decades only: mathtext tick labels doubled the drawing time.
-    ax2.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=True))
-    ax2.yaxis.set_minor_locator(NullLocator())
-    ax2.axhline(strict, color="tab:red", lw=0.8, ls=":")
-    ax2.set_ylabel("NC1 (log)", color="tab:red")
-    if t_nc is not None and math.isfinite(t_nc):
-        ax1.axvline(t_nc, color="k", ls="--", lw=1)
-        ax1.annotate(f"T_NC={t_nc:g}", (t_nc, 1), xycoords=("data", "axes fraction"), xytext=(-3, -3),
-                     textcoords="offset points", ha="right", va="top", fontsize=8)
-    ax1.set_title(title or "trajectory")
+    return Figure(figsize=(w, h), dpi=dpi)
+
+
+def _tick(x: float, _pos: Any = None) -> str:
+    return f"{x:g}" if x == 0 or 1e-3 <= abs(x) < 1e4 else f"{x:.0e}"
+
+
+def _minor_tick(x: float, _pos: Any = None) -> str:
+    return _tick(x)
+
+
+def _log_axis(ax, axis: str = "y", minor_labels: bool = True) -> None:
+    """A log axis with plain labels ("0.01", "20"; mathtext labels doubled the drawing time) on
+    decades and, to read values between decades, on 2x and 5x (``minor_labels``)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    a.set_major_locator(LogLocator(base=10))
+    a.set_major_formatter(FuncFormatter(_tick))
+    a.set_minor_locator(LogLocator(base=10, subs=(2, 5)))  # few ticks: tick objects are most of the cost
+    a.set_minor_formatter(FuncFormatter(_minor_tick) if minor_labels else NullFormatter())
+    a.set_tick_params(which="minor", labelsize=7.5)
+
+
+def _label_right(ax, y: float, text: str, colour: str, va: str = "bottom", left: bool = False) -> None:
+    ax.annotate(text, (0 if left else 1, y), xycoords=("axes fraction", "data"),
+                xytext=(3 if left else -3, 1 if va == "bottom" else -1), textcoords="offset points",
+                ha="left" if left else "right", va=va, fontsize=7.5, color=colour)
+
+
+def _vline(axes, x: float, colour: str, ls: str = "-", lw: float = 1.0, alpha: float = 1.0) -> None:
+    for ax in axes:
+        ax.axvline(x, color=colour, ls=ls, lw=lw, alpha=alpha, zorder=1)
+
+
+def draw_band(ax, band: Band, colour: str = BAND_COLOUR, label: bool = True) -> None:
+    """fn* as a line and its spread as a shaded band, labelled at the right edge."""
+    if band.low is not None and band.high is not None and band.high > band.low:
+        ax.axhspan(band.low, band.high, color=colour, alpha=0.22, lw=0, zorder=0)
+    ax.axhline(band.value, color=colour, ls="--", lw=1.2, zorder=1)
+    if label:
+        _label_right(ax, band.high if band.high is not None else band.value, band.label(), "tab:brown")
+
+
+def draw_thresholds(ax, strict: float = STRICT, relaxed: float = RELAXED) -> None:
+    ax.axhline(strict, color="0.25", ls=":", lw=1.0, zorder=1)
+    ax.axhline(relaxed, color="0.55", ls=":", lw=1.0, zorder=1)
+    _label_right(ax, strict, f"strict {strict:g} (onset)", "0.25", va="top", left=True)
+    _label_right(ax, relaxed, f"relaxed {relaxed:g}", "0.45", left=True)
+
+
+def _fn_limits(ax, ys: Iterable[float], band: Band | None) -> None:
+    vals = [v for v in ys if v > 0]
+    if band is not None:
+        vals += [v for v in (band.value, band.low, band.high) if v is not None and v > 0]
+    if vals:
+        lo, hi = min(vals), max(vals)
+        ax.set_ylim(lo / 1.25, hi * 1.25)
+
+
+def _nc1_limits(ax, ys: Iterable[float], strict: float) -> None:
+    vals = [v for v in ys if v > 0] + [strict]
+    ax.set_ylim(min(vals) / 2, max(max(vals) * 1.5, 1.0))
+
+
+# -- one trial ------------------------------------------------------------------------------------
+def plot_trajectory(view: TrialView, path: str | Path, strict: float = STRICT, relaxed: float = RELAXED,
+                    dpi: int = 100) -> Path:
+    """One trial's story in two panels sharing the epoch axis (see the module docs)."""
+    fig = _figure(8, 6, dpi)
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.09, top=0.93, hspace=0.08)
+    ax_fn, ax_nc = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    ex, fn = view.series(FN)
+    nx, nc1 = view.series(NC1)
+    epochs = [num(r.get(EPOCH)) for r in view.rows if num(r.get(EPOCH)) is not None]
+    x_hi = max(epochs) if epochs else 1.0
+
+    sw = view.switch()
+    if sw is not None:
+        for ax in (ax_fn, ax_nc):
+            ax.axvspan(0, sw, color="0.92", lw=0, zorder=0)
+        _vline((ax_fn, ax_nc), sw, "0.5", lw=1.0)
+        ax_fn.annotate("CE", (sw, 1), xycoords=("data", "axes fraction"), xytext=(-4, -4),
+                       textcoords="offset points", ha="right", va="top", fontsize=8, color="0.35")
+        ax_fn.annotate("MSE \u2192", (sw, 1), xycoords=("data", "axes fraction"), xytext=(4, -4),
+                       textcoords="offset points", ha="left", va="top", fontsize=8, color="0.35")
+
+    if view.band is not None:
+        draw_band(ax_fn, view.band)
+    ax_fn.plot(ex, fn, color=FN_COLOUR, marker=".", ms=4, lw=1.5, label="fn (mean feature norm)", zorder=3)
+    _log_axis(ax_fn)
+    _fn_limits(ax_fn, fn, view.band)
+    ax_fn.set_ylabel("fn (log)", color=FN_COLOUR)
+
+    ax_nc.plot(nx, nc1, color=NC1_COLOUR, marker=".", ms=4, lw=1.5, label="NC1", zorder=3)
+    _log_axis(ax_nc)
+    draw_thresholds(ax_nc, strict, relaxed)
+    _nc1_limits(ax_nc, nc1, strict)
+    ax_nc.set_ylabel("NC1 (log)", color=NC1_COLOUR)
+    ax_nc.set_xlabel("epoch")
+
+    fc = view.forecast()
+    if fc is not None and fc.onset is not None:
+        x_hi = max(x_hi, fc.high if fc.high is not None else fc.onset)
+    ax_nc.set_xlim(0, x_hi * 1.02)
+    if fc is not None and fc.onset is not None:
+        if fc.low is not None and fc.high is not None and fc.high > fc.low:
+            for ax in (ax_fn, ax_nc):
+                ax.axvspan(fc.low, fc.high, color=FORECAST_COLOUR, alpha=0.12, lw=0, zorder=0)
+        _vline((ax_fn, ax_nc), fc.onset, FORECAST_COLOUR, ls="--", lw=1.2)
+        ax_nc.plot([fc.made_at], [strict], marker="v", color=FORECAST_COLOUR, ms=7, zorder=4, clip_on=False)
+    if view.crossing is not None:
+        y = view.value_at(FN, view.crossing)
+        _vline((ax_fn,), view.crossing, CROSS_COLOUR, ls="-.", lw=1.0)
+        if y is not None:
+            ax_fn.plot([view.crossing], [y], marker="o", ms=7, mfc="none", mec=CROSS_COLOUR, mew=1.8, zorder=4)
+    if view.t_nc is not None:
+        _vline((ax_fn, ax_nc), view.t_nc, ONSET_COLOUR, lw=1.3)
+        y = view.value_at(NC1, view.t_nc)
+        if y is not None:
+            ax_nc.plot([view.t_nc], [y], marker="o", ms=6, color=ONSET_COLOUR, zorder=4)
+
+    # One legend that says what every mark is, with its numbers.
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], color=FN_COLOUR, marker=".", label="fn (mean feature norm)")]
+    if view.band is not None:
+        handles.append(Patch(facecolor=BAND_COLOUR, alpha=0.4, edgecolor=BAND_COLOUR, ls="--",
+                             label=view.band.label()))
+    if view.crossing is not None:
+        handles.append(Line2D([], [], color=CROSS_COLOUR, ls="-.", marker="o", mfc="none",
+                              label=f"fn crosses fn* @ {view.crossing:g}"))
+    if fc is not None:
+        handles.append(Patch(facecolor=FORECAST_COLOUR, alpha=0.3, edgecolor=FORECAST_COLOUR,
+                             label=fc.label()))
+    if view.t_nc is not None:
+        lead = "" if view.crossing is None else f", {view.t_nc - view.crossing:g} after the crossing"
+        handles.append(Line2D([], [], color=ONSET_COLOUR, label=f"onset T_NC {view.t_nc:g} (NC1 < {strict:g}{lead})"))
+    if sw is not None:
+        handles.append(Line2D([], [], color="0.5", label=f"CE \u2192 MSE @ {sw:g}"))
+    ax_fn.legend(handles=handles, loc="upper right", fontsize=7.5, framealpha=0.85)
+
+    fig.suptitle(_trial_title(view), fontsize=10, y=0.985)  # not an axes title: no title layout pass
     out = Path(path)
-    fig.savefig(out)
+    fig.savefig(out, pil_kwargs={"compress_level": 1})  # zlib level 6 took a quarter of the time
+    return out
+
+
+def _trial_title(view: TrialView) -> str:
+    keys = ", ".join(f"{k}={_short(v)}" for k, v in view.keys.items())
+    what = {"onset": "stopped at onset", "forecast": "stopped at its forecast",
+            "no_onset_forecast": "stopped: no onset expected", "budget": "ran its budget",
+            "diverged": "diverged", "error": "failed", "interrupted": "interrupted"}.get(view.stop_reason or "", "")
+    head = view.name + (f"  ({keys})" if keys else "")
+    return head + (f" \u2014 {what}" if what else "")
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, Mapping):
+        return ",".join(f"{k.rsplit('.', 1)[-1]}={_short(x)}" for k, x in v.items())
+    return str(v)
+
+
+# -- the study --------------------------------------------------------------------------------------
+def colour_key(trials: Sequence[TrialView]) -> str | None:
+    """The searched key to colour by: the first that varies, seeds last."""
+    keys: list[str] = []
+    for t in trials:
+        keys += [k for k in t.keys if k not in keys]
+    varying = [k for k in keys if len({_short(t.keys.get(k)) for t in trials}) > 1]
+    ordered = [k for k in varying if "seed" not in k] + [k for k in varying if "seed" in k]
+    return ordered[0] if ordered else None
+
+
+def _colours(trials: Sequence[TrialView], key: str | None) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """Trial name -> colour, and the legend entries (value label, colour)."""
+    from matplotlib import colormaps
+
+    if key is None:
+        cmap = colormaps["tab10"]
+        cols = {t.name: cmap(i % 10) for i, t in enumerate(trials)}
+        return cols, []
+    values = sorted({_short(t.keys.get(key)) for t in trials},
+                    key=lambda s: (num(s) is None, num(s) if num(s) is not None else 0.0, s))
+    numeric = all(num(v) is not None for v in values)
+    if numeric and len(values) > 1:
+        cmap = colormaps["viridis"]
+        pos = {v: 0.9 * i / (len(values) - 1) for i, v in enumerate(values)}
+        per_value = {v: cmap(pos[v]) for v in values}
+    else:
+        cmap = colormaps["tab10"]
+        per_value = {v: cmap(i % 10) for i, v in enumerate(values)}
+    cols = {t.name: per_value[_short(t.keys.get(key))] for t in trials}
+    return cols, [(v, per_value[v]) for v in values]
+
+
+def _group_bands(trials: Sequence[TrialView]) -> dict[str, Band]:
+    bands: dict[str, Band] = {}
+    for t in trials:
+        if t.band is not None:
+            bands[t.group] = t.band  # the latest trial's band of each group
+    return bands
+
+
+def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = "", strict: float = STRICT,
+                  relaxed: float = RELAXED, key: str | None = None, dpi: int = 100) -> Path:
+    """Every trial's fn and NC1 against epoch (log axes), coloured by ``key`` (default: the first
+    searched key that varies); each group's fn* band; onsets (black-edged dots) and forecasts
+    (diamonds with their interval)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    trials = list(trials)
+    key = key or colour_key(trials)
+    cols, legend_vals = _colours(trials, key)
+    fig = _figure(11, 7.5, dpi)
+    fig.subplots_adjust(left=0.07, right=0.8, bottom=0.07, top=0.93, hspace=0.08)
+    ax_fn, ax_nc = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    bands = _group_bands(trials)
+    band_cols = ["tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+    for i, (g, b) in enumerate(sorted(bands.items())):
+        draw_band(ax_fn, b, band_cols[i % len(band_cols)], label=False)
+        _label_right(ax_fn, b.high if b.high is not None else b.value,
+                     (f"{g}: " if len(bands) > 1 else "") + b.label(), "tab:brown")
+    switches = sorted({s for s in (t.switch() for t in trials) if s is not None})
+    for s in switches:
+        _vline((ax_fn, ax_nc), s, "0.6", lw=0.8)
+    if switches:
+        ax_fn.annotate("CE \u2192 MSE", (switches[0], 1), xycoords=("data", "axes fraction"), xytext=(4, -4),
+                       textcoords="offset points", ha="left", va="top", fontsize=8, color="0.35")
+    all_fn, all_nc, x_hi = [], [], 1.0
+    for t in trials:
+        c = cols[t.name]
+        ex, fn = t.series(FN)
+        nx, nc1 = t.series(NC1)
+        all_fn += fn
+        all_nc += nc1
+        x_hi = max([x_hi, *ex, *nx])
+        ax_fn.plot(ex, fn, color=c, lw=1.2, alpha=0.9, zorder=3)
+        ax_nc.plot(nx, nc1, color=c, lw=1.2, alpha=0.9, zorder=3)
+        if t.t_nc is not None:
+            for ax, k in ((ax_fn, FN), (ax_nc, NC1)):
+                y = t.value_at(k, t.t_nc)
+                if y is not None:
+                    ax.plot([t.t_nc], [y], marker="o", ms=6.5, color=c, mec="black", mew=1.2, zorder=5)
+        fc = t.forecast()
+        if fc is not None and fc.onset is not None and t.stop_reason in FORECAST_STOPS:
+            y = t.band.value if t.band is not None else (fn[-1] if fn else None)
+            lo = fc.onset - fc.low if fc.low is not None else 0.0
+            hi = fc.high - fc.onset if fc.high is not None else 0.0
+            if y is not None:
+                ax_fn.errorbar([fc.onset], [y], xerr=[[max(lo, 0.0)], [max(hi, 0.0)]], fmt="D", ms=6, color=c,
+                               mec="black", mew=0.8, capsize=3, lw=1.2, zorder=5)
+            ax_nc.errorbar([fc.onset], [strict], xerr=[[max(lo, 0.0)], [max(hi, 0.0)]], fmt="D", ms=6, color=c,
+                           mec="black", mew=0.8, capsize=3, lw=1.2, zorder=5)
+            x_hi = max(x_hi, fc.high or fc.onset)
+        elif fc is not None and fc.onset is None and t.stop_reason in FORECAST_STOPS and fn:
+            ax_fn.plot([ex[-1]], [fn[-1]], marker="X", ms=7, color=c, mec="black", mew=0.8, zorder=5)
+    _log_axis(ax_fn)
+    _fn_limits(ax_fn, all_fn, None if not bands else Band(
+        min(b.value for b in bands.values()), min(b.low or b.value for b in bands.values()),
+        max(b.high or b.value for b in bands.values())))
+    _log_axis(ax_nc)
+    draw_thresholds(ax_nc, strict, relaxed)
+    _nc1_limits(ax_nc, all_nc, strict)
+    ax_nc.set_xlim(0, x_hi * 1.02)
+    ax_fn.set_ylabel("fn (log)")
+    ax_nc.set_ylabel("NC1 (log)")
+    ax_nc.set_xlabel("epoch")
+    n_on = sum(t.t_nc is not None for t in trials)
+    n_fc = sum(t.stop_reason in FORECAST_STOPS for t in trials)
+    ax_fn.set_title(f"{title + ': ' if title else ''}{len(trials)} trial(s), {n_on} reached onset, "
+                    f"{n_fc} stopped by the forecast", fontsize=11)
+    handles = [Line2D([], [], color=c, lw=2.5, label=v) for v, c in legend_vals[:20]]
+    if len(legend_vals) > 20:
+        handles.append(Line2D([], [], color="white", label=f"... {len(legend_vals) - 20} more"))
+    marks = [Patch(facecolor=BAND_COLOUR, alpha=0.4, edgecolor=BAND_COLOUR, label="fn* of the group (spread)"),
+             Line2D([], [], ls="", marker="o", color="0.7", mec="black", label="onset T_NC (NC1 < strict)"),
+             Line2D([], [], ls="-", marker="D", color="0.7", mec="black", label="forecast onset [interval]\n"
+                    "(trial stopped by it)"),
+             Line2D([], [], ls="", marker="X", color="0.7", mec="black", label="stopped: no onset expected"),
+             Line2D([], [], color="0.6", label="CE \u2192 MSE switch")]
+    leg1 = ax_fn.legend(handles=handles, title=key or "trial", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                        fontsize=8, title_fontsize=8.5, frameon=False)
+    ax_fn.add_artist(leg1)
+    ax_nc.legend(handles=marks, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, frameon=False)
+    out = Path(path)
+    fig.savefig(out, pil_kwargs={"compress_level": 1})  # zlib level 6 took a quarter of the time
+    return out
+
+
+def _axis_values(values: Sequence[Any]) -> tuple[list[float], list[str] | None, bool]:
+    """Positions of a key's values on an axis, the tick labels of a categorical key, and whether a
+    numeric key spans enough for a log axis."""
+    nums = [num(v) for v in values]
+    if all(n is not None for n in nums):
+        pos = [float(n) for n in nums]  # type: ignore[arg-type]
+        positive = [p for p in pos if p > 0]
+        log = len(positive) == len(pos) and max(pos) / min(pos) >= 8
+        return pos, None, log
+    labels = sorted({_short(v) for v in values})
+    return [float(labels.index(_short(v))) for v in values], labels, False
+
+
+def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", keys: Sequence[str] | None = None,
+               dpi: int = 100) -> Path:
+    """T_NC (top) and fn* (bottom) against each searched key, one column per key: observed onsets
+    (dots), forecasts of trials stopped by one (open diamonds with their interval), trials without
+    an onset (triangles at their last epoch); fn* of each group as a band."""
+    from matplotlib.lines import Line2D
+
+    trials = list(trials)
+    if keys is None:
+        keys = []
+        for t in trials:
+            keys += [k for k in t.keys if k not in keys]
+    keys = list(keys)[:5] or ["trial"]
+    n = len(keys)
+    fig = _figure(max(4.2 * n, 6.5), 6.2, dpi)
+    fig.subplots_adjust(left=0.13 if n == 1 else 0.09, right=0.98, bottom=0.2, top=0.9, wspace=0.25, hspace=0.1)
+    axes = fig.subplots(2, n, sharex="col", squeeze=False)
+    bands = _group_bands(trials)
+    for j, k in enumerate(keys):
+        ax_t, ax_f = axes[0][j], axes[1][j]
+        vals = [t.keys.get(k, t.name) if k != "trial" else t.name for t in trials]
+        pos, labels, log = _axis_values(vals)
+        for t, x in zip(trials, pos):
+            fc = t.forecast()
+            if t.t_nc is not None:
+                ax_t.plot([x], [t.t_nc], "o", color="tab:blue", ms=6, zorder=3)
+            elif t.stop_reason == "forecast" and fc is not None and fc.onset is not None:
+                lo = fc.onset - fc.low if fc.low is not None else 0.0
+                hi = fc.high - fc.onset if fc.high is not None else 0.0
+                ax_t.errorbar([x], [fc.onset], yerr=[[max(lo, 0.0)], [max(hi, 0.0)]], fmt="D", mfc="white",
+                              color=FORECAST_COLOUR, ms=6, capsize=3, zorder=3)
+            else:
+                last = max(t.series(NC1)[0] or [0.0])
+                ax_t.plot([x], [last], "^", color="0.5", ms=6, zorder=3)
+            if t.fn_star is not None:
+                ax_f.plot([x], [t.fn_star], "o", color="tab:blue", ms=6, zorder=3)
+        for i, (g, b) in enumerate(sorted(bands.items())):
+            draw_band(ax_f, b, ["tab:orange", "tab:brown", "tab:pink"][i % 3], label=False)
+        if log:
+            _log_axis(ax_f, "x")
+        if labels is not None:
+            ax_f.set_xticks(range(len(labels)))
+            ax_f.set_xticklabels(labels, rotation=30 if max(len(s) for s in labels) > 6 else 0, ha="right"
+                                 if max(len(s) for s in labels) > 6 else "center", fontsize=8)
+            ax_f.set_xlim(-0.5, len(labels) - 0.5)
+        else:
+            lo, hi = min(pos), max(pos)
+            distinct = sorted(set(pos))
+            if len(distinct) <= 8:  # a grid: ticks at its values
+                from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+                ax_f.xaxis.set_major_locator(FixedLocator(distinct))
+                ax_f.xaxis.set_major_formatter(FuncFormatter(_tick))
+                ax_f.xaxis.set_minor_locator(NullLocator())
+            if not log:
+                pad = (hi - lo) * 0.08 or max(abs(lo) * 0.1, 0.5)
+                ax_f.set_xlim(lo - pad, hi + pad)
+            else:
+                ax_f.set_xlim(lo / 1.3, hi * 1.3)
+        ax_f.set_xlabel(k)
+        ax_t.grid(alpha=0.3)
+        ax_f.grid(alpha=0.3)
+        if j == 0:
+            ax_t.set_ylabel("T_NC (epoch)")
+            ax_f.set_ylabel("fn* (fn at T_NC)")
+    handles = [Line2D([], [], ls="", marker="o", color="tab:blue", label="observed onset / fn*"),
+               Line2D([], [], ls="-", marker="D", mfc="white", color=FORECAST_COLOUR,
+                      label="forecast onset [interval] (stopped by it)"),
+               Line2D([], [], ls="", marker="^", color="0.5", label="no onset: last epoch run"),
+               Line2D([], [], ls="--", color=BAND_COLOUR, label="fn* of the group (band: spread)")]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"{title + ': ' if title else ''}onset and fn* against the searched keys", fontsize=11)
+    out = Path(path)
+    fig.savefig(out, pil_kwargs={"compress_level": 1})  # zlib level 6 took a quarter of the time
     return out
