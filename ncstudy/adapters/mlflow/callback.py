@@ -10,6 +10,9 @@ layout is :mod:`ncstudy.adapters.mlflow.layout`.
 """
 from __future__ import annotations
 
+import functools
+import math
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -17,20 +20,23 @@ from typing import Any, Callable
 from ray.tune import Callback
 
 from ncstudy.adapters.trials import TrialSummary
-from ncstudy.records import EPOCH
+from ncstudy.records import COLLAPSE_EPOCH, EPOCH, FN, num
 
 from .layout import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     INTERRUPTED,
+    OVERVIEW_PNG,
     PARENT_TAG,
     PLACEMENT_TAGS,
     ROLE_STUDY,
     ROLE_TAG,
     ROLE_TRIAL,
     STATUS_TAG,
+    STUDY_METRICS,
     STUDY_TAG,
     SUMMARY_ARTIFACT,
+    SWEEP_PNG,
     TRIAL_TAG,
     end_tags,
     finite_metrics,
@@ -42,10 +48,80 @@ from .writer import StudyWriter, TrackingUnavailable
 __all__ = ["MLflowStudyCallback", "TrackingUnavailable"]
 
 
+def trial_view(rows: list[dict[str, Any]], plot: dict[str, Any]):
+    """The :class:`ncstudy.plots.TrialView` of an ended trial: its rows and what the callback worked
+    out on the driver (``plot``); the crossing of its group's fn* is found here, by the one rule
+    (:func:`ncstudy.forecast.core.first_crossing`, phase 2, terminal evaluations)."""
+    from ncstudy.forecast.core import TerminalGate, first_crossing, phase_of
+    from ncstudy.plots import Band, TrialView
+
+    band = Band.from_dict(plot.get("band"))
+    crossing = None
+    if band is not None:
+        gate = TerminalGate(float(plot.get("terminal_acc") or 0.99))
+        pts = [(int(r[EPOCH]), phase_of(r), r.get(FN)) for r in rows if num(r.get(EPOCH)) is not None
+               and gate.update(r)]
+        c = first_crossing(pts, band.value)
+        crossing = None if c is None else float(c[0])
+    keys = plot.get("keys") or {}
+    return TrialView(str(plot.get("title") or "trial"), rows, num(plot.get("t_nc")), band, crossing,
+                     plot.get("stop_reason") or None, str(plot.get("group") or ""), dict(keys),
+                     num(plot.get("fn_star")), num(plot.get("collapse_epoch")))
+
+
+def _thresholds(plot: dict[str, Any]) -> dict[str, float]:
+    return {k: float(plot[k]) for k in ("strict", "relaxed") if num(plot.get(k)) is not None}
+
+
 def _plot_trajectory(rows, path: Path, plot: dict[str, Any]) -> Path:
     from ncstudy.plots import plot_trajectory
 
-    return plot_trajectory(rows, path, t_nc=plot.get("t_nc"), title=plot.get("title"))
+    return plot_trajectory(trial_view(rows, plot), path, **_thresholds(plot))
+
+
+def study_metrics(plots: list[dict[str, Any]]) -> dict[str, float]:
+    """The study run's metrics (:data:`~.layout.STUDY_METRICS`) from its ended trials' ``plot``."""
+    from ncstudy.plots import FORECAST_STOPS
+
+    collapse = [v for v in (num(p.get("collapse_epoch")) for p in plots) if v is not None]
+    stopped = [p for p in plots if p.get("stop_reason") in FORECAST_STOPS]
+    saved = sum(max(0.0, num(p.get("budget")) - num(p.get("epochs_run")))  # type: ignore[operator]
+                for p in stopped if num(p.get("budget")) is not None and num(p.get("epochs_run")) is not None)
+    values = {"trials_finished": float(len(plots)),
+              "trials_collapsed": float(sum(num(p.get("t_nc")) is not None for p in plots)),
+              "stopped_by_forecast": float(len(stopped)),
+              "best_collapse_epoch": min(collapse) if collapse else math.nan,
+              "epochs_saved": float(saved)}
+    return {STUDY_METRICS[k]: v for k, v in values.items()}
+
+
+def _overview(title: str, trials: list[tuple[list[dict[str, Any]], dict[str, Any]]],
+              folder: Path) -> tuple[list[Path], dict[str, float]]:
+    """The study run's overview: :data:`OVERVIEW_PNG`, :data:`SWEEP_PNG`, ``summary.csv`` of the
+    ended trials, and the study metrics (drawn on the writer thread)."""
+    import pandas as pd
+
+    from ncstudy.plots import plot_overview, plot_sweep
+
+    views = [trial_view(rows, plot) for rows, plot in trials]
+    plots = [plot for _, plot in trials]
+    th = _thresholds(plots[0]) if plots else {}
+    paths = [plot_overview(views, folder / OVERVIEW_PNG, title, **th), plot_sweep(views, folder / SWEEP_PNG, title)]
+    summary = [p["summary"] for p in plots if isinstance(p.get("summary"), dict)]
+    if summary:
+        pd.DataFrame(summary).to_csv(folder / SUMMARY_ARTIFACT, index=False)
+        paths.append(folder / SUMMARY_ARTIFACT)
+    return paths, study_metrics(plots)
+
+
+def searched_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's searched keys (Tune's config holds only those) as the pictures label them."""
+    from ncstudy.config import flatten
+
+    out: dict[str, Any] = {}
+    for k, v in flatten(config).items():
+        out[k] = v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else str(v)
+    return out
 
 
 class MLflowStudyCallback(Callback):
@@ -74,7 +150,9 @@ class MLflowStudyCallback(Callback):
         self.trial_tags = trial_tags
         self.trial_label = trial_label
         self.writer = StudyWriter(tracking_uri, study_name, flush_interval_s, max_outage_s, spill_dir,
-                                  plotter=_plot_trajectory)
+                                  plotter=_plot_trajectory, overview=functools.partial(_overview, study_name))
+        self._stopper: Any = None  # the fn* stopper Tune hands setup(): each group's fn* and its spread
+        self._observed: dict[str, dict[str, float]] = {}  # group -> trial -> observed fn* (no stopper)
         self._resync = False
         self._new_parent = False  # the parent run was created by this launch: no trial run exists yet
 
@@ -105,6 +183,11 @@ class MLflowStudyCallback(Callback):
     def pending_points(self) -> int:
         return self.writer.pending_points()
 
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles the callback: the stopper is its own
+        d = dict(self.__dict__)
+        d["_stopper"] = None
+        return d
+
     # -- Tune's saved state ---------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
         return self.writer.get_state()
@@ -117,6 +200,8 @@ class MLflowStudyCallback(Callback):
     def setup(self, **info: Any) -> None:
         from mlflow.entities import RunStatus
 
+        stop = info.get("stop")
+        self._stopper = stop if hasattr(stop, "calibration") and hasattr(stop, "core") else None
         w = self.writer
         c = w.client
         if w.experiment_id is None:
@@ -177,12 +262,13 @@ class MLflowStudyCallback(Callback):
             if q is not None and q.end is None:
                 s = self.summary(t)
                 w.end_trial(t.trial_id, end_tags(INTERRUPTED, INTERRUPTED, s.t_nc, s.fn_star), failed=False,
-                            plot={"title": s.trial}, killed=True)
+                            plot=self._plot_info(t, s, INTERRUPTED), killed=True)
                 interrupted += 1
             elif q is None:  # never started: no run
                 interrupted += 1
         w.stop()  # sends everything queued, finishes every ended trial (or gives up)
         w.raise_if_failed()
+        w.blocking(w.write_overview, True)  # the last overview, with every ended trial
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / SUMMARY_ARTIFACT
             pd.DataFrame([self.summary(t).row() for t in trials]).to_csv(p, index=False)
@@ -220,4 +306,74 @@ class MLflowStudyCallback(Callback):
         stop = s.stop_reason or ("error" if failed else "budget")
         status = "error" if failed else ("diverged" if stop == "diverged" else "completed")
         tags = end_tags(status, stop, s.t_nc, s.fn_star, forecast_tags(s))
-        self.writer.end_trial(trial.trial_id, tags, failed or stop == "diverged", {"title": s.trial})
+        self.writer.end_trial(trial.trial_id, tags, failed or stop == "diverged", self._plot_info(trial, s, stop))
+
+    # -- what the pictures need, worked out on the driver (the stopper lives here) ------------------
+    def _plot_info(self, trial, s: TrialSummary, stop_reason: str) -> dict[str, Any]:
+        """What the trial's picture and the study overview show of it, as plain data (it is saved
+        with the writer's queue): name, group and its fn* band, searched keys, onset, forecast
+        stop, objective, budget, its summary row."""
+        cfg = dict(trial.config or {})
+        group = self._group(cfg)
+        if s.fn_star is not None:
+            self._observed.setdefault(group, {})[trial.trial_id] = s.fn_star
+        rule = getattr(getattr(getattr(self._stopper, "core", None), "stopper", None), "rule", None)
+        last = trial.last_result or {}
+        return {"title": s.trial, "group": group, "keys": searched_keys(cfg), "band": self._band(group),
+                "t_nc": s.t_nc, "fn_star": s.fn_star, "stop_reason": stop_reason,
+                "collapse_epoch": num(last.get(COLLAPSE_EPOCH)), "budget": self._budget(cfg, trial.trial_id),
+                "epochs_run": s.epochs_run, "summary": s.row(),
+                **({"strict": rule.strict, "relaxed": rule.relaxed} if rule is not None else {})}
+
+    def _group(self, cfg: dict[str, Any]) -> str:
+        core = getattr(self._stopper, "core", None)
+        if core is not None:
+            try:
+                return str(core.group_key(cfg))
+            except Exception:  # noqa: BLE001 - a picture is no reason to fail a study
+                pass
+        from ncstudy.forecast import default_group_key
+
+        tags = self.trial_tags(cfg) if self.trial_tags else {}
+        return default_group_key({**(self.trial_params(cfg) if self.trial_params else cfg), **tags})
+
+    def _band(self, group: str) -> dict[str, Any] | None:
+        """The group's fn* and its spread (+-2 SD): the stopper's calibration (its observed runs, else
+        its prior) when a fn* stopper runs, else the fn* observed in this study's trials."""
+        cal = getattr(self._stopper, "calibration", None)
+        value, sd, source = None, None, ""
+        if cal is not None:
+            est = cal.estimate(group)
+            if est.fn_star is not None:
+                value = est.fn_star
+                vals = [o.fn_star for o in cal.observations(group)]
+                prior = cal.priors.get(group)
+                if est.fn_star_source.startswith("observed"):
+                    sd = statistics.stdev(vals) if len(vals) >= 2 else None
+                    source = f"mean of {len(vals)} run(s)" + (" \u00b12 SD" if sd else "")
+                else:
+                    sd = prior.fn_star_sd if prior is not None else None
+                    src = prior.source if prior is not None else "prior"
+                    source = ("paper prior" if src.startswith("paper") else src) + (" \u00b12 SD" if sd else "")
+        if value is None:
+            vals = list(self._observed.get(group, {}).values())
+            if not vals:
+                return None
+            value = statistics.fmean(vals)
+            sd = statistics.stdev(vals) if len(vals) >= 2 else None
+            source = f"{len(vals)} trial(s) of this study" + (" \u00b12 SD" if sd else "")
+        lo, hi = (value - 2 * sd, value + 2 * sd) if sd else (None, None)
+        return {"value": value, "low": lo if lo is None or lo > 0 else value / 2, "high": hi, "source": source}
+
+    def _budget(self, cfg: dict[str, Any], trial_id: str) -> float | None:
+        core = getattr(self._stopper, "core", None)
+        if core is not None:
+            try:
+                b = core.budget_of(cfg, trial_id)
+                if b is not None:
+                    return float(b)
+            except Exception:  # noqa: BLE001
+                pass
+        params = self.trial_params(cfg) if self.trial_params else cfg
+        ce, mse = num(params.get("ce_epochs")), num(params.get("mse_epochs"))
+        return None if ce is None or mse is None else ce + mse

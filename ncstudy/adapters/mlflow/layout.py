@@ -3,7 +3,8 @@
 * Experiment = study name, tagged ``mlflow.experimentKind`` (:data:`EXPERIMENT_KIND`) so MLflow 3's
   UI opens it on the training runs rather than its GenAI pages.
 * One study (parent) run per launch: tags :data:`ROLE_TAG` = ``study``, :data:`STUDY_TAG`; params
-  ``study.*``; artifact :data:`SUMMARY_ARTIFACT`.
+  ``study.*``; metrics :data:`STUDY_METRICS`; artifacts :data:`SUMMARY_ARTIFACT`, :data:`OVERVIEW_PNG`,
+  :data:`SWEEP_PNG`.
 * One trial (child) run per trial: tags :data:`PARENT_TAG`, :data:`ROLE_TAG` = ``trial``,
   :data:`TRIAL_TAG`, :data:`STUDY_TAG`, the trial tags below; params = the flattened trial config;
   metrics = the record keys at ``step = epoch``; artifacts :data:`TRAJECTORY_CSV` (reference log
@@ -59,6 +60,17 @@ PLACEMENT_TAGS = {"node_id": "ray.node_id", "gpu_ids": "ray.gpu_ids", "gpu_share
 ANALYSIS_TAG = "ncstudy.analysis"  # on the study run: where `ncstudy analyze` put its report
 
 TRAJECTORY_CSV, TRAJECTORY_PNG, SUMMARY_ARTIFACT = "trajectory.csv", "trajectory.png", "summary.csv"
+# The study run's overview (refreshed as trials end, and at the study's end).
+OVERVIEW_PNG, SWEEP_PNG = "overview.png", "sweep.png"
+# Study-level metrics on the study run, at step = trials ended (MLflow's chart view groups them
+# under "study").
+STUDY_METRICS = {
+    "trials_finished": "study/trials_finished",
+    "trials_collapsed": "study/trials_collapsed",  # reached the strict onset
+    "stopped_by_forecast": "study/trials_stopped_by_forecast",  # forecast or no_onset_forecast
+    "best_collapse_epoch": "study/best_collapse_epoch",  # min of the objective collapse_epoch
+    "epochs_saved": "study/epochs_saved",  # budget - epochs run, over the trials the forecast stopped
+}
 ANALYSIS_ARTIFACT_DIR = "analysis"
 
 #: The metrics a trajectory is rebuilt from (``trajectory.csv`` and replay).
@@ -71,7 +83,16 @@ STEP_KEY = "train"
 NOT_METRICS = {EPOCH, "timestamp", "time_this_iter_s", "time_total_s", "training_iteration", "pid",
                "time_since_restore", "iterations_since_restore", "done", "should_checkpoint"}
 MAX_KEY, MAX_PARAM = 250, 6000
-MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH = 1000, 100
+# MLflow's log_batch limits: 1,000 metrics, 100 params, 100 tags, 1,000 entities in all.
+MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_TAGS_PER_BATCH = 1000, 100, 100
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's training runs. MLflow 3's UI opens GenAI pages unless
+    told otherwise (``workflowType``, kept in the browser's localStorage ``mlflow.workflowType``,
+    default ``genai``); the URL parameter wins over it, and without a sort or filter in the URL the
+    trial runs are listed nested under their study run."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def trial_filter() -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import threading
 import time
@@ -25,9 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ncstudy.records import num
+from ncstudy.records import FORECAST_FIELDS, num
 
-from .layout import HISTORY_KEYS, MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, T_NC_TAG, TRAJECTORY_CSV, TRAJECTORY_PNG
+from .layout import (
+    HISTORY_KEYS,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_PER_BATCH,
+    MAX_TAGS_PER_BATCH,
+    T_NC_TAG,
+    TRAJECTORY_CSV,
+    TRAJECTORY_PNG,
+)
 from .reader import StudyReader, connect
 
 log = logging.getLogger(__name__)
@@ -54,11 +63,13 @@ class TrialQueue:
     end: dict[str, Any] | None = None  # {"tags", "failed", "killed", "plot"} once the trial ended
     finished: bool = False
     pending_tags: dict[str, str] = field(default_factory=dict)
+    params_sent: bool = False  # the params ride with the run's first log_batch
+    end_tags_sent: bool = False  # the end tags ride with its last metrics
 
     def copy(self) -> "TrialQueue":
         return TrialQueue(self.run_id, self.run_name, dict(self.tags), dict(self.params), self.last_step,
                           list(self.pending), None if self.end is None else dict(self.end), self.finished,
-                          dict(self.pending_tags))
+                          dict(self.pending_tags), self.params_sent, self.end_tags_sent)
 
     def to_state(self) -> dict[str, Any]:
         return dict(self.copy().__dict__)
@@ -70,21 +81,34 @@ class TrialQueue:
         return cls(**s)
 
 
-#: ``(rows, path, end) -> path``: draws a trial's trajectory picture (``ncstudy.plots``).
+#: ``(rows, path, plot) -> path``: draws a trial's trajectory picture (``ncstudy.plots``); ``plot``
+#: is what the callback worked out on the driver (name, fn* band, searched keys, onset, ...).
 Plotter = Callable[[list[dict[str, Any]], Path, dict[str, Any]], Path]
+#: ``(trials, folder) -> (artifact paths, study metrics)``: the study overview from the ended trials'
+#: ``(rows, plot)``.
+OverviewPlotter = Callable[[list[tuple[list[dict[str, Any]], dict[str, Any]]], Path],
+                           tuple[list[Path], dict[str, float]]]
+
+#: Least seconds between two overview refreshes while trials finish (drawing one costs ~1 s of
+#: the writer thread); the study's end always draws the last one.
+OVERVIEW_INTERVAL_S = 30.0
+#: The columns of a trial's rows kept for the study overview once its own artifacts are written.
+OVERVIEW_KEYS = ("epoch", "phase", "train", "feat_norm", "nc1", *FORECAST_FIELDS)
 
 
 class StudyWriter:
     """The queue and writer thread of one study's MLflow runs (see the module docs)."""
 
     _RUNTIME = ("_client", "_lock", "_cond", "_wake", "_thread", "_stopping", "_error", "_started", "_passes",
-                "cpu_s", "_rows")
+                "cpu_s", "_rows", "_ended_rows", "_overview_due", "_overview_at", "overview_cpu_s", "plot_cpu_s")
 
     def __init__(self, tracking_uri: str, study_name: str, flush_interval_s: float = 5.0,
-                 max_outage_s: float = 600.0, spill_dir: str | None = None, plotter: Plotter | None = None) -> None:
+                 max_outage_s: float = 600.0, spill_dir: str | None = None, plotter: Plotter | None = None,
+                 overview: OverviewPlotter | None = None) -> None:
         self.tracking_uri, self.study_name = tracking_uri, study_name
         self.flush_interval_s, self.max_outage_s, self.spill_dir = flush_interval_s, max_outage_s, spill_dir
         self.plotter = plotter
+        self.overview = overview
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.trials: dict[str, TrialQueue] = {}
@@ -109,6 +133,12 @@ class StudyWriter:
         # trial -> step -> history row, for trials whose every point went through this process:
         # their trajectory artifacts need no read-back (19 requests a trial). Others read MLflow.
         self._rows: dict[str, dict[int, dict[str, Any]]] = {}
+        # trial -> its rows (OVERVIEW_KEYS) once ended, for the study overview
+        self._ended_rows: dict[str, list[dict[str, Any]]] = {}
+        self._overview_due = False  # a trial finished since the last overview
+        self._overview_at = -math.inf  # time.monotonic() of the last overview
+        self.overview_cpu_s = 0.0  # writer CPU time spent on the overview (drawing and sending)
+        self.plot_cpu_s: list[float] = []  # writer CPU time of each trajectory.png
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles the callback that holds the writer
         d = {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME}
@@ -289,9 +319,12 @@ class StudyWriter:
                        and (s.end is None or s.finished) for s in self.trials.values())
 
     def _write_all(self) -> None:
-        """One pass: runs, tags and metrics of every trial, then the finish of ended trials.
-        The lock is held only to read and commit the queue, never across a request."""
-        from mlflow.entities import Metric, RunTag
+        """One pass: runs, tags and metrics of every trial, then the finish of ended trials, then
+        (when one finished) the study overview. The lock is held only to read and commit the queue,
+        never across a request. Requests per trial: ``create_run`` (with its tags), one
+        ``log_batch`` per 1,000 points (the first also carries the params, the last the end tags),
+        one upload of ``trajectory.csv`` + ``trajectory.png``, the final status."""
+        from mlflow.entities import Metric, Param, RunTag
 
         with self._lock:
             todo = list(self.trials.items())
@@ -304,41 +337,101 @@ class StudyWriter:
                 with self._lock:
                     if found is not None:
                         self._adopt(s, found)
-                    name, tags, params = s.run_name, dict(s.tags), dict(s.params)
+                    name, tags = s.run_name, dict(s.tags)
                 if found is None:
                     run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
                     with self._lock:
                         s.run_id = run_id
-                self.log_params(s.run_id, params)  # idempotent: same values
+                        s.params_sent = False
                 with self._lock:
                     self.unsure.discard(tid)
-            with self._lock:
-                tags = dict(s.pending_tags)
-            if tags:
-                self.client.log_batch(s.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            while True:
+                with self._lock:  # the driver only appends: the head of the queue is stable
+                    params = [] if s.params_sent else list(s.params.items())
+                    extra = [] if len(params) <= MAX_PARAMS_PER_BATCH else params[MAX_PARAMS_PER_BATCH:]
+                    params = params[:MAX_PARAMS_PER_BATCH]
+                    tags = dict(s.pending_tags)
+                    room = MAX_METRICS_PER_BATCH - len(params) - len(tags)
+                    chunk = s.pending[:room]
+                    last = len(chunk) == len(s.pending)
+                    end_tags = (dict(s.end["tags"]) if last and s.end is not None and not s.end_tags_sent
+                                and len(tags) + len(s.end["tags"]) <= MAX_TAGS_PER_BATCH
+                                and len(chunk) + len(params) + len(tags) + len(s.end["tags"]) <= MAX_METRICS_PER_BATCH
+                                else {})
+                # Params alone wait for the first metrics (or the end): one request fewer a trial.
+                if not (chunk or tags or end_tags or (params and s.end is not None)):
+                    break
+                if extra:  # more params than one batch takes (a very wide config): the rest alone
+                    self.log_params(s.run_id, dict(extra))
+                self.client.log_batch(s.run_id, metrics=[Metric(k, v, ts, st) for k, v, ts, st in chunk],
+                                      params=[Param(k, v) for k, v in params],
+                                      tags=[RunTag(k, v) for k, v in {**tags, **end_tags}.items()])
                 with self._lock:
+                    del s.pending[:len(chunk)]
+                    s.params_sent = True
                     for k, v in tags.items():
                         if s.pending_tags.get(k) == v:
                             del s.pending_tags[k]
-            while True:
-                with self._lock:  # the driver only appends: the head of the queue is stable
-                    chunk = s.pending[:MAX_METRICS_PER_BATCH]
-                if not chunk:
-                    break
-                self.client.log_batch(s.run_id, metrics=[Metric(k, v, ts, st) for k, v, ts, st in chunk])
-                with self._lock:
-                    del s.pending[:len(chunk)]
+                    if end_tags:
+                        s.end_tags_sent = True
             with self._lock:
                 end = None if s.end is None or s.finished or s.pending else dict(s.end)
+                tags_sent = s.end_tags_sent
                 rows = self._rows.get(tid)
                 rows = None if rows is None else [rows[k] for k in sorted(rows)]
             if end is not None:
-                self._finish(s.run_id, end, rows)
+                rows = self._finish(s.run_id, end, rows, tags_sent)
                 with self._lock:
                     s.finished = True
                     self._rows.pop(tid, None)
+                    self._ended_rows[tid] = [{k: r[k] for k in OVERVIEW_KEYS if k in r} for r in rows or []]
+                    self._overview_due = True
         with self._lock:
             self.down_since, self.delay = None, 0.5
+        if self._overview_due and time.monotonic() - self._overview_at >= OVERVIEW_INTERVAL_S:
+            try:
+                self.write_overview()
+            except Exception:
+                self._overview_due = True  # an outage: drawn again at the next pass
+                raise
+
+    # -- the study run -------------------------------------------------------------------------
+    def write_overview(self, read_missing: bool = False) -> bool:
+        """Draw the study overview of the ended trials and send it to the study run: its pictures,
+        ``summary.csv`` of the ended trials and the study metrics (at ``step`` = trials ended).
+        ``read_missing``: trials ended in an earlier launch are read back from MLflow (the study's
+        end). False when there is nothing to show (no overview plotter, no ended trial)."""
+        from mlflow.entities import Metric
+
+        if self.overview is None or self.parent_run_id is None:
+            return False
+        t0 = time.thread_time()
+        with self._lock:
+            self._overview_due = False
+            self._overview_at = time.monotonic()
+            ended = [(tid, s.run_id, dict(s.end.get("plot") or {})) for tid, s in self.trials.items()
+                     if s.end is not None and s.finished and s.run_id is not None]
+            have = {tid: list(self._ended_rows.get(tid, [])) for tid, _, _ in ended}
+        trials = []
+        for tid, run_id, plot in ended:
+            rows = have[tid]
+            if not rows and read_missing:
+                rows = self.reader.history(run_id, OVERVIEW_KEYS[1:])
+                with self._lock:
+                    self._ended_rows[tid] = rows
+            trials.append((rows, plot))
+        if not trials:
+            return False
+        with tempfile.TemporaryDirectory() as d:
+            paths, metrics = self.overview(trials, Path(d))
+            ts = int(time.time() * 1000)
+            self.client.log_batch(self.parent_run_id, metrics=[Metric(k, v, ts, len(trials))
+                                                               for k, v in metrics.items() if math.isfinite(v)])
+            self.client.log_artifacts(self.parent_run_id, d)
+            for p in paths:
+                p.unlink(missing_ok=True)
+        self.overview_cpu_s += time.thread_time() - t0
+        return True
 
     def _note_outage(self, e: Exception) -> bool:
         """Back off after a failed request; False once past ``max_outage_s`` (queue spilled)."""
@@ -410,24 +503,31 @@ class StudyWriter:
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
 
-    def _finish(self, run_id: str, end: dict[str, Any], rows: list[dict[str, Any]] | None) -> None:
-        """End tags, trajectory artifacts, final status: idempotent, so a retry is harmless.
-        ``rows``: the run's history when this process saw all of it, else None (read from MLflow)."""
+    def _finish(self, run_id: str, end: dict[str, Any], rows: list[dict[str, Any]] | None,
+                tags_sent: bool = False) -> list[dict[str, Any]] | None:
+        """End tags (unless they went with the last metrics), trajectory artifacts (one upload),
+        final status: idempotent, so a retry is harmless. ``rows``: the run's history when this
+        process saw all of it, else None (read from MLflow). Returns the rows."""
         from mlflow.entities import RunStatus, RunTag
 
         from ncstudy.logs import write_log
 
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in end["tags"].items()])
+        if not tags_sent:
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in end["tags"].items()])
         if rows is None:
             rows = self.reader.history(run_id)
         if rows:
             with tempfile.TemporaryDirectory() as d:
-                self.client.log_artifact(run_id, str(write_log(rows, Path(d) / TRAJECTORY_CSV)))
+                write_log(rows, Path(d) / TRAJECTORY_CSV)
                 if self.plotter is not None:
                     plot = {"t_nc": num(end["tags"].get(T_NC_TAG)), **end.get("plot", {})}
-                    self.client.log_artifact(run_id, str(self.plotter(rows, Path(d) / TRAJECTORY_PNG, plot)))
+                    t0 = time.thread_time()
+                    self.plotter(rows, Path(d) / TRAJECTORY_PNG, plot)
+                    self.plot_cpu_s.append(time.thread_time() - t0)
+                self.client.log_artifacts(run_id, d)
         status = RunStatus.FAILED if end["failed"] else RunStatus.KILLED if end.get("killed") else RunStatus.FINISHED
         self.client.set_terminated(run_id, RunStatus.to_string(status))
+        return rows
 
 
 def is_connection_error(e: Exception) -> bool:
