@@ -1,15 +1,17 @@
-"""``make bench``: the five benchmarks of the performance issue, one table, one JSON.
+"""``make bench``: the benchmarks of the performance issue (1-5) and the scale issue (6), one table, one JSON.
 
-    .venv/bin/python benchmarks/run_all.py                 # all five, 5-8 min on the 2-core box
+    .venv/bin/python benchmarks/run_all.py                 # all six; 1-5 take 5-8 min on the 2-core box, 6 longer
+    .venv/bin/python benchmarks/run_all.py --scale-n 100 300   # benchmark 6 without its N = 1,000 study
     .venv/bin/python benchmarks/run_all.py --only 1 2      # a subset
     .venv/bin/python benchmarks/run_all.py --update-docs   # also refresh docs/performance.md's table
 
 Order: the single-thread compute benchmarks first (1 trainer epoch, 2 metric share, 5 stopper
 replay), then one local Ray instance (2 CPUs) for 4 (scheduler overhead) and 3 (tracking
-overhead). Each benchmark writes ``benchmarks/results/<name>.json``; this script writes
-``benchmarks/results/summary.json`` and ``summary.md`` (the table printed at the end). A shared
-time budget (``--budget-s``) only decides whether benchmark 3 runs its optional second
-with/without pair; every benchmark runs its minimum.
+overhead), then 6 (scale: one driver process per study size, each with its own local Ray and
+``mlflow server``; see ``benchmarks/scale.py``). Each benchmark writes
+``benchmarks/results/<name>.json``; this script writes ``benchmarks/results/summary.json`` and
+``summary.md`` (the table printed at the end). A shared time budget (``--budget-s``) only decides
+whether benchmark 3 runs its optional second with/without pair; every benchmark runs its minimum.
 """
 from __future__ import annotations
 
@@ -129,6 +131,34 @@ def rows_stopper(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_scale(r: dict[str, Any]) -> list[Row]:
+    ns = [n for n in r["ns"] if "error" not in r["by_n"][str(n)]]
+    out: list[Row] = [("6 scale", f"N = {n}: FAILED", r["by_n"][str(n)]["error"][-80:], "-", "NO")
+                      for n in r["ns"] if n not in ns]
+    for n in ns:
+        b = r["by_n"][str(n)]
+        out.append(("6 scale", f"N = {n}: driver CPU per trial; per result; service (stopper + MLflow) per result",
+                    f"{b['driver_cpu_s_per_trial']:.3f} s; {b['driver_cpu_ms_per_result']:.2f} ms; "
+                    f"{b['service_cpu_ms_per_result']:.2f} ms", "service <= 2 ms",
+                    _met(b["service_cpu_ms_per_result"] <= 2.0)))
+        out.append(("6 scale", f"N = {n}: peak RSS; stopper state kB/trial; MLflow requests/trial; wall s/trial",
+                    f"{b['rss_peak_mb']:.0f} MB; {b['stopper_state_bytes_per_trial'] / 1e3:.1f}; "
+                    f"{b['mlflow_requests_per_trial']:.1f}; {b['wall_s_per_trial']:.2f}", "(info)", "-"))
+    q = r.get("ratio_max_over_min_n") or {}
+    if q and len(ns) > 1:
+        tag = f"N = {ns[-1]} / N = {ns[0]}"
+        for key, label in (("driver_cpu_s_per_trial", "driver CPU per trial"),
+                           ("mlflow_requests_per_trial", "MLflow requests per trial"),
+                           ("stopper_state_bytes_per_trial", "stopper state bytes per trial")):
+            out.append(("6 scale", f"{label}, {tag}", _x(q.get(key)), "<= 1.2x",
+                        _met(q.get(key) is not None and q[key] <= 1.2)))
+        slope = q.get("rss_peak_mb_per_1000_trials_slope")
+        out.append(("6 scale", f"driver peak RSS growth per 1,000 trials ({tag})",
+                    "n/a" if slope is None else f"{slope:.0f} MB", "< 500 MB",
+                    _met(slope is not None and slope < 500)))
+    return out
+
+
 def markdown(rows: list[Row]) -> str:
     lines = ["| benchmark | figure | value | target | met |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
@@ -156,7 +186,9 @@ def update_docs(table: str, stamp: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="run every benchmark of make bench")
-    ap.add_argument("--only", nargs="*", type=int, default=[1, 2, 3, 4, 5])
+    ap.add_argument("--only", nargs="*", type=int, default=[1, 2, 3, 4, 5, 6])
+    ap.add_argument("--scale-n", nargs="*", type=int, default=[100, 300, 1000],
+                    help="benchmark 6's study sizes (N = 1,000 takes about an hour on the 2-core box)")
     ap.add_argument("--budget-s", type=float, default=560.0,
                     help="total time; decides only benchmark 3's optional second pair")
     ap.add_argument("--update-docs", action="store_true", help=f"refresh the table in {DOC.relative_to(ROOT)}")
@@ -166,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = Deadline(args.budget_s)
     t_start, load_start = time.perf_counter(), os.getloadavg()[0]
 
-    from benchmarks import metric_share, scheduler_overhead, stopper_replay, tracking_overhead, trainer_epoch
+    from benchmarks import metric_share, scale, scheduler_overhead, stopper_replay, tracking_overhead, trainer_epoch
 
     plan: list[tuple[int, str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], list[Row]]]] = [
         (1, "trainer_epoch", lambda: trainer_epoch.main(), rows_trainer),
@@ -174,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         (5, "stopper_replay", lambda: stopper_replay.main(), rows_stopper),
         (4, "scheduler_overhead", lambda: scheduler_overhead.main(deadline=deadline), rows_sched),
         (3, "tracking_overhead", lambda: tracking_overhead.main(deadline=deadline), rows_tracking),
+        (6, "scale", lambda: scale.main(tuple(args.scale_n)), rows_scale),  # its own drivers, one per N
     ]
     rows: list[Row] = []
     results: dict[str, Any] = {}
@@ -197,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         for num, name, fn, to_rows in plan:
             if num not in args.only:
                 continue
+            if num == 6 and ray_started:  # benchmark 6 starts its own drivers
+                import ray
+
+                ray.shutdown()
+                ray_started = False
             if num in (3, 4) and not ray_started:
                 ray_started = start_local_ray(2)  # one local instance for both
             print(f"[bench] {num} {name} ... ({deadline.left():.0f} s of budget left)", flush=True)

@@ -94,6 +94,53 @@ def test_driver_killed_then_resumed(tmp_path, study, mlflow_server):
     assert_complete(mlflow_server.uri, name, 2, 120)
 
 
+def test_driver_killed_with_the_fnstar_stopper_restores_its_state_exactly(tmp_path, study, mlflow_server):
+    """The fn* stopper's incremental state (journal segments beside Tune's experiment state, the
+    running trials in Tune's callback state) across a SIGKILL of the driver after one trial has
+    finished: the resumed study completes, every finished trial is in the journal once, and a fresh
+    stopper restored from the folder holds both trials to their last epoch."""
+    import pickle
+
+    from ncstudy.adapters.ray_tune import FsStore
+    from ncstudy.study.runner import build_stopper
+    from ncstudy.study.spec import StudySpec
+
+    name = "fault_fnstar"
+    over = dict(mse_epochs=110, widths=(16, 32), max_concurrent=1,
+                scheduler={"name": "fnstar", "fnstar": {"policy": "record", "prior": "none"}})
+    p = study(name, log="first.log", **over)
+    exp = tmp_path / "res" / name
+
+    def one_done_one_running():
+        client, _, ch = child_runs(mlflow_server.uri, name)
+        done = [c for c in ch if c.info.status == "FINISHED"]
+        running = [c for c in ch if c.info.status == "RUNNING" and max(steps(client, c.info.run_id), default=0) >= 20]
+        return done and running and any(exp.glob("callback-states-*.pkl"))
+
+    assert wait_for(one_done_one_running, timeout=300, every=0.5), tail(tmp_path / "first.log")
+    time.sleep(12)  # past Tune's next state copy (every 10 s): the saved state has the finished trial
+    kill_group(p, signal.SIGKILL)
+    p2 = study(name, "--resume", log="second.log")
+    assert p2.wait(timeout=300) == 0, tail(tmp_path / "second.log")
+    assert_complete(mlflow_server.uri, name, 2, 120)
+
+    pkl = max(exp.glob("callback-states-*.pkl"), key=lambda f: f.stat().st_mtime)
+    states = pickle.loads(pkl.read_bytes())
+    state = next(s for s in (states.values() if isinstance(states, dict) else states)
+                 if isinstance(s, dict) and "store" in s)
+    assert state["live"]["trials"] == []
+    segs = sorted((exp / "fnstar_state").glob("seg-*.jsonl"))[:state["segments"]]
+    done = [json.loads(ln)["trial"]["trial_id"] for f in segs for ln in f.read_text().splitlines()
+            if json.loads(ln)["e"] == "done"]
+    assert len(done) == len(set(done)) == 2
+    spec = StudySpec.model_validate(synthetic_study(name, **over))
+    fresh = build_stopper(spec)
+    fresh.set_state(state)
+    fresh.core.attach(FsStore.at(state["store"]))
+    mons = fresh.core.stopper.monitors
+    assert len(mons) == 2 and all(m.released and m.last_epoch == 120 for m in mons.values())
+
+
 def test_mlflow_down_then_back(tmp_path, study, mlflow_server):
     """Stop the MLflow server while trials train and start it again on the same port: training goes
     on meanwhile, and what was queued is written once it is back (every step once, one run each)."""

@@ -263,3 +263,118 @@ def test_paper_priors_cover_a_subset_of_a_paper_dataset():
                                                                                 "paper_priors": True}}})
     prior = build_stopper(spec).calibration.priors["mlp/mnist5k"]
     assert prior.fn_star == 1.052 and "applied to mnist5k" in prior.source
+
+
+# -- incremental state (issue 17): journal segments + the running trials --------------------------------------
+class _Trial:
+    """What the stopper's callback hooks read of a Tune trial (no storage: the store is attached by hand)."""
+
+    def __init__(self, trial_id: str, last_result: dict) -> None:
+        self.trial_id, self.last_result, self.storage = trial_id, last_result, None
+
+
+def _canon(state: dict) -> str:
+    """The whole stopper state, trials in id order (a restore lists finished trials first)."""
+    return json.dumps(dict(state, trials=sorted(state["trials"], key=lambda t: t["trial_id"])), sort_keys=True)
+
+
+def test_incremental_state_restores_exactly_after_a_driver_kill(tmp_path):
+    from ncstudy.adapters.ray_tune import FsStore
+
+    spec = [(330, 1.0), (350, 1.0), (340, 1.2), (360, 0.97), (345, 1.05)]
+    trajs = [synthetic_trajectory(t_nc=t, fn_end=f, tau=20.0, seed=i) for i, (t, f) in enumerate(spec)]
+
+    def make() -> FnStarStopper:
+        return FnStarStopper(forecaster="fn_star", prior="none", min_observations=2)
+
+    def run(s: FnStarStopper, tid: str, traj) -> list[dict]:
+        stop, out = feed(s, tid, traj)
+        s.on_trial_complete(0, [], _Trial(tid, out[-1]))
+        return out
+
+    a = make()
+    a.core.attach(FsStore.at(str(tmp_path / "fnstar_state")))
+    for i in range(2):
+        run(a, f"t{i}", trajs[i])
+    _, part = feed(a, "t2", [r for r in trajs[2] if r["epoch"] <= 200])
+    saved = json.loads(json.dumps(a.get_state()))  # what Tune's experiment state keeps
+    whole = _canon(a.core.stopper.to_dict())
+    assert [t["trial_id"] for t in saved["live"]["trials"]] == ["t2"]  # finished trials are in the journal only
+    # the driver goes on past the save (its next segments are written) and is killed
+    after_a = run(a, "t2", [r for r in trajs[2] if r["epoch"] >= 190])
+    after_a += run(a, "t3", trajs[3])
+    a.get_state()
+    assert a.core.segments > saved["segments"]
+
+    b = make()
+    b.set_state(saved)
+    b.core.attach(FsStore.at(str(tmp_path / "fnstar_state")))  # what on_trial_start does
+    assert _canon(b.core.stopper.to_dict()) == whole  # exactly the saved state; later segments ignored
+    after_b = run(b, "t2", [r for r in trajs[2] if r["epoch"] >= 190])  # from its epoch-190 checkpoint
+    after_b += run(b, "t3", trajs[3])
+    assert json.dumps(after_b, sort_keys=True) == json.dumps(after_a, sort_keys=True)  # the same decisions
+    # b's next save overwrites the stale segments; a restore of it is b again
+    run(b, "t4", trajs[4])
+    state_b = json.loads(json.dumps(b.get_state()))
+    c = make()
+    c.set_state(state_b)
+    c.core.attach(FsStore.at(str(tmp_path / "fnstar_state")))
+    assert _canon(c.core.stopper.to_dict()) == _canon(b.core.stopper.to_dict())
+    # a restore without a hook first (the first result arrives before any trial starts) reads the store too
+    d = make()
+    d.set_state(state_b)
+    assert d.get_state() == state_b  # unchanged until needed
+    feed(d, "t5", trajs[0][:3])
+    assert "t0" in d.core.stopper.monitors and d.core.stopper.monitors["t0"].released
+
+
+def test_saved_state_and_journal_bytes_do_not_grow_with_finished_trials(tmp_path):
+    from ncstudy.adapters.common import LocalStore
+
+    s = FnStarStopper(forecaster="fn_star", prior=fn_star_prior())
+    s.core.attach(LocalStore(tmp_path / "st"))
+    sizes, journal = [], []
+    for i in range(24):
+        traj = synthetic_trajectory(t_nc=330 + i % 5 * 10, fn_end=1.0, tau=20.0, seed=i)
+        _, out = feed(s, f"t{i}", traj)
+        s.on_trial_complete(0, [], _Trial(f"t{i}", out[-1]))
+        before = s.core.bytes_written
+        sizes.append(len(json.dumps(s.get_state())))
+        journal.append(s.core.bytes_written - before)
+    assert max(sizes) == min(sizes) or max(sizes) - min(sizes) < 64  # no running trial: the same few fields
+    assert max(journal[12:]) <= 1.5 * min(journal[:12])  # one trial's records each, not the whole study
+    done = [json.loads(line) for f in sorted((tmp_path / "st").glob("seg-*.jsonl"))
+            for line in f.read_text().splitlines()]
+    assert sorted(e["trial"]["trial_id"] for e in done if e["e"] == "done") == sorted(f"t{i}" for i in range(24))
+    # finished monitors are released: one record each, no forecaster; what the summary needs stays
+    m = s.core.stopper.monitors["t3"]
+    assert m.released and len(m.records) == 1 and m.forecaster is None
+    assert m.state().stop_reason == "forecast" and math.isfinite(m.fields()["t_nc_estimate"])
+
+
+def test_a_capped_pool_keeps_a_reservoir_of_the_study_runs_and_replays_exactly():
+    from ncstudy.forecast import ForecastStopper
+
+    def make() -> ForecastStopper:
+        return ForecastStopper("record", "fn_star", Calibration(min_observations=2), learn_batch=0.0, max_pool=3,
+                               journal=True)
+
+    s = make()
+    base = s.to_dict()
+    sizes = []
+    for i in range(12):
+        for r in synthetic_trajectory(t_nc=330 + 5 * i, fn_end=1.0, tau=20.0, seed=i):
+            s.observe(f"t{i}", r, GROUP)
+        s.complete(f"t{i}")
+        sizes.append(s.calibration.n_runs())
+    assert sizes[:3] == [1, 2, 3] and set(sizes[3:]) == {3} and s.seen == 12
+    pooled = {r.run_id for _, r in s.calibration.runs()}
+    assert pooled == {rid for _, rid in s.slots} and pooled != {"t0", "t1", "t2"}  # later runs took places
+    assert set(s.calibration._obs[GROUP]) == pooled  # their fn* observations left with them
+    events = s.drain()
+    r = make()
+    r.restore(base, events, s.live_dict())  # the journal replayed: the same draws, the same pool
+    assert json.dumps(r.to_dict(), sort_keys=True) == json.dumps(s.to_dict(), sort_keys=True)
+    t = make()
+    t.load_dict(json.loads(json.dumps(s.to_dict())))
+    assert t.slots == s.slots and t.seen == s.seen

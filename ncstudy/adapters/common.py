@@ -10,9 +10,11 @@ one that only ever reports phase 1, a group with no calibration yet, priors that
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
-from typing import Any, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -45,6 +47,11 @@ DEFAULT_POLICY = "stop_at_forecast"
 #: The objectives a forecast-stopped trial reports its forecast in (collapse time).
 COLLAPSE_TIME = (COLLAPSE_EPOCH, T_NC)
 _WARN_AFTER = 3  # results without NC1 before the stopper says why it cannot act
+#: Learnt runs join the calibration in batches of this fraction of its pool, and the pool holds at
+#: most MAX_POOL of the study's own runs (reservoir-sampled): the conformal forecaster's pool rebuild
+#: costs O(pool^2), so without both a study's stopper CPU per trial grows with the number of trials
+#: (``docs/performance.md``, "Scale").
+LEARN_BATCH, MAX_POOL = 0.25, 100
 
 
 class MetricNames(BaseModel):
@@ -78,6 +85,8 @@ class MetricNames(BaseModel):
 class FnStarCore:
     """One stopper over many trials (see the adapters for the arguments).
 
+    ``learn_batch``, ``max_pool``: how learnt runs join the calibration
+    (:class:`~ncstudy.forecast.stopper.ForecastStopper`; bounded by default, for large studies).
     ``budget``: each trial's last epoch -- an int, a (dotted) config key, or ``config -> int``; the
     conformal forecaster needs it. ``prior``: ``"corpus"`` (ncstudy's trajectory corpus, default),
     ``"none"`` or a :class:`Calibration`. ``objective``: the collapse-time metric a forecast-stopped
@@ -90,7 +99,8 @@ class FnStarCore:
                  group_key: Callable[[Mapping[str, Any]], str] | Sequence[str] | None = None,
                  objective: str | None = COLLAPSE_EPOCH, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
                  learn: bool = True, forecaster_options: Mapping[str, Any] | None = None,
-                 min_observations: int = 3, where: str = "FnStarStopper") -> None:
+                 min_observations: int = 3, learn_batch: float = LEARN_BATCH, max_pool: int | None = MAX_POOL,
+                 where: str = "FnStarStopper") -> None:
         if policy not in POLICIES:
             raise ValueError(f"{where}: policy {policy!r}: choose from {', '.join(POLICIES)}")
         if forecaster not in FORECASTERS:
@@ -106,7 +116,8 @@ class FnStarCore:
         else:
             raise ValueError(f"{where}: prior {prior!r}: 'corpus', 'none' or a Calibration")
         cal.min_observations = min_observations
-        self.stopper = ForecastStopper(policy, forecaster, cal, rule, terminal_acc, learn, forecaster_options)
+        self.stopper = ForecastStopper(policy, forecaster, cal, rule, terminal_acc, learn, forecaster_options,
+                                       learn_batch=learn_batch, max_pool=max_pool)
         if group_key is None:
             self.group_key: Callable[[Mapping[str, Any]], str] = default_group_key
         elif callable(group_key):
@@ -120,6 +131,12 @@ class FnStarCore:
         self._warned: set[tuple[str, str]] = set()
         self._no_nc1: dict[str, int] = {}
         self._phase1: dict[str, bool] = {}  # trial -> only phase 1 seen so far
+        # incremental state (see get_state): where the journal goes, segments written, a restore to apply
+        self.store: StateStore | None = None
+        self.open_store: Callable[[str], StateStore] = LocalStore.at
+        self.segments = 0
+        self.bytes_written = 0  # journal files written by this process (benchmarks/scale.py)
+        self._restore: Mapping[str, Any] | None = None
 
     # -- a result ---------------------------------------------------------------------------------------
     def record(self, result: Mapping[str, Any]) -> dict[str, Any]:
@@ -160,6 +177,7 @@ class FnStarCore:
 
     def observe(self, trial_id: str, result: dict[str, Any], config: Mapping[str, Any]) -> bool:
         """Forecast, decide, and write the forecast fields into ``result``; True: stop the trial."""
+        self._ensure_restored()
         rec = self.record(result)
         if not finite(rec.get(EPOCH)):
             raise ValueError(f"{self.where}: trial {trial_id}'s result has no epoch ('{self.names.epoch}' or "
@@ -206,7 +224,10 @@ class FnStarCore:
                        "metrics={'phase': None}")
 
     def complete(self, trial_id: str, last_result: Mapping[str, Any], error: bool = False) -> str | None:
+        self._ensure_restored()
         self._phase1_only(trial_id)
+        self._no_nc1.pop(trial_id, None)
+        self._phase1.pop(trial_id, None)
         reason = last_result.get(STOP_REASON) if last_result else None
         return self.stopper.complete(trial_id, "error" if error else (reason if isinstance(reason, str) and reason
                                                                       else None))
@@ -258,11 +279,78 @@ class FnStarCore:
                        "are not acted on before it has 10 (prior='corpus' starts from ncstudy's corpus)")
 
     # -- state ------------------------------------------------------------------------------------------
+    # Without a store the state is the whole stopper (ForecastStopper.to_dict: O(trials) per save).
+    # With one (the adapter attaches it, e.g. Tune's experiment folder) it is incremental: the
+    # store holds base.json (the stopper when the store was attached, written once) and one
+    # journal segment per save that had something new (runs learnt, batches committed, trials
+    # finished -- each trial once); get_state() carries the number of segments and the running
+    # trials only. A restore reads base + segments 1..n: segments written after the state was saved
+    # (a driver killed in between) are ignored and later overwritten, so the restore is exactly the
+    # saved state.
+    def attach(self, store: "StateStore") -> None:
+        """Persist incrementally into ``store`` from now on (a restore pending is read from it)."""
+        if self.store is not None:
+            return
+        if self._restore is not None:
+            self._load(store, self._restore)
+            return
+        self.store = store
+        self._write("base.json", json.dumps(self.stopper.to_dict(), default=_plain).encode())
+        self.segments = 0
+        self.stopper.journal = []
+
     def get_state(self) -> dict[str, Any]:
-        return self.stopper.to_dict()
+        if self._restore is not None:  # restored but not yet needed: unchanged
+            return dict(self._restore)
+        if self.store is None:
+            return self.stopper.to_dict()
+        events = self.stopper.drain()
+        if events:
+            self.segments += 1
+            self._write(f"seg-{self.segments:06d}.jsonl",
+                        "".join(json.dumps(e, default=_plain) + "\n" for e in events).encode())
+        return {"version": 2, "store": self.store.location, "segments": self.segments,
+                "live": self.stopper.live_dict()}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        self.stopper.load_dict(state)
+        if "store" in state:
+            self.store, self._restore = None, dict(state)  # read at attach() (or at first need)
+            self.stopper.journal = None
+        else:
+            self.stopper.load_dict(state)
+
+    def _ensure_restored(self) -> None:
+        if self._restore is not None:
+            self._load(self.open_store(self._restore["store"]), self._restore)
+
+    def _load(self, store: "StateStore", state: Mapping[str, Any]) -> None:
+        base = store.read("base.json")
+        if base is None and store.location != state["store"]:  # not found where the trial lives: where it was
+            store = self.open_store(state["store"])
+            base = store.read("base.json")
+        if base is None:
+            raise FileNotFoundError(f"{self.where}: the saved stopper state refers to {store.location}/base.json, "
+                                    "which is missing (the experiment folder is incomplete)")
+        events: list[dict[str, Any]] = []
+        for i in range(1, int(state["segments"]) + 1):
+            seg = store.read(f"seg-{i:06d}.jsonl")
+            if seg is None:
+                raise FileNotFoundError(f"{self.where}: stopper journal segment {store.location}/seg-{i:06d}.jsonl "
+                                        "is missing")
+            events += [json.loads(line) for line in seg.decode().splitlines() if line]
+        self.stopper.restore(json.loads(base), events, state["live"])
+        self.store, self.segments, self._restore = store, int(state["segments"]), None
+        self.stopper.journal = []
+
+    def _write(self, name: str, data: bytes) -> None:
+        assert self.store is not None
+        self.store.write(name, data)
+        self.bytes_written += len(data)
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        d["store"] = None  # a file-system handle; re-attached by the adapter
+        return d
 
     def describe(self) -> str:
         reasons: dict[str, int] = {}
@@ -271,3 +359,42 @@ class FnStarCore:
             reasons[r] = reasons.get(r, 0) + 1
         return (f"{self.where}(policy={self.stopper.policy}, forecaster={self.stopper.forecaster}): trials {reasons}; "
                 f"calibration: {self.stopper.calibration!r}")
+
+
+def _plain(o: Any) -> Any:
+    """JSON for numpy scalars in forecast details."""
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class StateStore(Protocol):
+    """Where a stopper's incremental state lives: named files under one folder."""
+
+    location: str  # a path or URI, saved in the state (a restore opens it again)
+
+    def write(self, name: str, data: bytes) -> None: ...
+
+    def read(self, name: str) -> bytes | None: ...
+
+
+class LocalStore:
+    """A :class:`StateStore` in a local folder (created on first write)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.location = str(self.root)
+
+    @classmethod
+    def at(cls, location: str) -> "LocalStore":
+        return cls(location)
+
+    def write(self, name: str, data: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{name}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(self.root / name)
+
+    def read(self, name: str) -> bytes | None:
+        p = self.root / name
+        return p.read_bytes() if p.is_file() else None

@@ -18,15 +18,20 @@ pins that down.)
 
 Passing the stopper in ``callbacks`` too is optional: it then saves its state with Tune's
 experiment state (a ``Tuner.restore`` continues with what it learnt) and learns from trials that
-end on their own at once.
+end on their own at once. That state is incremental: what does not change once written -- a
+finished trial, a run learnt -- goes once into journal files under ``<experiment>/fnstar_state/``
+on Tune's storage, and Tune's saved state carries only the running trials and how much of the
+journal counts (see :meth:`FnStarCore.get_state <ncstudy.adapters.common.FnStarCore.get_state>`),
+so a save costs the same at trial 10 and trial 10,000.
 """
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any, Callable, Mapping, Sequence
 
 from ray.tune import Callback, Stopper
 
-from ncstudy.adapters.common import DEFAULT_POLICY, FnStarCore, MetricNames
+from ncstudy.adapters.common import DEFAULT_POLICY, LEARN_BATCH, MAX_POOL, FnStarCore, MetricNames
 from ncstudy.forecast import Calibration
 from ncstudy.forecast.forecasters import DEFAULT_FORECASTER
 from ncstudy.onset import OnsetRule
@@ -43,11 +48,12 @@ class FnStarStopper(Stopper, Callback):
                  group_key: Callable[[Mapping[str, Any]], str] | Sequence[str] | None = None,
                  objective: str | None = COLLAPSE_EPOCH, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
                  learn: bool = True, forecaster_options: Mapping[str, Any] | None = None,
-                 min_observations: int = 3) -> None:
+                 min_observations: int = 3, learn_batch: float = LEARN_BATCH, max_pool: int | None = MAX_POOL) -> None:
         self.core = FnStarCore(policy, forecaster, budget=budget, metrics=metrics, prior=prior, group_key=group_key,
                                objective=objective, rule=rule, terminal_acc=terminal_acc, learn=learn,
                                forecaster_options=forecaster_options, min_observations=min_observations,
-                               where="FnStarStopper")
+                               learn_batch=learn_batch, max_pool=max_pool, where="FnStarStopper")
+        self.core.open_store = FsStore.at
 
     # -- Stopper ----------------------------------------------------------------------------------
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
@@ -57,11 +63,28 @@ class FnStarStopper(Stopper, Callback):
         return False
 
     # -- Callback (optional) -------------------------------------------------------------------------
+    def _attach(self, trial) -> None:
+        if self.core.store is None:
+            store = FsStore.of_trial(trial)
+            if store is not None:
+                self.core.attach(store)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._attach(trial)
+
+    def on_trial_restore(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._attach(trial)
+
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._attach(trial)
         self.core.complete(trial.trial_id, trial.last_result or {})
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._attach(trial)
         self.core.complete(trial.trial_id, trial.last_result or {}, error=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.core.stopper.commit()  # learnt runs still waiting for a batch join the calibration
 
     def get_state(self) -> dict[str, Any]:
         return self.core.get_state()
@@ -76,3 +99,48 @@ class FnStarStopper(Stopper, Callback):
 
     def describe(self) -> str:
         return self.core.describe()
+
+
+STATE_DIR = "fnstar_state"
+
+
+class FsStore:
+    """A :class:`~ncstudy.adapters.common.StateStore` on Tune's storage (a local folder, NFS, S3, GCS):
+    ``<experiment>/fnstar_state/`` through the storage's pyarrow file system."""
+
+    def __init__(self, fs, path: str, location: str) -> None:
+        self.fs, self.path, self.location = fs, path, location
+
+    @classmethod
+    def of_trial(cls, trial) -> "FsStore | None":
+        storage = getattr(trial, "storage", None)
+        if storage is None:
+            return None
+        fs = storage.storage_filesystem
+        path = str(PurePosixPath(storage.experiment_fs_path, STATE_DIR))
+        kind = getattr(fs, "type_name", "local")
+        return cls(fs, path, path if kind == "local" else f"{kind}://{path}")
+
+    @classmethod
+    def at(cls, location: str) -> "FsStore":
+        import pyarrow.fs as pafs
+
+        if "://" in location:
+            fs, path = pafs.FileSystem.from_uri(location)
+        else:
+            fs, path = pafs.LocalFileSystem(), location
+        return cls(fs, path, location)
+
+    def write(self, name: str, data: bytes) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+        with self.fs.open_output_stream(f"{self.path}/{name}") as f:
+            f.write(data)
+
+    def read(self, name: str) -> bytes | None:
+        import pyarrow.fs as pafs
+
+        p = f"{self.path}/{name}"
+        if self.fs.get_file_info(p).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(p) as f:
+            return f.read()

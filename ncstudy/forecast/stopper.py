@@ -12,13 +12,29 @@ Policies:
 :class:`TrialMonitor` follows one trial; :class:`ForecastStopper` holds the monitors of a study and
 its :class:`Calibration`, which learns online: a trial that reaches strict onset joins its group at
 that evaluation, and one that runs to its budget without onset joins as a censored run. Trials
-stopped by a forecast never show their outcome and are not learnt from. Everything serialises to
-a JSON-able dict for resumption.
+stopped by a forecast never show their outcome and are not learnt from.
+
+Scale (``docs/performance.md``, "Scale"): a finished trial's monitor is **released** -- its records,
+forecaster and onset points are dropped; what its summary needs (the onset tracker, the forecast
+acted on, the stop reasons, its last record) stays, and its full record is kept compressed for the
+rare trial that reports again (a resumed errored trial). Learnt runs join the calibration in
+**batches** (``learn_batch``: once those waiting number that fraction of the pool, at once while a
+group is small): each batch costs one rebuild of the analog pool. ``max_pool`` bounds how many of
+the study's own runs the pool holds: past it a learnt run takes the place of a uniformly drawn one
+(reservoir sampling, a deterministic draw per run), so the pool -- and the cost of a forecast and of
+a rebuild -- stops growing with the study. With a ``journal`` the stopper lists every durable change
+(a run to learn, a batch committed, a trial finished) for an adapter to persist incrementally;
+:meth:`ForecastStopper.live_dict` is then the small rest of its state (the running trials).
+:meth:`ForecastStopper.to_dict` still gives the whole state as one JSON-able dict.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import zlib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from ncstudy.onset import Onset, OnsetRule, OnsetTracker
 from ncstudy.records import (
@@ -83,6 +99,7 @@ class TrialMonitor:
         self.forecaster_options = dict(forecaster_options or {})
         self.records: list[dict[str, Any]] = []
         self.final_reason: str | None = None  # set by complete()
+        self.released = False  # see release()
         self._reset()
 
     def _reset(self) -> None:
@@ -105,6 +122,8 @@ class TrialMonitor:
     def observe(self, record: Mapping[str, Any]) -> Decision:
         if not finite(record.get(EPOCH)):
             raise ValueError(f"trial {self.trial_id}: record without a numeric 'epoch': {dict(record)}")
+        if self.released:
+            raise RuntimeError(f"trial {self.trial_id}: its monitor was released (ForecastStopper revives it)")
         epoch = int(float(record[EPOCH]))
         if self.records and epoch <= self.records[-1][EPOCH]:
             keep = [r for r in self.records if r[EPOCH] < epoch]
@@ -216,37 +235,75 @@ class TrialMonitor:
     def state(self) -> TrialForecast:
         return TrialForecast(self.acted or self.latest, self.final_reason or self.stop_reason)
 
+    def release(self) -> None:
+        """Drop what only a running trial needs -- its records (all but the last), the forecaster,
+        the onset points -- keeping what its summary reads (:meth:`fields`, :meth:`state`,
+        :meth:`onset`, the stop reasons, :attr:`last_epoch`). Call once the trial has completed
+        and its run, if any, has been handed to the calibration (:meth:`run_record` needs the records)."""
+        self.records = self.records[-1:]
+        self.points, self.invalid = [], []
+        self.forecaster = None
+        self.released = True
+
     # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The monitor as a JSON-able dict: its records (replayed by :meth:`ForecastStopper.load_dict`)
+        and its summary (what a released monitor is restored from without a replay)."""
         return {"trial_id": self.trial_id, "group": self.group, "budget": self.budget,
                 "records": _jsonable(self.records),
                 "final_reason": self.final_reason, "stop_reason": self.stop_reason,
-                "stopped_at": self.stopped_at, "acted": None if self.acted is None else self.acted.to_dict()}
+                "stopped_at": self.stopped_at, "acted": None if self.acted is None else self.acted.to_dict(),
+                "latest": None if self.latest is None else self.latest.to_dict(),
+                "tracker": {k: _json_num(getattr(self.tracker, k)) for k in _TRACKER_FIELDS},
+                "loss_at_onset": _json_num(self.loss_at_onset)}
 
 
 class ForecastStopper:
-    """Monitors for many trials sharing one :class:`Calibration`; the core of both adapters."""
+    """Monitors for many trials sharing one :class:`Calibration`; the core of both adapters.
+
+    ``learn_batch``: learnt runs join the calibration once those waiting number at least this
+    fraction of its pool (0: each at once); a run of a group with fewer than ``1 / learn_batch``
+    pooled runs joins at once, with everything waiting. ``max_pool``: the most of this stopper's
+    learnt runs the calibration holds at once (None: all; see the module docs). ``journal``: list
+    every durable change for :meth:`drain` (see the module docs).
+    """
 
     def __init__(self, policy: str = "record", forecaster: str = DEFAULT_FORECASTER,
                  calibration: Calibration | None = None, rule: OnsetRule = OnsetRule(),
                  terminal_acc: float = 0.99, learn: bool = True,
-                 forecaster_options: Mapping[str, Any] | None = None, budget: float | None = None) -> None:
+                 forecaster_options: Mapping[str, Any] | None = None, budget: float | None = None,
+                 learn_batch: float = 0.0, journal: bool = False, max_pool: int | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
         if forecaster not in FORECASTERS:
             raise ValueError(f"unknown forecaster {forecaster!r}; choose from {', '.join(FORECASTERS)}")
+        if not 0.0 <= learn_batch < 1.0:
+            raise ValueError("learn_batch must be in [0, 1)")
+        if max_pool is not None and max_pool < 1:
+            raise ValueError("max_pool must be None or >= 1")
         self.policy, self.forecaster, self.rule = policy, forecaster, rule
         self.calibration = calibration if calibration is not None else Calibration()
         self.terminal_acc, self.learn = terminal_acc, learn
         self.forecaster_options = dict(forecaster_options or {})
         self.budget = budget
+        self.learn_batch = float(learn_batch)
+        self.max_pool = max_pool
+        self.slots: list[tuple[str, str]] = []  # (group, run id) of the learnt runs in the pool (max_pool only)
+        self.seen = 0  # learnt runs offered to a capped pool
         self.monitors: dict[str, TrialMonitor] = {}
+        #: learnt runs not yet in the calibration: run id -> (group, run)
+        self.pending: dict[str, tuple[str, RunRecord]] = {}
+        self.journal: list[dict[str, Any]] | None = [] if journal else None
+        self.commits = 0  # batches handed to the calibration (each costs a pool rebuild at the next forecast)
+        self._archive: dict[str, bytes] = {}  # released trial -> its full to_dict(), JSON, zlib
         # fail fast on bad options
         make_forecaster(forecaster, self.calibration, "default", budget or 1.0, **self.forecaster_options)
 
     def monitor(self, trial_id: str, group: str = "default", budget: float | None = None) -> TrialMonitor:
         tid = str(trial_id)
         m = self.monitors.get(tid)
+        if m is not None and m.released:  # a finished trial reports again (e.g. a resumed errored trial)
+            m = self.monitors[tid] = self._replay(json.loads(zlib.decompress(self._archive.pop(tid))))
         if m is None:
             m = self.monitors[tid] = TrialMonitor(tid, group, self.policy, self.calibration, self.forecaster,
                                                   self.rule, self.terminal_acc, self.forecaster_options,
@@ -260,18 +317,32 @@ class ForecastStopper:
         if d.onset and self.learn:
             run = m.run_record()
             if run is not None:
-                self.calibration.add_run(m.group, run)
+                self._learn(m.group, run)
         return d
 
     def complete(self, trial_id: str, reason: str | None = None) -> str | None:
+        """Mark a trial finished (learn from it when it ran to its budget) and release its monitor."""
         m = self.monitors.get(str(trial_id))
         if m is None:
             return None
+        if m.released:  # completed again (a reason given late): only the reason can change
+            before = m.final_reason
+            out = m.complete(reason)
+            if out != before:
+                d = json.loads(zlib.decompress(self._archive[m.trial_id]))
+                d["final_reason"] = out
+                self._archive[m.trial_id] = _pack(d)
+                self._emit({"e": "done", "trial": d})
+            return out
         out = m.complete(reason)
         if self.learn and not m.tracker.collapsed:  # collapsed runs were learnt at their onset
             run = m.run_record()
             if run is not None:
-                self.calibration.add_run(m.group, run)
+                self._learn(m.group, run)
+        d = m.to_dict()
+        self._archive[m.trial_id] = _pack(d)
+        self._emit({"e": "done", "trial": d})
+        m.release()
         return out
 
     def state(self, trial_id: str) -> TrialForecast | None:
@@ -279,28 +350,171 @@ class ForecastStopper:
         m = self.monitors.get(str(trial_id))
         return None if m is None else m.state()
 
-    # ------------------------------------------------------------------------------------------
+    # -- learning ------------------------------------------------------------------------------
+    def _learn(self, group: str, run: RunRecord) -> None:
+        self.pending[run.run_id] = (group, run)
+        self._emit({"e": "learn", "group": group, "run": run.to_dict()})
+        small = self.learn_batch <= 0 or self.calibration.n_runs(group) < math.ceil(1.0 / self.learn_batch)
+        if small or len(self.pending) >= math.ceil(self.learn_batch * self.calibration.n_runs()):
+            self.commit()
+
+    def commit(self) -> None:
+        """Hand every learnt run still waiting to the calibration."""
+        if not self.pending:
+            return
+        for group, run in self.pending.values():
+            self._pool_add(group, run)
+        self.pending = {}
+        self.commits += 1
+        self._emit({"e": "commit"})
+
+    def _pool_add(self, group: str, run: RunRecord) -> None:
+        """One learnt run into the calibration; with ``max_pool``, by reservoir sampling."""
+        if self.max_pool is None or any(rid == run.run_id for _, rid in self.slots):
+            self.calibration.add_run(group, run)  # (a run learnt again replaces itself)
+            return
+        self.seen += 1
+        if len(self.slots) < self.max_pool:
+            j = len(self.slots)
+            self.slots.append((group, run.run_id))
+        else:
+            j = _draw(run.run_id, self.seen)
+            if j >= self.max_pool:
+                return
+            _remove_run(self.calibration, *self.slots[j])
+            self.slots[j] = (group, run.run_id)
+        self.calibration.add_run(group, run)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _emit(self, event: dict[str, Any]) -> None:
+        if self.journal is not None:
+            self.journal.append(event)
+
+    def drain(self) -> list[dict[str, Any]]:
+        """The journal's events since the last call (JSON-able; see :meth:`apply`)."""
+        out, self.journal = (self.journal or []), ([] if self.journal is not None else None)
+        return out
+
+    def live_dict(self) -> dict[str, Any]:
+        """What the journal does not hold: the trials still running (their records)."""
+        return {"version": 2, "policy": self.policy, "forecaster": self.forecaster,
+                "trials": [m.to_dict() for m in self.monitors.values() if not m.released]}
+
+    def apply(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Replay journal events in order (nothing is journalled meanwhile)."""
+        journal, self.journal = self.journal, None
+        try:
+            for e in events:
+                kind = e["e"]
+                if kind == "learn":
+                    run = RunRecord.from_dict(e["run"])
+                    self.pending[run.run_id] = (e["group"], run)
+                elif kind == "commit":
+                    self.commit()
+                elif kind == "done":
+                    m = self._released(e["trial"])
+                    self.monitors[m.trial_id] = m
+                else:
+                    raise ValueError(f"unknown stopper journal event {kind!r}")
+        finally:
+            self.journal = journal
+
+    def restore(self, base: Mapping[str, Any], events: Iterable[Mapping[str, Any]], live: Mapping[str, Any]) -> None:
+        """The state ``base`` (a :meth:`to_dict`) + journal ``events`` + :meth:`live_dict` ``live``."""
+        self.load_dict(base)
+        self.apply(events)
+        for t in live.get("trials", []):
+            m = self._replay(t)
+            self.monitors[m.trial_id] = m
+            self._archive.pop(m.trial_id, None)
+
     def to_dict(self) -> dict[str, Any]:
         return {"version": 1, "policy": self.policy, "forecaster": self.forecaster,
                 "calibration": self.calibration.to_dict(),
-                "trials": [m.to_dict() for m in self.monitors.values()]}
+                "pending": [{"group": g, "run": r.to_dict()} for g, r in self.pending.values()],
+                "pool": {"slots": [list(x) for x in self.slots], "seen": self.seen},
+                "trials": [dict(json.loads(zlib.decompress(self._archive[m.trial_id])), released=True)
+                           if m.released else m.to_dict() for m in self.monitors.values()]}
 
     def load_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore calibration and trial monitors (replaying each trial's records without
-        learning: the saved calibration already holds what was learnt)."""
+        """Restore calibration and trial monitors (replaying each running trial's records without
+        learning: the saved calibration already holds what was learnt; finished trials are
+        restored released, from their summary)."""
         self.calibration = Calibration.from_dict(state["calibration"])
-        self.monitors = {}
+        self.pending = {}
+        pool = state.get("pool") or {}
+        self.slots = [(str(g), str(r)) for g, r in pool.get("slots", [])]
+        self.seen = int(pool.get("seen", 0))
+        for p in state.get("pending", []):
+            run = RunRecord.from_dict(p["run"])
+            self.pending[run.run_id] = (p["group"], run)
+        self.monitors, self._archive = {}, {}
         for t in state.get("trials", []):
-            m = TrialMonitor(t["trial_id"], t["group"], self.policy, self.calibration, self.forecaster,
-                             self.rule, self.terminal_acc, self.forecaster_options, t.get("budget", self.budget))
-            for r in t.get("records", []):
-                m.observe(r)
-            if t.get("acted") is not None:
-                m.acted = Forecast.from_dict(t["acted"])
-            if t.get("stop_reason") is not None:
-                m.stop_reason, m.stopped_at = t["stop_reason"], t.get("stopped_at")
-            m.final_reason = t.get("final_reason")
+            m = self._released(t) if t.get("released") else self._replay(t)
             self.monitors[m.trial_id] = m
+
+    def _new(self, t: Mapping[str, Any]) -> TrialMonitor:
+        return TrialMonitor(t["trial_id"], t["group"], self.policy, self.calibration, self.forecaster, self.rule,
+                            self.terminal_acc, self.forecaster_options, t.get("budget", self.budget))
+
+    def _replay(self, t: Mapping[str, Any]) -> TrialMonitor:
+        """A monitor rebuilt by replaying its records (no learning)."""
+        m = self._new(t)
+        for r in t.get("records", []):
+            m.observe(r)
+        if t.get("acted") is not None:
+            m.acted = Forecast.from_dict(t["acted"])
+        if t.get("stop_reason") is not None:
+            m.stop_reason, m.stopped_at = t["stop_reason"], t.get("stopped_at")
+        m.final_reason = t.get("final_reason")
+        return m
+
+    def _released(self, t: Mapping[str, Any]) -> TrialMonitor:
+        """A finished trial's released monitor, from its summary (no replay); its full dict is archived."""
+        d = {k: v for k, v in t.items() if k != "released"}
+        m = self._new(d)
+        m.final_reason, m.stop_reason, m.stopped_at = d.get("final_reason"), d.get("stop_reason"), d.get("stopped_at")
+        m.acted = None if d.get("acted") is None else Forecast.from_dict(d["acted"])
+        m.latest = None if d.get("latest") is None else Forecast.from_dict(d["latest"])
+        tr = d.get("tracker") or {}
+        for k in _TRACKER_FIELDS:
+            v = tr.get(k)
+            setattr(m.tracker, k, None if v is None else (int(v) if k.startswith("t_") else float(v)))
+        m.loss_at_onset = d.get("loss_at_onset")
+        last = d.get("records", [])[-1:]
+        m.records = [dict(r, **{EPOCH: int(r[EPOCH])}) for r in last]
+        m.release()
+        self._archive[m.trial_id] = _pack(d)
+        return m
+
+
+def _draw(run_id: str, k: int) -> int:
+    """Reservoir sampling's uniform draw in [0, k) for the k-th run, from its id (so a replay of the
+    journal makes the same draws)."""
+    h = hashlib.blake2b(f"{run_id}:{k}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") % k
+
+
+def _remove_run(cal: Calibration, group: str, run_id: str) -> None:
+    """Take one run (and its observation) out of ``cal`` in place: the monitors hold this object."""
+    cal._runs.get(group, {}).pop(run_id, None)
+    cal._obs.get(group, {}).pop(run_id, None)
+    for key in [k for k in cal._states if k[1] == run_id]:
+        del cal._states[key]
+    cal._cache.clear()
+
+
+_TRACKER_FIELDS = ("t_strict", "t_relaxed", "fn_strict", "fn_relaxed", "min_nc1")
+
+
+def _json_num(v: Any) -> float | int | None:
+    if not finite(v):
+        return None
+    return int(v) if isinstance(v, int) else float(v)
+
+
+def _pack(d: Mapping[str, Any]) -> bytes:
+    return zlib.compress(json.dumps(d, separators=(",", ":")).encode(), 6)
 
 
 def _jsonable(records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:

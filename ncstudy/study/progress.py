@@ -4,11 +4,13 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import deque
 from typing import Any, Callable, TextIO
 
 from ray.tune import Callback
 
 from ncstudy.adapters.trials import TrialSummary
+from ncstudy.records import STOP_REASON
 
 COLUMNS = ("trial", "status", "epoch", "phase", "fn", "NC1", "forecast", "T_NC", "fn*", "stop")
 
@@ -34,15 +36,27 @@ def render_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
 
 class ProgressTable(Callback):
     """``label``: ``trial -> name`` (:func:`ncstudy.study.runner.trial_namer`). The forecast column
-    is the trial's ``t_nc_estimate`` (written into its results by the fn* stopper)."""
+    is the trial's ``t_nc_estimate`` (written into its results by the fn* stopper).
+
+    A study of up to ``max_rows`` trials is shown whole at every interval. A larger one shows its
+    running trials and the ``recent`` trials that ended last in full, the rest as counts (by status
+    and stop reason) and the best ``metric`` so far -- the same few lines at trial 50 and trial
+    5,000 (as Tune's own reporter does). The end-of-study summary follows the same rule, with the
+    ``best`` best trials in full; ``summary_note`` says where the whole table is (``summary.csv``).
+    """
 
     def __init__(self, label: Callable[[Any], str], interval_s: float = 10.0, quiet: bool = False,
-                 stream: TextIO | None = None, outcome: Any = None) -> None:
+                 stream: TextIO | None = None, outcome: Any = None, metric: str | None = None,
+                 mode: str = "min", max_rows: int = 30, recent: int = 5, best: int = 10,
+                 summary_note: str | None = None) -> None:
         self.label = label
         self.outcome = outcome  # ncstudy.study.outcome.StudyOutcome: the final status column
         self.interval_s = interval_s
         self.quiet = quiet
         self.stream = stream
+        self.metric, self.mode = metric, mode
+        self.max_rows, self.best, self.summary_note = max_rows, best, summary_note
+        self._recent: deque[str] = deque(maxlen=recent)  # trials that ended, newest last
         self._last = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -59,19 +73,116 @@ class ProgressTable(Callback):
                 "fn": s.final_feat_norm, "NC1": s.final_nc1, "forecast": s.t_nc_estimate, "T_NC": s.t_nc,
                 "fn*": s.fn_star, "stop": s.stop_reason or ""}
 
+    # -- hooks -----------------------------------------------------------------------------------
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         now = time.monotonic()
         if not self.quiet and now - self._last >= self.interval_s:
             self._last = now
-            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-            print(f"\n[{time.strftime('%H:%M:%S')}] {done}/{len(trials)} trials done", file=self._out())
-            print(render_table([self.row(t) for t in trials]), file=self._out(), flush=True)
+            print("\n" + self.view(trials), file=self._out(), flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._ended(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._ended(trial)
+
+    def _ended(self, trial) -> None:
+        if trial.trial_id in self._recent:
+            self._recent.remove(trial.trial_id)
+        self._recent.append(trial.trial_id)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        rows = [self.row(t) for t in trials]
-        if self.outcome is not None:  # what happened, not Tune's status (TERMINATED also when interrupted)
-            for r, t in zip(rows, trials):
-                r["status"] = self.outcome.outcome(t)
+        print("\n" + self.summary(trials), file=self._out(), flush=True)
+
+    # -- what is printed -------------------------------------------------------------------------
+    def view(self, trials: list) -> str:
+        """The live view: a header line, then every trial (small studies) or the running and
+        recently ended ones, the counts and the best so far."""
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        head = f"[{time.strftime('%H:%M:%S')}] {done}/{len(trials)} trials done"
+        if len(trials) <= self.max_rows:
+            return head + "\n" + render_table([self.row(t) for t in trials])
+        running = [t for t in trials if t.status == "RUNNING"]
+        by_id = {t.trial_id: t for t in trials} if self._recent else {}
+        recent = [by_id[i] for i in reversed(self._recent) if i in by_id and by_id[i].status != "RUNNING"]
+        shown = running[:self.max_rows] + recent
+        lines = [head + f" ({self.counts(trials)})"]
+        lines.append(render_table([self.row(t) for t in shown]))
+        if len(running) > self.max_rows:
+            lines.append(f"... and {len(running) - self.max_rows} more running")
+        if len(trials) > len(shown):
+            lines.append(f"{len(trials) - len(shown)} more trial(s) not shown")
+        best = self.best_so_far(trials)
+        if best:
+            lines.append(best)
+        return "\n".join(lines)
+
+    def counts(self, trials: list) -> str:
+        """``"3 running, 40 pending, 950 terminated (forecast 500, onset 400, ...), 7 error"``."""
+        status: dict[str, int] = {}
+        reasons: dict[str, int] = {}
+        for t in trials:
+            status[t.status] = status.get(t.status, 0) + 1
+            if t.status in ("TERMINATED", "ERROR"):
+                r = (t.last_result or {}).get(STOP_REASON) or ("error" if t.status == "ERROR" else "budget")
+                reasons[r] = reasons.get(r, 0) + 1
+        parts = []
+        for st in ("RUNNING", "PENDING", "PAUSED", "TERMINATED", "ERROR"):
+            if status.get(st):
+                part = f"{status[st]} {st.lower()}"
+                if st == "TERMINATED" and reasons:
+                    part += " (" + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda x: -x[1])) + ")"
+                parts.append(part)
+        return ", ".join(parts)
+
+    def _ranked(self, trials: list) -> list:
+        """Ended trials with a finite objective, best first."""
+        if not self.metric:
+            return []
+        vals = []
+        for t in trials:
+            v = (t.last_result or {}).get(self.metric) if t.status in ("TERMINATED", "ERROR") else None
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                vals.append((float(v), t))
+        vals.sort(key=lambda x: x[0], reverse=self.mode == "max")
+        return [t for _, t in vals]
+
+    def best_so_far(self, trials: list) -> str:
+        ranked = self._ranked(trials)
+        if not ranked:
+            return ""
+        t = ranked[0]
+        stop = (t.last_result or {}).get(STOP_REASON) or ""
+        return (f"best {self.metric} so far: {_f(float(t.last_result[self.metric]))} ({self.label(t)}"
+                + (f", stop {stop}" if stop else "") + ")")
+
+    def summary(self, trials: list) -> str:
+        """The end-of-study table (every trial, or the counts and the best ones of a large study)."""
         cols = ("trial", "status", "epoch", "T_NC", "fn*", "forecast", "stop")
-        print("\nStudy summary (epochs run = last evaluated epoch):", file=self._out())
-        print(render_table(rows, cols), file=self._out(), flush=True)
+
+        def rows(ts: list) -> list[dict[str, Any]]:
+            out = [self.row(t) for t in ts]
+            if self.outcome is not None:  # what happened, not Tune's status (TERMINATED also when interrupted)
+                for r, t in zip(out, ts):
+                    r["status"] = self.outcome.outcome(t)
+            return out
+
+        head = "Study summary (epochs run = last evaluated epoch):"
+        if len(trials) <= self.max_rows:
+            return head + "\n" + render_table(rows(trials), cols)
+        lines = [head, f"{len(trials)} trials: {self.counts(trials)}"]
+        if self.outcome is not None:
+            outcomes: dict[str, int] = {}
+            for t in trials:
+                o = self.outcome.outcome(t)
+                outcomes[o] = outcomes.get(o, 0) + 1
+            lines.append("outcomes: " + ", ".join(f"{v} {k}" for k, v in outcomes.items()))
+        ranked = self._ranked(trials)[:self.best]
+        if ranked:
+            lines.append(f"best {len(ranked)} by {self.metric} ({self.mode}):")
+            lines.append(render_table([dict(r, **{self.metric: (t.last_result or {}).get(self.metric)})
+                                       for r, t in zip(rows(ranked), ranked)],
+                                      cols + ((self.metric,) if self.metric not in cols else ())))
+        if self.summary_note:
+            lines.append(self.summary_note)
+        return "\n".join(lines)

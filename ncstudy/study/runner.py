@@ -302,10 +302,12 @@ def resume_command(opts: RunOptions, name: str) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-def run_study(spec: StudySpec, opts: RunOptions) -> int:
+def run_study(spec: StudySpec, opts: RunOptions, trainable: Callable[..., None] | None = None) -> int:
     """Run (or resume) a study. Returns the exit status of :func:`ncstudy.study.outcome.exit_status`:
     0 when every trial completed, 1 when one failed or diverged, 130 when some did not end
-    (interrupted). Bad input raises :class:`~ncstudy.errors.InputError` before anything starts."""
+    (interrupted). Bad input raises :class:`~ncstudy.errors.InputError` before anything starts.
+    ``trainable``: a stand-in for :func:`ncstudy.study.trainable.run_trial` with its signature
+    (``benchmarks/scale.py`` replays recorded trajectories through the same machinery)."""
     for k, v in QUIET_TUNE_ENV.items():
         os.environ.setdefault(k, v)
     from ncstudy.study import preflight
@@ -328,7 +330,7 @@ def run_study(spec: StudySpec, opts: RunOptions) -> int:
     try:
         if opts.address:
             preflight.check_resources(spec, preflight.cluster_largest_node(), f"the cluster at {opts.address}")
-        return _run(spec, opts, t, put_datasets(datasets))
+        return _run(spec, opts, t, put_datasets(datasets), trainable)
     finally:
         if started:
             import shutil
@@ -339,7 +341,8 @@ def run_study(spec: StudySpec, opts: RunOptions) -> int:
             shutil.rmtree(private_temp_dir(), ignore_errors=True)
 
 
-def _run(spec: StudySpec, opts: RunOptions, t, refs: dict[str, Any]) -> int:
+def _run(spec: StudySpec, opts: RunOptions, t, refs: dict[str, Any],
+         trial_fn: Callable[..., None] | None = None) -> int:
     from ray import tune
 
     from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
@@ -353,7 +356,7 @@ def _run(spec: StudySpec, opts: RunOptions, t, refs: dict[str, Any]) -> int:
     # goes to Tune's driver directory, which Tune syncs.
     experiment_dir = t.local_dir
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec_json=spec.model_dump_json(), data_refs=refs),
+        tune.with_parameters(trial_fn or run_trial, spec_json=spec.model_dump_json(), data_refs=refs),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     path = t.experiment_path
     if opts.resume and tune.Tuner.can_restore(path):
@@ -374,7 +377,9 @@ def _run(spec: StudySpec, opts: RunOptions, t, refs: dict[str, Any]) -> int:
             spill_dir=str(experiment_dir) if experiment_dir else None)
         outcome = StudyOutcome()
         progress = ProgressTable(trial_namer(spec), interval_s=opts.progress_interval_s, quiet=opts.quiet,
-                                 outcome=outcome)
+                                 outcome=outcome, metric=spec.objective.metric, mode=spec.objective.mode,
+                                 summary_note="every trial: summary.csv on the study's MLflow run"
+                                 if opts.tracking else None)
         tuner = tune.Tuner(
             trainable,
             param_space={k: tune_domain(p) for k, p in spec.space.items()},
