@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from ncstudy.records import EPOCH, FN, LOSS, NC1, finite
+from ncstudy.records import EPOCH, FN, LOSS, NC1, finite, num
 
 from .calibration import Calibration
 from .core import NO_ONSET, ONSET, Forecast, TerminalGate, first_crossing, phase_of, phase_ok
@@ -230,6 +230,9 @@ class ConformalOnset:
         q_lo, q_med, q_hi = pred.quantile(a), pred.quantile(0.5), pred.quantile(1 - a)
         p = pred.p_onset
         onset, low, high = (t + q * rem if math.isfinite(q) else math.inf for q in (q_med, q_lo, q_hi))
+        # the interval given onset within the budget ("when, if it collapses"): what the conformal
+        # recalibration of the timing alone promises (replay scores its coverage)
+        low_if, high_if = (t + pred.onset_quantile(q) * rem if len(pred.rho_c) else math.inf for q in (a, 1 - a))
         would = None
         if self._n_points >= self.min_points:
             if p >= 1 - self.alpha and high - low <= self.tolerance:
@@ -246,7 +249,8 @@ class ConformalOnset:
                 + ("" if trusted else ", untrusted: too few runs"))
         self.forecast = Forecast(onset, low, high, int(t), self.signal, trusted, None, desc,
                                  {"distance": pred.distance, "nc1": state.nc1, "remaining": rem,
-                                  "collapsed_analogs": pred.n_collapsed}, p, self.budget,
+                                  "collapsed_analogs": pred.n_collapsed, "low_if_onset": num(low_if),
+                                  "high_if_onset": num(high_if)}, p, self.budget,
                                  decision)
         return self.forecast
 

@@ -40,7 +40,7 @@ from scipy import stats
 from ncstudy.onset import OnsetRule, onset_of
 
 from .calibration import Calibration, Prior, RunRecord, observation_from_records
-from .core import first_crossing
+from .core import Forecast, first_crossing
 from .forecasters import DEFAULT_FORECASTER
 from .stopper import FORECAST_STOP, NO_ONSET_STOP, ONSET_STOP, POLICIES, TrialMonitor
 from .trajectories import Trajectory
@@ -109,8 +109,13 @@ class ReplaySummary:
     spearman: float | None  # reported vs true T_NC, collapsing runs
     spearman_all: float | None  # all runs, censored ranked last
     invalid_forecasts: int
-    evaluations: int  # forecasts stated at evaluations before onset (diagnostic below)
-    eval_interval_coverage: float | None  # of all intervals stated on collapsing runs before onset
+    evaluations: int  # finite intervals stated at evaluations of collapsing runs before onset
+    eval_interval_coverage: float | None  # of those intervals, the share that holds the true onset
+    evaluations_if_onset: int  # conditional intervals ("when, if it collapses") stated before onset
+    eval_coverage_if_onset: float | None  # of those, the share that holds the true onset
+    p_onset_brier: float | None  # mean (p_onset - collapsed)^2 over every trusted evaluation
+    p_onset_brier_base: float | None  # ... of the constant forecast at those evaluations' outcome rate
+    p_onset_evaluations: int
 
 
 @dataclass
@@ -160,10 +165,37 @@ def infer_budgets(trajectories: Sequence[Trajectory], budget: int | None = None,
     return out
 
 
+@dataclass
+class EvalLog:
+    """Per-evaluation diagnostics of a replay, pooled over its runs: does each stated interval hold
+    the true onset (the published one, and the one given onset within the budget), and how good is
+    ``p_onset`` as a probability (Brier score against the run's outcome)."""
+
+    covered: list[bool] = field(default_factory=list)
+    covered_if_onset: list[bool] = field(default_factory=list)
+    brier: list[float] = field(default_factory=list)
+    outcomes: list[float] = field(default_factory=list)
+
+    def add(self, fc: Forecast, t_nc: int | None, budget: int) -> None:
+        if not fc.trusted:
+            return
+        if fc.p_onset is not None:
+            y = 1.0 if t_nc is not None and t_nc <= budget else 0.0
+            self.brier.append((fc.p_onset - y) ** 2)
+            self.outcomes.append(y)
+        if t_nc is None or fc.made_at >= t_nc:
+            return
+        if math.isfinite(fc.high):
+            self.covered.append(fc.low <= t_nc <= fc.high)
+        lo, hi = fc.details.get("low_if_onset"), fc.details.get("high_if_onset")
+        if lo is not None and hi is not None and math.isfinite(hi):
+            self.covered_if_onset.append(lo <= t_nc <= hi)
+
+
 def replay_run(traj: Trajectory, calibration: Calibration, forecaster: str = DEFAULT_FORECASTER,
                policy: str = "stop_at_forecast", rule: OnsetRule = OnsetRule(), budget: int | None = None,
                terminal_acc: float = 0.99, forecaster_options: Mapping[str, Any] | None = None,
-               coverage_log: list | None = None) -> RunReplay:
+               log: EvalLog | None = None) -> RunReplay:
     if not traj.records:
         raise ValueError(f"{traj.run_id}: no evaluations")
     run_budget = int(budget if budget is not None else (traj.budget or traj.records[-1]["epoch"]))
@@ -173,9 +205,8 @@ def replay_run(traj: Trajectory, calibration: Calibration, forecaster: str = DEF
     for r in traj.records:
         d = mon.observe(r)
         fc = d.forecast
-        if (coverage_log is not None and fc is not None and fc.made_at == int(r["epoch"]) and t_nc is not None
-                and fc.made_at < t_nc and math.isfinite(fc.high)):
-            coverage_log.append(fc.low <= t_nc <= fc.high)
+        if log is not None and fc is not None and fc.made_at == int(r["epoch"]):
+            log.add(fc, t_nc, run_budget)
         if mon.stop_reason is not None and policy != "record":
             break
     fc = mon.acted
@@ -215,7 +246,8 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 
 def summarize(runs: Sequence[RunReplay], forecaster: str, policy: str, calibration: str,
-              coverage_log: Sequence[bool] = ()) -> ReplaySummary:
+              log: EvalLog | None = None) -> ReplaySummary:
+    log = log or EvalLog()
     coll = [r for r in runs if r.t_nc is not None]
     cens = [r for r in runs if r.t_nc is None]
     fstops = [r for r in coll if r.stop_reason == FORECAST_STOP]
@@ -238,8 +270,14 @@ def summarize(runs: Sequence[RunReplay], forecaster: str, policy: str, calibrati
         _spearman([r.reported_t_nc for r in reported], [r.t_nc for r in reported]),
         _spearman([r.reported_t_nc if r.reported_t_nc is not None else inf for r in runs],
                   [r.t_nc if r.t_nc is not None else inf for r in runs]),
-        sum(r.invalid_forecasts for r in runs), len(coverage_log),
-        _mean([1.0 if c else 0.0 for c in coverage_log]))
+        sum(r.invalid_forecasts for r in runs), len(log.covered), _mean([1.0 if c else 0.0 for c in log.covered]),
+        len(log.covered_if_onset), _mean([1.0 if c else 0.0 for c in log.covered_if_onset]),
+        _mean(log.brier), _base_brier(log.outcomes), len(log.brier))
+
+
+def _base_brier(outcomes: Sequence[float]) -> float | None:
+    m = _mean(outcomes)
+    return None if m is None else m * (1 - m)
 
 
 def replay(trajectories: Sequence[Trajectory], forecaster: str = DEFAULT_FORECASTER,
@@ -271,7 +309,7 @@ def replay(trajectories: Sequence[Trajectory], forecaster: str = DEFAULT_FORECAS
     if calibration != "prior":
         for t in trajectories:
             base.add_run(t.group, RunRecord.from_records(t.run_id, t.records, budgets[t.run_id], rule, terminal_acc))
-    runs, coverage_log = [], []
+    runs, log = [], EvalLog()
     for t in trajectories:
         if calibration == "leave-one-out":
             cal = base.without(t.run_id)
@@ -281,10 +319,10 @@ def replay(trajectories: Sequence[Trajectory], forecaster: str = DEFAULT_FORECAS
         else:
             cal = base
         runs.append(replay_run(t, cal, forecaster, policy, rule, budgets[t.run_id], terminal_acc,
-                               forecaster_options, coverage_log))
+                               forecaster_options, log))
     options = {"forecaster": forecaster, "calibration": calibration, "policy": policy, "holdout_by": holdout_by,
                "budget": budget, "min_observations": min_observations, **dict(forecaster_options or {})}
-    return ReplayResult(runs, summarize(runs, forecaster, policy, calibration, coverage_log), options)
+    return ReplayResult(runs, summarize(runs, forecaster, policy, calibration, log), options)
 
 
 # ----------------------------------------------------------------------------------------------
