@@ -374,7 +374,7 @@ def run_one(n: int, work: Path, timeout_s: float, baseline_state: bool = False,
     from mlflow_server import MlflowServer
 
     work.mkdir(parents=True, exist_ok=True)
-    server = MlflowServer(work / "mlflow").start()
+    server = MlflowServer(work / "mlflow").start(timeout=600.0)  # a loaded machine can take minutes
     try:
         out = work / "result.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--json", str(out),
@@ -418,7 +418,10 @@ def main(ns: tuple[int, ...] = DEFAULT_N, timeout_s: float = 3600.0, baseline_ns
     with tempfile.TemporaryDirectory(prefix="ncstudy_scale_") as tmp:
         for n in ns:
             print(f"[scale] N={n} ...", flush=True)
-            by_n[n] = run_one(n, Path(tmp) / f"n{n}", timeout_s)
+            try:
+                by_n[n] = run_one(n, Path(tmp) / f"n{n}", timeout_s)
+            except Exception as e:  # report and go on with the next N
+                by_n[n] = {"n": n, "error": f"{type(e).__name__}: {e}"}
             print(f"[scale] N={n}: {summary_line(by_n[n])}", flush=True)
         for n in baseline_ns:
             print(f"[scale] N={n}, whole stopper state at every save (before issue 17) ...", flush=True)
