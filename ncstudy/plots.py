@@ -17,7 +17,6 @@ as the drawing).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -383,10 +382,12 @@ def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = ""
     ax_fn, ax_nc = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     bands = _group_bands(trials)
     band_cols = ["tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+    band_marks = []
     for i, (g, b) in enumerate(sorted(bands.items())):
-        draw_band(ax_fn, b, band_cols[i % len(band_cols)], label=False)
-        _label_right(ax_fn, b.high if b.high is not None else b.value,
-                     (f"{g}: " if len(bands) > 1 else "") + b.label(), "tab:brown")
+        col = band_cols[i % len(band_cols)]
+        draw_band(ax_fn, b, col, label=False)
+        band_marks.append(Patch(facecolor=col, alpha=0.4, edgecolor=col,
+                                label=(f"{g}: " if len(bands) > 1 else "") + b.label()))
     switches = sorted({s for s in (t.switch() for t in trials) if s is not None})
     for s in switches:
         _vline((ax_fn, ax_nc), s, "0.6", lw=0.8)
@@ -439,7 +440,8 @@ def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = ""
     handles = [Line2D([], [], color=c, lw=2.5, label=v) for v, c in legend_vals[:20]]
     if len(legend_vals) > 20:
         handles.append(Line2D([], [], color="white", label=f"... {len(legend_vals) - 20} more"))
-    marks = [Patch(facecolor=BAND_COLOUR, alpha=0.4, edgecolor=BAND_COLOUR, label="fn* of the group (spread)"),
+    marks = [*(band_marks or [Patch(facecolor=BAND_COLOUR, alpha=0.4, edgecolor=BAND_COLOUR,
+                                    label="fn* of the group (spread)")]),
              Line2D([], [], ls="", marker="o", color="0.7", mec="black", label="onset T_NC (NC1 < strict)"),
              Line2D([], [], ls="-", marker="D", color="0.7", mec="black", label="forecast onset [interval]\n"
                     "(trial stopped by it)"),
@@ -448,6 +450,10 @@ def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = ""
     leg1 = ax_fn.legend(handles=handles, title=key or "trial", loc="upper left", bbox_to_anchor=(1.01, 1.0),
                         fontsize=8, title_fontsize=8.5, frameon=False)
     ax_fn.add_artist(leg1)
+    from textwrap import fill
+
+    for h in marks:
+        h.set_label(fill(h.get_label(), 34))
     ax_nc.legend(handles=marks, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, frameon=False)
     out = Path(path)
     fig.savefig(out, pil_kwargs={"compress_level": 1})  # zlib level 6 took a quarter of the time

@@ -216,3 +216,64 @@ def test_a_bug_in_the_writer_reaches_the_driver(mlflow_uri, tmp_path):
     cb.flush()
     with pytest.raises(Exception, match="not found"):
         cb.on_trial_result(0, [trial], trial, _result(25))
+
+
+def test_a_trial_costs_four_requests(mlflow_uri, tmp_path):
+    """Params ride with the first metrics batch, end tags with the last, both trajectory artifacts
+    go up in one upload: create_run, log_batch, log_artifacts, set_terminated."""
+    cb = _callback(mlflow_uri, "tracking_requests", tmp_path, trial_params=lambda c: {"model.width": 64, "seed": 0})
+    client = MlflowClient(mlflow_uri)
+    calls: list[tuple[str, str]] = []
+    for name in ("create_run", "log_batch", "log_artifact", "log_artifacts", "set_terminated", "set_tag",
+                 "get_metric_history", "search_runs"):
+        real = getattr(cb.writer.client, name)
+
+        def counted(*a: Any, _real: Any = real, _name: str = name, **k: Any) -> Any:
+            out = _real(*a, **k)
+            calls.append((_name, out.info.run_id if _name == "create_run" else (k.get("run_id") or a[0])))
+            return out
+
+        setattr(cb.writer.client, name, counted)
+    gate = _Gate(cb)  # the writer waits inside create_run while the trial reports and ends
+    trial = FakeTrial("f0", config={"model.width": 64, "seed": 0})
+    cb.on_trial_start(0, [trial], trial)
+    assert gate.entered.wait(60)
+    _report(cb, trial)
+    trial.status = "TERMINATED"
+    cb.on_trial_complete(0, [trial], trial)
+    gate.open.set()
+    assert cb.flush()
+    run = _child(client, cb, trial)
+    mine = sorted(n for n, r in calls if r == run.info.run_id)
+    assert mine == ["create_run", "log_artifacts", "log_batch", "set_terminated"]
+    assert run.data.params == {"model.width": "64", "seed": "0"}
+    assert run.data.tags["stop_reason"] == "budget" and run.data.tags["threshold"] == "none"
+    assert _steps(client, run.info.run_id) == list(EPOCHS)
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"trajectory.csv", "trajectory.png"}
+    cb.on_experiment_end([trial])
+
+
+def test_trial_picture_data_crossing_forecast_onset(tmp_path):
+    """What trajectory.png shows, worked out once: fn* band, the first MSE-phase epoch with
+    fn <= fn*, the forecast acted on (its row at forecast_epoch), the onset."""
+    from ncstudy.adapters.mlflow.callback import trial_view
+    from ncstudy.plots import plot_trajectory
+
+    rows = []
+    for e in range(10, 210, 10):
+        phase = 1 if e <= 50 else 2
+        fn = 20.0 if phase == 1 else 1.0 + 10.0 * 0.9 ** (e - 50)
+        r = {"epoch": e, "phase": phase, "train": 1.0, "feat_norm": fn, "nc1": 0.3 * 0.98 ** e}
+        if e >= 120:
+            r.update(t_nc_estimate=190.0 + (e - 120) / 10, t_nc_low=170.0, t_nc_high=220.0, p_onset=0.9,
+                     forecast_epoch=140.0)
+        rows.append(r)
+    crossing = next(r["epoch"] for r in rows if r["phase"] == 2 and r["feat_norm"] <= 1.5)
+    plot = {"title": "w64-s0", "band": {"value": 1.5, "low": 1.3, "high": 1.7, "source": "prior"},
+            "t_nc": 200.0, "stop_reason": "onset", "keys": {"model.width": 64}}
+    view = trial_view(rows, plot)
+    assert view.crossing == crossing and view.t_nc == 200.0 and view.switch() == 55.0
+    fc = view.forecast()
+    assert (fc.made_at, fc.onset, fc.low, fc.high) == (140.0, 192.0, 170.0, 220.0)
+    out = plot_trajectory(view, tmp_path / "trajectory.png")
+    assert out.stat().st_size > 10_000

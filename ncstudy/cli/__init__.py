@@ -85,10 +85,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ncstudy.adapters.mlflow.writer import TrackingUnavailable
 
     try:
-        return run_study(spec, opts)
+        status = run_study(spec, opts)
     except TrackingUnavailable as e:
         print(f"ncstudy run: error: {e}", file=sys.stderr, flush=True)
         return EXIT_TRACKING_UNAVAILABLE
+    _print_browse_hint(spec.name, opts.tracking_uri, opts.tracking_uri_given and
+                       opts.tracking_uri != DEFAULT_TRACKING_URI)
+    return status
+
+
+def _print_browse_hint(study: str, uri: str, uri_given: bool) -> None:
+    """Where to look at the study: the MLflow UI page of its training runs (a tracking server's own
+    UI, else the one `ncstudy ui` serves on its default port)."""
+    from ncstudy.adapters.mlflow.layout import runs_url
+    from ncstudy.adapters.mlflow.reader import connect
+
+    try:
+        exp = connect(uri).get_experiment_by_name(study)
+    except Exception:  # noqa: BLE001 - a hint is no reason to fail a finished study
+        return
+    if exp is None:
+        return
+    from ncstudy.adapters.mlflow.layout import VIEW_TAG
+
+    view = VIEW_TAG in (exp.tags or {})
+    if uri.startswith(("http://", "https://")):
+        print(f"\nBrowse the study in MLflow: {runs_url(uri, exp.experiment_id, view)}", flush=True)
+        return
+    cmd = "ncstudy ui" + (f" --tracking-uri {uri}" if uri_given else "")
+    print(f"\nBrowse the study in MLflow: `{cmd}`, then open\n  {runs_url(UI_BASE, exp.experiment_id, view)}",
+          flush=True)
+
+
+UI_BASE = "http://127.0.0.1:5000"  # `ncstudy ui`'s default address
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -112,6 +141,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
             probe.bind(("127.0.0.1", args.port))
         except OSError:
             raise ConfigError(f"--port {args.port}: already in use on 127.0.0.1; pass another --port") from None
+    from ncstudy.adapters.mlflow.layout import runs_url
+    from ncstudy.adapters.mlflow.reader import StudyReader
+
+    try:  # MLflow 3's UI opens GenAI pages: print the links that open each study's training runs
+        studies = StudyReader(uri).studies()
+    except Exception:  # noqa: BLE001 - the UI can still be browsed from its home page
+        studies = []
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port),
            "--workers", "1"]
@@ -128,7 +164,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
+        base = f"http://127.0.0.1:{args.port}"
+        print(f"MLflow UI for {uri} at {base}  (Ctrl-C to stop)", flush=True)
+        if studies:
+            print("Training runs of each study: the study run and every trial (latest study first):",
+                  flush=True)
+            for name, exp_id, view in studies[:10]:
+                print(f"  {name}: {runs_url(base, exp_id, view)}", flush=True)
         while True:
             try:
                 rc = proc.wait(timeout=0.5)

@@ -208,6 +208,7 @@ class MLflowStudyCallback(Callback):
             exp = w.blocking(c.get_experiment_by_name, self.study_name)
             w.experiment_id = exp.experiment_id if exp else w.blocking(
                 c.create_experiment, self.study_name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        w.blocking(w.write_view)  # the UI's view of the study: every trial listed, from the start
         if w.parent_run_id is None:
             run = w.blocking(c.create_run, w.experiment_id, run_name=self.study_name,
                              tags={ROLE_TAG: ROLE_STUDY, STUDY_TAG: self.study_name})

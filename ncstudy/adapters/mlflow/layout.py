@@ -15,17 +15,21 @@ other module spells a tag.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from urllib.parse import quote
 
 from ncstudy.records import (
     CLASSIFIER_WEIGHT_NORM,
+    COLLAPSE_EPOCH,
     EPOCH,
+    FN,
     FN_STAR,
     FORECAST_EPOCH,
     FORECAST_FIELDS,
     GRAD_NORM,
     LOSS,
     LR,
+    NC1,
     P_ONSET,
     REFERENCE_COLUMNS,
     STANDARD_NC,
@@ -87,12 +91,34 @@ MAX_KEY, MAX_PARAM = 250, 6000
 MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_TAGS_PER_BATCH = 1000, 100, 100
 
 
-def runs_url(base: str, experiment_id: str) -> str:
-    """The MLflow UI page of an experiment's training runs. MLflow 3's UI opens GenAI pages unless
-    told otherwise (``workflowType``, kept in the browser's localStorage ``mlflow.workflowType``,
-    default ``genai``); the URL parameter wins over it, and without a sort or filter in the URL the
-    trial runs are listed nested under their study run."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+# The MLflow UI's view of a study: MLflow 3.17's UI opens experiments on GenAI pages and shows the
+# trial runs folded under their study run (its sort by start time nests children; its fold state
+# cannot be shared). The study's experiment carries a shared view (an experiment tag the UI reads
+# for ``?viewStateShareKey=ncstudy``): runs sorted by name, a flat list of the study run and every
+# trial, columns for the searched keys and the onset, all runs in the charts.
+VIEW_KEY = "ncstudy"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+RUN_NAME_ORDER = "tags.`mlflow.runName`"
+
+
+def view_state(searched: Iterable[str] = ()) -> dict[str, Any]:
+    """The shared view of a study's runs (the JSON of :data:`VIEW_TAG`)."""
+    cols = ([f"params.`{k}`" for k in searched]
+            + [f"metrics.`{m}`" for m in (COLLAPSE_EPOCH, FN, NC1)]
+            + [f"tags.`{t}`" for t in (STOP_REASON_TAG, T_NC_TAG, FN_STAR_TAG)])
+    return {"searchFilter": "", "orderByKey": RUN_NAME_ORDER, "orderByAsc": True, "selectedColumns": cols,
+            "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True}
+
+
+def runs_url(base: str, experiment_id: str, shared_view: bool = True) -> str:
+    """The MLflow UI page of an experiment's training runs, every trial visible: ``workflowType``
+    (the UI keeps it in localStorage ``mlflow.workflowType``, default ``genai``; the URL wins) and
+    the study's shared view, or, for an experiment without one (an older ncstudy), the sort by name
+    that lists the trials flat."""
+    url = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if shared_view:
+        return f"{url}&viewStateShareKey={VIEW_KEY}"
+    return f"{url}&orderByKey={quote(RUN_NAME_ORDER)}&orderByAsc=true"
 
 
 def trial_filter() -> str:

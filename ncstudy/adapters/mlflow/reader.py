@@ -26,6 +26,7 @@ from .layout import (
     STEP_KEY,
     TRAJECTORY_CSV,
     TRIAL_TAG,
+    VIEW_TAG,
     study_filter,
     trial_filter,
 )
@@ -134,6 +135,21 @@ class StudyReader:
         """Study (parent) runs, the latest first."""
         runs = self.search(experiment_id, study_filter())
         return sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)
+
+    def studies(self) -> list[tuple[str, str, bool]]:
+        """``(study name, experiment id, has ncstudy's shared UI view)`` of every experiment holding
+        a study run, the one whose latest study run started last first."""
+        exps = {e.experiment_id: e for e in self.client.search_experiments()}
+        if not exps:
+            return []
+        runs = self.client.search_runs(list(exps), filter_string=study_filter(),
+                                       order_by=["attributes.start_time DESC"], max_results=1000)
+        out: list[tuple[str, str, bool]] = []
+        for r in runs:
+            e = exps.get(r.info.experiment_id)
+            if e is not None and all(e.experiment_id != x[1] for x in out):
+                out.append((e.name, e.experiment_id, VIEW_TAG in (e.tags or {})))
+        return out
 
     def trial_runs(self, experiment_id: str) -> list:
         """Trial runs in start order; runs nested under a parent without ncstudy's role tag count too."""

@@ -100,7 +100,8 @@ class StudyWriter:
     """The queue and writer thread of one study's MLflow runs (see the module docs)."""
 
     _RUNTIME = ("_client", "_lock", "_cond", "_wake", "_thread", "_stopping", "_error", "_started", "_passes",
-                "cpu_s", "_rows", "_ended_rows", "_overview_due", "_overview_at", "overview_cpu_s", "plot_cpu_s")
+                "cpu_s", "_rows", "_ended_rows", "_view_sent", "_overview_due", "_overview_at", "overview_cpu_s",
+                "plot_cpu_s")
 
     def __init__(self, tracking_uri: str, study_name: str, flush_interval_s: float = 5.0,
                  max_outage_s: float = 600.0, spill_dir: str | None = None, plotter: Plotter | None = None,
@@ -396,6 +397,17 @@ class StudyWriter:
                 raise
 
     # -- the study run -------------------------------------------------------------------------
+    def write_view(self, searched: list[str] = ()) -> None:
+        """The experiment's shared UI view (:func:`~.layout.view_state`), with a column per searched
+        key; sent when it changed."""
+        from .layout import VIEW_TAG, view_state
+
+        keys = list(dict.fromkeys(searched))
+        text = json.dumps(view_state(keys))
+        if text != getattr(self, "_view_sent", None) and self.experiment_id is not None:
+            self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, text)
+            self._view_sent = text
+
     def write_overview(self, read_missing: bool = False) -> bool:
         """Draw the study overview of the ended trials and send it to the study run: its pictures,
         ``summary.csv`` of the ended trials and the study metrics (at ``step`` = trials ended).
@@ -422,6 +434,7 @@ class StudyWriter:
             trials.append((rows, plot))
         if not trials:
             return False
+        self.write_view([k for _, plot in trials for k in (plot.get("keys") or {})])
         with tempfile.TemporaryDirectory() as d:
             paths, metrics = self.overview(trials, Path(d))
             ts = int(time.time() * 1000)
