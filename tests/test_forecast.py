@@ -223,6 +223,18 @@ def test_calibration_mean_median_priors_groups_and_json(tmp_path):
     assert cal.without("r3").estimate("a").fn_star == 2.0  # back to the prior (2 < 3 runs)
 
 
+def test_calibration_remove_run_takes_out_run_observation_and_pool_states():
+    runs = [Trajectory(f"r{i}", "g", synthetic_trajectory(t_nc=300 + 10 * i, seed=i), {"budget": 600})
+            for i in range(3)]
+    cal = calibration_from_trajectories(runs)
+    before = cal.analog_pool()
+    assert cal.n_runs("g") == 3 and len(cal.observations("g")) == 3 and before.n_runs == 3
+    assert cal.remove_run("g", "r1") and not cal.remove_run("g", "r1") and not cal.remove_run("other", "r0")
+    assert cal.n_runs("g") == 2 and {o.run_id for o in cal.observations("g")} == {"r0", "r2"}
+    after = cal.analog_pool()
+    assert after is not before and {r.run_id for r in after.runs} == {"r0", "r2"}
+
+
 def test_default_group_key():
     assert default_group_key({"model": {"name": "mlp"}, "data": {"name": "mnist"}}) == "mlp/mnist"
     assert default_group_key({"model.name": "resnet20", "data.name": "cifar10"}) == "resnet20/cifar10"

@@ -257,6 +257,15 @@ class Calibration:
                 self._obs.setdefault(group, {})[run.run_id] = obs
         self._cache.clear()
 
+    def remove_run(self, group: str, run_id: str) -> bool:
+        """Take a pooled run (and its fn*/lead observation) out, in place; False if it was not there."""
+        found = self._runs.get(group, {}).pop(run_id, None) is not None
+        found = (self._obs.get(group, {}).pop(run_id, None) is not None) or found
+        for key in [k for k in self._states if k[:2] == (group, run_id)]:
+            del self._states[key]
+        self._cache.clear()
+        return found
+
     def runs(self) -> list[tuple[str, RunRecord]]:
         """Every pooled run with its group."""
         return [(g, r) for g, runs in sorted(self._runs.items()) for r in runs.values()]

@@ -381,7 +381,7 @@ class ForecastStopper:
             j = _draw(run.run_id, self.seen)
             if j >= self.max_pool:
                 return
-            _remove_run(self.calibration, *self.slots[j])
+            self.calibration.remove_run(*self.slots[j])
             self.slots[j] = (group, run.run_id)
         self.calibration.add_run(group, run)
 
@@ -495,13 +495,6 @@ def _draw(run_id: str, k: int) -> int:
     return int.from_bytes(h, "big") % k
 
 
-def _remove_run(cal: Calibration, group: str, run_id: str) -> None:
-    """Take one run (and its observation) out of ``cal`` in place: the monitors hold this object."""
-    cal._runs.get(group, {}).pop(run_id, None)
-    cal._obs.get(group, {}).pop(run_id, None)
-    for key in [k for k in cal._states if k[1] == run_id]:
-        del cal._states[key]
-    cal._cache.clear()
 
 
 _TRACKER_FIELDS = ("t_strict", "t_relaxed", "fn_strict", "fn_relaxed", "min_nc1")
