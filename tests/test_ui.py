@@ -308,8 +308,8 @@ def test_fresh_browser_lands_on_the_trials(study, artifacts_dir, tmp_path):
         browser.find_element(By.XPATH, "//*[normalize-space(text())='Artifacts']").click()
         wait.until(lambda b: b.find_elements(By.XPATH, "//*[normalize-space(text())='overview.png']"))
         browser.find_element(By.XPATH, "//*[normalize-space(text())='overview.png']").click()
-        wait.until(lambda b: any((i.get_attribute("src") or "").find("overview.png") >= 0
-                                 and i.get_attribute("naturalWidth") not in (None, "0")
+        # the preview is a blob: URL; overview.png is the 1,100-pixel-wide image on the page
+        wait.until(lambda b: any(i.get_attribute("naturalWidth") == "1100"
                                  for i in b.find_elements(By.TAG_NAME, "img")))
         time.sleep(1)
         browser.save_screenshot(str(artifacts_dir / "mlflow_ui_overview.png"))
