@@ -18,9 +18,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ncstudy run search_spaces/quickstart.yaml
 
+# Two workers, a test file each (module fixtures stay in one process); no test assumes idle CPUs.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

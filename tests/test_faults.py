@@ -146,14 +146,15 @@ def test_mlflow_down_then_back(tmp_path, study, mlflow_server):
     on meanwhile, and what was queued is written once it is back (every step once, one run each)."""
     name = "fault_mlflow_blip"
     storage = tmp_path / "res"
-    p = study(name, mse_epochs=390, widths=(16, 32))  # 80 evaluations, a checkpoint every 2nd
+    p = study(name, mse_epochs=590, widths=(16, 32))  # 120 evaluations, a checkpoint every 2nd
     # down as soon as the first result is in MLflow (the other trial may not have a run yet)
     assert wait_for(lambda: max(last_steps(mlflow_server.uri, name).values(), default=0) >= 5,
                     timeout=180, every=0.2), tail(tmp_path / "driver.log")
     mlflow_server.stop()  # returns once the port is closed
     down_at = int(time.time() * 1000)
     at_stop = checkpoints(storage, name)
-    assert max(at_stop.values(), default=0) <= 30, at_stop  # trials far from done (last index: 39)
+    # trials far from done (last index: 59); polling MLflow lags on a busy machine, hence the margin
+    assert max(at_stop.values(), default=0) <= 50, at_stop
     # training goes on without MLflow: every trial saves two more checkpoints (4 more evaluations)
     assert wait_for(lambda: len(c := checkpoints(storage, name)) == 2
                     and all(c[t] >= at_stop.get(t, -1) + 2 for t in c), timeout=120, every=0.2), \
@@ -163,7 +164,7 @@ def test_mlflow_down_then_back(tmp_path, study, mlflow_server):
     mlflow_server.start()
     assert p.wait(timeout=300) == 0, tail(tmp_path / "driver.log")
 
-    assert_complete(mlflow_server.uri, name, 2, 400)
+    assert_complete(mlflow_server.uri, name, 2, 600)
     client, _, children = child_runs(mlflow_server.uri, name)
     for c in children:  # points reported while the server was down were written afterwards
         ts = [m.timestamp for m in client.get_metric_history(c.info.run_id, "train")]
