@@ -15,18 +15,20 @@ training: only the service's own costs remain.
 
 Measured in the driver process: CPU (``getrusage``, every thread: Tune's loop, the MLflow writer,
 Ray's core worker), the CPU (thread time) inside the fn* stopper, the MLflow callback's hooks plus
-its writer thread, and the progress table; peak RSS (sampled every 0.2 s) over the RSS before the
-study; bytes of stopper state written (its journal files and its part of Tune's callback state, as
-pickled); the MLflow callback's part of Tune's callback state (pickled); Tune's own
-``experiment_state-*.json`` (every trial's state) at each save; HTTP requests to the MLflow server
-(counted at ``requests.Session.request``); wall time. Nothing here is a ratio of alternated runs:
-one study per N, on a shared machine, so
-the wall and CPU figures carry the machine's noise (a few per cent to tens of per cent).
+its writer thread, and the progress table; apart from it, the CPU of the picture process that
+draws every ``trajectory.png`` and the overview (a child of the driver, off its GIL); peak RSS
+(sampled every 0.2 s) over the RSS before the study; bytes of stopper state written (its journal
+files and its part of Tune's callback state, as pickled); the MLflow callback's part of Tune's
+callback state (pickled); Tune's own ``experiment_state-*.json`` (every trial's state) at each save;
+HTTP requests to the MLflow server (counted at ``requests.Session.request``); wall time. Nothing
+here is a ratio of alternated runs: one study per N, on a shared machine, so the wall and CPU
+figures carry the machine's noise (a few per cent to tens of per cent).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import resource
@@ -47,7 +49,8 @@ from benchmarks.common import RESULTS, machine, write_json  # noqa: E402
 DEFAULT_N = (100, 300, 1000)
 CORPUS = ROOT / "analysis" / "corpus" / "runs"
 BUDGET = 600  # the reference protocol: 200 CE + 400 MSE epochs
-PER_TRIAL = ("driver_cpu_s_per_trial", "service_cpu_s_per_trial", "mlflow_requests_per_trial",
+PER_TRIAL = ("driver_cpu_s_per_trial", "service_cpu_s_per_trial", "picture_cpu_s_per_trial",
+             "mlflow_requests_per_trial",
              "stopper_state_bytes_per_trial", "wall_s_per_trial", "tune_state_bytes_per_trial",
              "tracking_state_bytes_per_trial", "whole_state_bytes_per_trial_if_saved")
 
@@ -311,6 +314,7 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
         (work / "saved_state.json").write_text(holder["saved_state"])
     stopper, tracking = holder.get("stopper"), holder.get("tracking")
     writer_cpu = float(getattr(getattr(tracking, "writer", None), "cpu_s", 0.0) or 0.0)
+    picture_cpu = float(getattr(getattr(tracking, "writer", None), "picture_cpu_s", 0.0) or 0.0)
     if stopper is not None:
         stats["stopper_state_bytes"] += stopper.core.bytes_written
     reasons: dict[str, int] = {}
@@ -323,7 +327,7 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
         "n": n, "status": status, "source": source, "wall_s": wall, "driver_cpu_s": cpu,
         "results": stats["results"], "stop_reasons": reasons,
         "cpu_s": {"stopper": meter.cpu.get("stopper", 0.0), "tracking_hooks": meter.cpu.get("tracking_hooks", 0.0),
-                  "tracking_writer": writer_cpu, "progress": meter.cpu.get("progress", 0.0),
+                  "tracking_writer": writer_cpu, "pictures": picture_cpu, "progress": meter.cpu.get("progress", 0.0),
                   "tune_save": meter.cpu.get("tune_save", 0.0)},
         "calls": meter.calls,
         "rss_start_mb": rss.start / 2**20, "rss_peak_mb": rss.peak / 2**20, "rss_end_mb": rss.end / 2**20,
@@ -346,6 +350,7 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
         "service_cpu_s_per_trial": service / n, "service_cpu_ms_per_result": 1e3 * service / results,
         "stopper_cpu_ms_per_result": 1e3 * meter.cpu.get("stopper", 0.0) / results,
         "tracking_cpu_ms_per_result": 1e3 * (meter.cpu.get("tracking_hooks", 0.0) + writer_cpu) / results,
+        "picture_cpu_s_per_trial": picture_cpu / n, "picture_cpu_ms_per_result": 1e3 * picture_cpu / results,
         "mlflow_requests_per_trial": stats["mlflow_requests"] / n,
         "stopper_state_bytes_per_trial": stats["stopper_state_bytes"] / n,
         "whole_state_bytes_per_trial_if_saved": stats["whole_state_bytes"] / n,
@@ -447,6 +452,7 @@ def summary_line(r: dict[str, Any]) -> str:
         return "ERROR " + r["error"][-300:]
     return (f"{r['wall_s']:.0f} s, driver CPU {r['driver_cpu_s_per_trial']:.3f} s/trial "
             f"({r['driver_cpu_ms_per_result']:.2f} ms/result), service {r['service_cpu_ms_per_result']:.2f} ms/result, "
+            f"pictures {r['picture_cpu_s_per_trial']:.2f} s/trial, "
             f"RSS +{r['rss_growth_mb']:.0f} MB, stopper state {r['stopper_state_bytes_per_trial'] / 1e3:.1f} kB/trial, "
             f"Tune state {r['tune_state_bytes_per_trial'] / 1e3:.1f} kB/trial, "
             f"MLflow {r['mlflow_requests_per_trial']:.1f} req/trial, stops {r['stop_reasons']}")
@@ -463,6 +469,10 @@ def table(res: dict[str, Any]) -> str:
         ("service CPU per result (stopper + MLflow hooks + writer)",
          lambda r: f"{r['service_cpu_ms_per_result']:.2f} ms ({r['stopper_cpu_ms_per_result']:.2f} + "
                    f"{r['tracking_cpu_ms_per_result']:.2f})", "service_cpu_ms_per_result"),
+        ("pictures, in their own process: CPU per trial (per result)",
+         lambda r: f"{r.get('picture_cpu_s_per_trial', math.nan):.2f} s "
+                   f"({r.get('picture_cpu_ms_per_result', math.nan):.2f} ms)",
+         "picture_cpu_s_per_trial"),
         ("peak driver RSS (growth over the study)", lambda r: f"{r['rss_peak_mb']:.0f} MB (+{r['rss_growth_mb']:.0f})",
          None),
         ("stopper state written, total (per trial)",

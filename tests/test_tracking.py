@@ -256,7 +256,7 @@ def test_a_trial_costs_four_requests(mlflow_uri, tmp_path):
 def test_trial_picture_data_crossing_forecast_onset(tmp_path):
     """What trajectory.png shows, worked out once: fn* band, the first MSE-phase epoch with
     fn <= fn*, the forecast acted on (its row at forecast_epoch), the onset."""
-    from ncstudy.adapters.mlflow.callback import trial_view
+    from ncstudy.adapters.mlflow.pictures import trial_view
     from ncstudy.plots import plot_trajectory
 
     rows = []
@@ -277,3 +277,82 @@ def test_trial_picture_data_crossing_forecast_onset(tmp_path):
     assert (fc.made_at, fc.onset, fc.low, fc.high) == (140.0, 192.0, 170.0, 220.0)
     out = plot_trajectory(view, tmp_path / "trajectory.png")
     assert out.stat().st_size > 10_000
+
+
+def _rows() -> list[dict[str, Any]]:
+    return [{"epoch": e, "phase": 1 if e <= 50 else 2, "train": 1.0, "feat_norm": 2.0 + 8.0 * 0.97 ** e,
+             "nc1": 0.3 * 0.98 ** e} for e in range(10, 310, 10)]
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    """True once process ``pid`` has ended (or is a zombie) within ``within_s`` seconds."""
+    from pathlib import Path
+
+    end = time.monotonic() + within_s
+    while time.monotonic() < end:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        if stat[stat.rindex(")") + 2] == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_pictures_are_drawn_in_one_child_process_that_ends_with_the_driver(tmp_path):
+    """trajectory.png is drawn in a child (not the driver's GIL), reused from picture to picture;
+    a drawing error comes back with its traceback; close() ends the child; an idle child ends on
+    its own and the next picture starts a fresh one; a function that cannot be sent is drawn here."""
+    import os
+
+    from ncstudy.adapters.mlflow.pictures import PictureError, PictureProcess, draw_trajectory
+
+    pics = PictureProcess(idle_s=30)
+    plot = {"title": "w64-s0", "t_nc": 250.0, "stop_reason": "onset"}
+    out, cpu = pics.run(draw_trajectory, _rows(), tmp_path / "a.png", plot)
+    pid = pics.pid
+    assert out == tmp_path / "a.png" and out.stat().st_size > 10_000 and cpu > 0
+    assert pid is not None and pid != os.getpid()
+    pics.run(draw_trajectory, _rows(), tmp_path / "b.png", plot)
+    assert pics.pid == pid and pics.started == 1 and (tmp_path / "b.png").is_file()
+    with pytest.raises(PictureError, match="Traceback"):
+        pics.run(draw_trajectory, None, tmp_path / "c.png", plot)  # no rows: the child's TypeError
+    assert pics.pid == pid  # an error in a picture does not cost the process
+    pics.close()
+    assert pics.pid is None and _gone(pid, 10)
+    value, _ = pics.run(lambda x: x + 1, 41)  # a lambda cannot travel: computed in this process
+    assert value == 42 and pics.started == 1
+
+    idle = PictureProcess(idle_s=0.5)
+    idle.run(draw_trajectory, _rows(), tmp_path / "d.png", plot)
+    first = idle.pid
+    assert first is not None and _gone(first, 30)  # idle: it ended on its own
+    idle.run(draw_trajectory, _rows(), tmp_path / "e.png", plot)
+    assert idle.started == 2 and (tmp_path / "e.png").is_file()
+    idle.close()
+
+
+def test_the_picture_process_ends_when_the_driver_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time\n"
+            "from pathlib import Path\n"
+            "from ncstudy.adapters.mlflow.pictures import PictureProcess, draw_trajectory\n"
+            "p = PictureProcess(idle_s=600)\n"
+            "p.run(draw_trajectory, [{'epoch': 10, 'nc1': 0.5, 'feat_norm': 3.0}], Path(sys.argv[1]), {})\n"
+            "print(p.pid, flush=True)\n"
+            "time.sleep(600)\n")
+    driver = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "x.png")], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(driver.stdout.readline())
+        assert not _gone(child, 0.5)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+        assert _gone(child, 30), "the picture process outlived its driver"
+    finally:
+        if driver.poll() is None:
+            driver.kill()

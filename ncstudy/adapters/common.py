@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -107,6 +108,7 @@ class FnStarCore:
             raise ValueError(f"{where}: forecaster {forecaster!r}: choose from {', '.join(FORECASTERS)}")
         self.where = where
         self.names = MetricNames.of(metrics, where)
+        self._name_pairs = [(k, n) for k, n in self.names.model_dump().items() if n is not None]
         if isinstance(prior, Calibration):
             cal = prior
         elif prior == "corpus":
@@ -131,6 +133,7 @@ class FnStarCore:
         self._warned: set[tuple[str, str]] = set()
         self._no_nc1: dict[str, int] = {}
         self._phase1: dict[str, bool] = {}  # trial -> only phase 1 seen so far
+        self._keys: dict[str, tuple[str, int | None]] = {}  # running trial -> (group, budget): a config is fixed
         # incremental state (see get_state): where the journal goes, segments written, a restore to apply
         self.store: StateStore | None = None
         self.open_store: Callable[[str], StateStore] = LocalStore.at
@@ -143,9 +146,7 @@ class FnStarCore:
         """The canonical record of a result (mapped names, aliases, nested keys flattened)."""
         flat = flatten(result) if any(isinstance(v, Mapping) for v in result.values()) else dict(result)
         rec = {}
-        for key, name in self.names.model_dump().items():
-            if name is None:
-                continue
+        for key, name in self._name_pairs:
             v = flat.get(name)
             if v is None and name == key:  # an alias of ncstudy's name (fn, train_acc, loss, ...)
                 v = next((flat[a] for a, k in ALIASES.items() if k == key and a in flat), None)
@@ -186,15 +187,17 @@ class FnStarCore:
         if mon is not None and mon.records and mon.records[-1] == dict(rec, **{EPOCH: int(float(rec[EPOCH]))}):
             # The same result again (Tune hands a trial's last result back when it ends): no new evaluation.
             return mon.stop_reason is not None
-        reported = sorted(k for k in result if not k.startswith(("config", "_")))
-        group = self.group_key(config)
-        d = self.stopper.observe(trial_id, rec, group, self.budget_of(config, trial_id))
+        keys = self._keys.get(trial_id)
+        if keys is None:
+            keys = self._keys[trial_id] = (self.group_key(config), self.budget_of(config, trial_id))
+        group, budget = keys
+        d = self.stopper.observe(trial_id, rec, group, budget)
         mon = self.stopper.monitors[trial_id]
+        self._explain(trial_id, group, rec, result)
         result.update(mon.fields())
         if d.stop:
             result[STOP_REASON] = d.reason
         self._objective(mon, d, result)
-        self._explain(trial_id, group, rec, reported)
         return d.stop
 
     def _objective(self, mon, d, result: dict[str, Any]) -> None:
@@ -228,6 +231,7 @@ class FnStarCore:
         self._phase1_only(trial_id)
         self._no_nc1.pop(trial_id, None)
         self._phase1.pop(trial_id, None)
+        self._keys.pop(trial_id, None)
         reason = last_result.get(STOP_REASON) if last_result else None
         return self.stopper.complete(trial_id, "error" if error else (reason if isinstance(reason, str) and reason
                                                                       else None))
@@ -249,12 +253,13 @@ class FnStarCore:
             self._warned.add((kind, key))
             log.warning("%s: %s", self.where, message)
 
-    def _explain(self, trial_id: str, group: str, rec: Mapping[str, Any], reported: Sequence[str]) -> None:
+    def _explain(self, trial_id: str, group: str, rec: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+        """Warn (once each) why a trial cannot be forecast; ``result`` as the trial reported it."""
         cal = self.stopper.calibration
         if NC1 not in rec:
             n = self._no_nc1[trial_id] = self._no_nc1.get(trial_id, 0) + 1
             if n >= _WARN_AFTER:
-                keys = ", ".join(reported[:20])
+                keys = ", ".join(sorted(k for k in result if not k.startswith(("config", "_")))[:20])
                 self._warn("nc1", trial_id, f"trial {trial_id} reports no '{self.names.nc1}' (it reports: {keys}): "
                            "without NC1 there is no forecast and no onset. Report it (ncstudy.metrics.measure(model, "
                            "loader) gives it) or name your key: metrics={'nc1': '<key>'}")

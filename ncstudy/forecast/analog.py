@@ -146,6 +146,12 @@ class AnalogPool:
         self.collapsed_run = np.array([r.t_nc is not None for r in self.runs], dtype=bool)
         self.scale = self._robust_scale()
         self.Xs = self.X / self.scale
+        # for the distances: the scaled states with unknown features as 0, their squares, and which
+        # are known (three matrix-vector products per query instead of an n x features temporary)
+        known = np.isfinite(self.Xs)
+        self._H = known.astype(float)
+        self._Z = np.where(known, self.Xs, 0.0)
+        self._Z2 = self._Z * self._Z
         self._cal: tuple | None = None
 
     def _robust_scale(self) -> np.ndarray:
@@ -164,22 +170,26 @@ class AnalogPool:
         return sum(r.t_nc is not None for r in self.runs)
 
     # ------------------------------------------------------------------------------------------
-    def _run_distances(self, xs: np.ndarray, group: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """Per pool run: the distance of its closest state to the (scaled) query, and that row."""
+    def _distances(self, xs: np.ndarray, group: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(best, raw, d)``: per pool run, the distance of its closest state to the (scaled) query
+        plus the group penalty, and without it; per pool state, its distance. The distance is the
+        weighted RMS over the features both the state and the query know (inf when they share none)."""
         q = np.isfinite(xs)
-        diff = self.Xs[:, q] - xs[q]
-        have = np.isfinite(diff)
-        wq = self.w[q]
-        num = np.where(have, diff * diff, 0.0) @ wq
-        den = have.astype(float) @ wq
-        d = np.sqrt(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.inf))
-        best = np.minimum.reduceat(d, self.starts)
-        # the row of each run's minimum: first row of the run whose distance equals it
-        order = np.lexsort((d, self.run_of))
-        first = order[np.r_[0, np.flatnonzero(np.diff(self.run_of[order])) + 1]]
-        if group is not None and self.group_penalty:
-            best = best + self.group_penalty * (self.group_of_run != group)
-        return best, first
+        wq = np.where(q, self.w, 0.0)
+        x = np.where(q, xs, 0.0)
+        num = self._Z2 @ wq - 2.0 * (self._Z @ (wq * x)) + self._H @ (wq * x * x)
+        den = self._H @ wq
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = np.where(den > 0, np.sqrt(np.maximum(num, 0.0) / np.where(den > 0, den, 1.0)), np.inf)
+        raw = np.minimum.reduceat(d, self.starts)
+        best = raw + self.group_penalty * (self.group_of_run != group) if group is not None and self.group_penalty \
+            else raw.copy()
+        return best, raw, d
+
+    def _closest_rows(self, raw: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """Per pool run, the row of its closest state (its first, on a tie)."""
+        hit = np.flatnonzero(d == raw[self.run_of])
+        return hit[np.r_[0, np.flatnonzero(np.diff(self.run_of[hit])) + 1]]
 
     def analogs(self, x: Mapping[str, float] | np.ndarray, group: str | None = None,
                 exclude_run: int | None = None) -> tuple[int, int, np.ndarray, float]:
@@ -187,9 +197,8 @@ class AnalogPool:
         nearest collapsed runs (sorted), mean distance of the k nearest runs)``."""
         xs = (np.array([x.get(f, math.nan) for f in self.features], float) if isinstance(x, Mapping)
               else np.asarray(x, float)) / self.scale
-        best, rows = self._run_distances(xs, group)
+        best, raw, d = self._distances(xs, group)
         if exclude_run is not None:
-            best = best.copy()
             best[exclude_run] = np.inf
         ok = np.isfinite(best)
         k = min(self.k, int(ok.sum()))
@@ -202,7 +211,7 @@ class AnalogPool:
         rho_c = np.array([])
         if kc:
             near = cand[np.argpartition(best[cand], kc - 1)[:kc]]
-            rho_c = np.sort(self.rho[rows[near]])
+            rho_c = np.sort(self.rho[self._closest_rows(raw, d)[near]])
         return k, m, rho_c, float(best[idx].mean())
 
     def predictive(self, x: Mapping[str, float], group: str | None = None) -> Predictive | None:

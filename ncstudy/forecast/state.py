@@ -21,15 +21,13 @@ phase (budget - its start) so that runs of different lengths compare:
 ===============  ========================================================================
 
 Features that cannot be computed (too few points, a signal not reported) are NaN; the forecaster
-compares states on the features both have. Pure numpy; O(window) per evaluation.
+compares states on the features both have. Plain Python; O(window) per evaluation.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
-
-import numpy as np
+from typing import Any, Callable, Mapping, Sequence
 
 from ncstudy.records import EPOCH, FN, GRAD_NORM, LOSS, NC1, WEIGHT_NORM, finite, num
 
@@ -41,16 +39,17 @@ FN_FEATURES = ("fn", "fn_rate")  # what "without the fn input" leaves out
 _SERIES = {"fn_rate": FN, "loss_rate": LOSS, "grad_rate": GRAD_NORM, "weight_rate": WEIGHT_NORM}
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares slope, the fit's value at ``x[-1]`` and the residual SD (ddof 2)."""
-    xm, ym = x.mean(), y.mean()
-    sxx = float(((x - xm) ** 2).sum())
+def _slope(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
+    """Least-squares slope, the fit's value at ``x[-1]`` and the residual SD (ddof 2). Plain
+    Python: a window is a handful of points, where numpy's per-call cost dominates."""
+    n = len(x)
+    xm, ym = sum(x) / n, sum(y) / n
+    sxx = sum((a - xm) ** 2 for a in x)
     if sxx <= 0:
         return math.nan, float(y[-1]), math.nan
-    b = float(((x - xm) * (y - ym)).sum() / sxx)
-    resid = y - (ym + b * (x - xm))
-    sd = float(math.sqrt((resid ** 2).sum() / (len(x) - 2))) if len(x) > 2 else math.nan
-    return b, float(ym + b * (x[-1] - xm)), sd
+    b = sum((a - xm) * (c - ym) for a, c in zip(x, y)) / sxx
+    sd = math.sqrt(sum((c - (ym + b * (a - xm))) ** 2 for a, c in zip(x, y)) / (n - 2)) if n > 2 else math.nan
+    return float(b), float(ym + b * (x[-1] - xm)), float(sd)
 
 
 @dataclass
@@ -132,7 +131,7 @@ class StateTracker:
     def _features(self, t: float) -> dict[str, float]:
         w = self.window
         length = max(self.budget - self._start, 1.0)
-        x, y = np.asarray(self._x[-w:]), np.asarray(self._y[-w:])
+        x, y = self._x[-w:], self._y[-w:]
         thr = math.log(self.strict)
         f = dict.fromkeys(FEATURES, math.nan)
         if len(x) >= 3:
@@ -142,7 +141,7 @@ class StateTracker:
         else:
             f["level"] = float(y[-1]) - thr
         if len(self._x) >= w + 3:
-            xo, yo = np.asarray(self._x[-2 * w:-w]), np.asarray(self._y[-2 * w:-w])
+            xo, yo = self._x[-2 * w:-w], self._y[-2 * w:-w]
             if len(xo) >= 3:
                 f["rate_old"] = -_slope(xo, yo)[0] * length
         f["dip"] = self._dip - thr
@@ -152,7 +151,7 @@ class StateTracker:
             f["fn"] = math.log(self._fn_last) - math.log(star)  # as State.with_fn_star
         for key, (xs, ys) in self._series.items():
             if len(xs) >= 3 and xs[-1] == t:
-                f[key] = _slope(np.asarray(xs[-w:]), np.asarray(ys[-w:]))[0] * length
+                f[key] = _slope(xs[-w:], ys[-w:])[0] * length
         return f
 
 

@@ -11,7 +11,6 @@ layout is :mod:`ncstudy.adapters.mlflow.layout`.
 from __future__ import annotations
 
 import functools
-import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -20,98 +19,30 @@ from typing import Any, Callable
 from ray.tune import Callback
 
 from ncstudy.adapters.trials import TrialSummary
-from ncstudy.records import COLLAPSE_EPOCH, EPOCH, FN, num
+from ncstudy.records import COLLAPSE_EPOCH, EPOCH, num
 
 from .layout import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     INTERRUPTED,
-    OVERVIEW_PNG,
     PARENT_TAG,
     PLACEMENT_TAGS,
     ROLE_STUDY,
     ROLE_TAG,
     ROLE_TRIAL,
     STATUS_TAG,
-    STUDY_METRICS,
     STUDY_TAG,
     SUMMARY_ARTIFACT,
-    SWEEP_PNG,
     TRIAL_TAG,
     end_tags,
     finite_metrics,
     forecast_tags,
     truncate_params,
 )
+from .pictures import draw_overview, draw_trajectory
 from .writer import StudyWriter, TrackingUnavailable
 
 __all__ = ["MLflowStudyCallback", "TrackingUnavailable"]
-
-
-def trial_view(rows: list[dict[str, Any]], plot: dict[str, Any]):
-    """The :class:`ncstudy.plots.TrialView` of an ended trial: its rows and what the callback worked
-    out on the driver (``plot``); the crossing of its group's fn* is found here, by the one rule
-    (:func:`ncstudy.forecast.core.first_crossing`, phase 2, terminal evaluations)."""
-    from ncstudy.forecast.core import TerminalGate, first_crossing, phase_of
-    from ncstudy.plots import Band, TrialView
-
-    band = Band.from_dict(plot.get("band"))
-    crossing = None
-    if band is not None:
-        gate = TerminalGate(float(plot.get("terminal_acc") or 0.99))
-        pts = [(int(r[EPOCH]), phase_of(r), r.get(FN)) for r in rows if num(r.get(EPOCH)) is not None
-               and gate.update(r)]
-        c = first_crossing(pts, band.value)
-        crossing = None if c is None else float(c[0])
-    keys = plot.get("keys") or {}
-    return TrialView(str(plot.get("title") or "trial"), rows, num(plot.get("t_nc")), band, crossing,
-                     plot.get("stop_reason") or None, str(plot.get("group") or ""), dict(keys),
-                     num(plot.get("fn_star")), num(plot.get("collapse_epoch")))
-
-
-def _thresholds(plot: dict[str, Any]) -> dict[str, float]:
-    return {k: float(plot[k]) for k in ("strict", "relaxed") if num(plot.get(k)) is not None}
-
-
-def _plot_trajectory(rows, path: Path, plot: dict[str, Any]) -> Path:
-    from ncstudy.plots import plot_trajectory
-
-    return plot_trajectory(trial_view(rows, plot), path, **_thresholds(plot))
-
-
-def study_metrics(plots: list[dict[str, Any]]) -> dict[str, float]:
-    """The study run's metrics (:data:`~.layout.STUDY_METRICS`) from its ended trials' ``plot``."""
-    from ncstudy.plots import FORECAST_STOPS
-
-    collapse = [v for v in (num(p.get("collapse_epoch")) for p in plots) if v is not None]
-    stopped = [p for p in plots if p.get("stop_reason") in FORECAST_STOPS]
-    saved = sum(max(0.0, num(p.get("budget")) - num(p.get("epochs_run")))  # type: ignore[operator]
-                for p in stopped if num(p.get("budget")) is not None and num(p.get("epochs_run")) is not None)
-    values = {"trials_finished": float(len(plots)),
-              "trials_collapsed": float(sum(num(p.get("t_nc")) is not None for p in plots)),
-              "stopped_by_forecast": float(len(stopped)),
-              "best_collapse_epoch": min(collapse) if collapse else math.nan,
-              "epochs_saved": float(saved)}
-    return {STUDY_METRICS[k]: v for k, v in values.items()}
-
-
-def _overview(title: str, trials: list[tuple[list[dict[str, Any]], dict[str, Any]]],
-              folder: Path) -> tuple[list[Path], dict[str, float]]:
-    """The study run's overview: :data:`OVERVIEW_PNG`, :data:`SWEEP_PNG`, ``summary.csv`` of the
-    ended trials, and the study metrics (drawn on the writer thread)."""
-    import pandas as pd
-
-    from ncstudy.plots import plot_overview, plot_sweep
-
-    views = [trial_view(rows, plot) for rows, plot in trials]
-    plots = [plot for _, plot in trials]
-    th = _thresholds(plots[0]) if plots else {}
-    paths = [plot_overview(views, folder / OVERVIEW_PNG, title, **th), plot_sweep(views, folder / SWEEP_PNG, title)]
-    summary = [p["summary"] for p in plots if isinstance(p.get("summary"), dict)]
-    if summary:
-        pd.DataFrame(summary).to_csv(folder / SUMMARY_ARTIFACT, index=False)
-        paths.append(folder / SUMMARY_ARTIFACT)
-    return paths, study_metrics(plots)
 
 
 def searched_keys(config: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +81,7 @@ class MLflowStudyCallback(Callback):
         self.trial_tags = trial_tags
         self.trial_label = trial_label
         self.writer = StudyWriter(tracking_uri, study_name, flush_interval_s, max_outage_s, spill_dir,
-                                  plotter=_plot_trajectory, overview=functools.partial(_overview, study_name))
+                                  plotter=draw_trajectory, overview=functools.partial(draw_overview, study_name))
         self._stopper: Any = None  # the fn* stopper Tune hands setup(): each group's fn* and its spread
         self._observed: dict[str, dict[str, float]] = {}  # group -> trial -> observed fn* (no stopper)
         self._resync = False
@@ -251,6 +182,12 @@ class MLflowStudyCallback(Callback):
         self._end(trial, failed=True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        try:
+            self._end_study(trials)
+        finally:
+            self.writer.pictures.close()
+
+    def _end_study(self, trials: list) -> None:
         import pandas as pd
         from mlflow.entities import RunStatus
 

@@ -5,7 +5,8 @@ loop, and a function trainable waits for the driver to take each report, so a wr
 hook would hold up every trial (MLflow's SQLite store costs ~1 ms per metric point, a run's
 artifacts ~0.2 s). Hooks only queue (:meth:`StudyWriter.add_trial`, :meth:`queue`, :meth:`end_trial`);
 the writer sends the queue every ``flush_interval_s`` and at each trial's end, then finishes ended
-trials (end tags, trajectory artifacts, final status).
+trials (end tags, trajectory artifacts, final status). Pictures are drawn in a child process
+(:class:`~.pictures.PictureProcess`), so matplotlib never holds the driver's GIL.
 
 Queued points leave the queue only once written, and :meth:`get_state` copies the queue under a
 lock: Tune saves it in the same snapshot as the trial checkpoints, so a restored trial and the
@@ -37,6 +38,7 @@ from .layout import (
     TRAJECTORY_CSV,
     TRAJECTORY_PNG,
 )
+from .pictures import PictureProcess
 from .reader import StudyReader, connect
 
 log = logging.getLogger(__name__)
@@ -89,9 +91,11 @@ Plotter = Callable[[list[dict[str, Any]], Path, dict[str, Any]], Path]
 OverviewPlotter = Callable[[list[tuple[list[dict[str, Any]], dict[str, Any]]], Path],
                            tuple[list[Path], dict[str, float]]]
 
-#: Least seconds between two overview refreshes while trials finish (drawing one costs ~1 s of
-#: the writer thread); the study's end always draws the last one.
+#: Least seconds between two overview refreshes while trials finish; the study's end always draws
+#: the last one. An overview of N trials costs O(N) to draw, so the gap also grows to
+#: OVERVIEW_GAP_FACTOR x the last one's drawing CPU: refreshing stays under a tenth of one core.
 OVERVIEW_INTERVAL_S = 30.0
+OVERVIEW_GAP_FACTOR = 10.0
 #: The columns of a trial's rows kept for the study overview once its own artifacts are written.
 OVERVIEW_KEYS = ("epoch", "phase", "train", "feat_norm", "nc1", *FORECAST_FIELDS)
 
@@ -100,8 +104,8 @@ class StudyWriter:
     """The queue and writer thread of one study's MLflow runs (see the module docs)."""
 
     _RUNTIME = ("_client", "_lock", "_cond", "_wake", "_thread", "_stopping", "_error", "_started", "_passes",
-                "cpu_s", "_rows", "_ended_rows", "_view_sent", "_overview_due", "_overview_at", "overview_cpu_s",
-                "plot_cpu_s")
+                "cpu_s", "_rows", "_ended_rows", "_view_sent", "_overview_due", "_overview_at", "_overview_gap",
+                "overview_cpu_s", "plot_cpu_s", "picture_cpu_s", "pictures")
 
     def __init__(self, tracking_uri: str, study_name: str, flush_interval_s: float = 5.0,
                  max_outage_s: float = 600.0, spill_dir: str | None = None, plotter: Plotter | None = None,
@@ -138,8 +142,11 @@ class StudyWriter:
         self._ended_rows: dict[str, list[dict[str, Any]]] = {}
         self._overview_due = False  # a trial finished since the last overview
         self._overview_at = -math.inf  # time.monotonic() of the last overview
+        self._overview_gap = OVERVIEW_INTERVAL_S  # seconds until the next one may be drawn
         self.overview_cpu_s = 0.0  # writer CPU time spent on the overview (drawing and sending)
-        self.plot_cpu_s: list[float] = []  # writer CPU time of each trajectory.png
+        self.plot_cpu_s: list[float] = []  # CPU time of each trajectory.png (in the picture process)
+        self.picture_cpu_s = 0.0  # CPU time of every picture, trials' and overview's (picture process)
+        self.pictures = PictureProcess()  # draws them off the driver's GIL
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles the callback that holds the writer
         d = {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME}
@@ -389,7 +396,7 @@ class StudyWriter:
                     self._overview_due = True
         with self._lock:
             self.down_since, self.delay = None, 0.5
-        if self._overview_due and time.monotonic() - self._overview_at >= OVERVIEW_INTERVAL_S:
+        if self._overview_due and time.monotonic() - self._overview_at >= self._overview_gap:
             try:
                 self.write_overview()
             except Exception:
@@ -436,7 +443,10 @@ class StudyWriter:
             return False
         self.write_view([k for _, plot in trials for k in (plot.get("keys") or {})])
         with tempfile.TemporaryDirectory() as d:
-            paths, metrics = self.overview(trials, Path(d))
+            (paths, metrics), cpu = self.pictures.run(self.overview, trials, Path(d))
+            self.overview_cpu_s += cpu
+            self.picture_cpu_s += cpu
+            self._overview_gap = max(OVERVIEW_INTERVAL_S, OVERVIEW_GAP_FACTOR * cpu)
             ts = int(time.time() * 1000)
             self.client.log_batch(self.parent_run_id, metrics=[Metric(k, v, ts, len(trials))
                                                                for k, v in metrics.items() if math.isfinite(v)])
@@ -534,9 +544,9 @@ class StudyWriter:
                 write_log(rows, Path(d) / TRAJECTORY_CSV)
                 if self.plotter is not None:
                     plot = {"t_nc": num(end["tags"].get(T_NC_TAG)), **end.get("plot", {})}
-                    t0 = time.thread_time()
-                    self.plotter(rows, Path(d) / TRAJECTORY_PNG, plot)
-                    self.plot_cpu_s.append(time.thread_time() - t0)
+                    _, cpu = self.pictures.run(self.plotter, rows, Path(d) / TRAJECTORY_PNG, plot)
+                    self.plot_cpu_s.append(cpu)
+                    self.picture_cpu_s += cpu
                 self.client.log_artifacts(run_id, d)
         status = RunStatus.FAILED if end["failed"] else RunStatus.KILLED if end.get("killed") else RunStatus.FINISHED
         self.client.set_terminated(run_id, RunStatus.to_string(status))
