@@ -73,43 +73,46 @@ def test_small_study_shows_every_trial_and_the_summary_of_a_large_one_is_short()
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(1200)
 def test_scale_benchmark_small_n_state_written_once_per_trial_and_restored_exactly(tmp_path):
-    """benchmarks/scale.py at N = 4 and 12: per-trial stopper bytes do not grow with N, every
-    finished trial is in the journal exactly once, Tune's saved stopper state holds only running
-    trials, and a fresh stopper restored from the experiment folder is the saved state exactly."""
+    """benchmarks/scale.py at N = 10 (one driver, one MLflow server): every finished trial and every
+    learnt run is in the stopper's journal exactly once and no segment repeats another's events
+    (what keeps bytes per trial flat as N grows; the benchmark measures the ratio), Tune's saved
+    stopper state holds only running trials, and a fresh stopper restored from the experiment folder
+    is the saved state exactly."""
     sys.path.insert(0, str(ROOT))
     from benchmarks import scale
     from ncstudy.adapters.ray_tune import FsStore
     from ncstudy.study.runner import build_stopper
     from ncstudy.study.spec import StudySpec
 
-    res = {n: scale.run_one(n, tmp_path / f"n{n}", timeout_s=1200, check_restore=True) for n in (4, 12)}
-    for n, r in res.items():
-        assert "error" not in r, r.get("error")
-        assert r["status"] == 0 and r["results"] >= 20 * n and sum(r["stop_reasons"].values()) == n
-        assert r["mlflow_requests"] > 0 and r["stopper_saves"] > 0
-        exp = tmp_path / f"n{n}" / "res" / f"scale{n}"
-        segs = sorted((exp / "fnstar_state").glob("seg-*.jsonl"))
-        assert (exp / "fnstar_state" / "base.json").is_file() and segs
-        # the callback state Tune saved last: the stopper's part is small (running trials only)
-        pkl = max(exp.glob("callback-states-*.pkl"), key=lambda p: p.stat().st_mtime)
-        states = pickle.loads(pkl.read_bytes())
-        state = next(s for s in (states.values() if isinstance(states, dict) else states)
-                     if isinstance(s, dict) and "store" in s)
-        assert state["live"]["trials"] == [] and state["segments"] <= len(segs)
-        events = [json.loads(ln) for f in segs[:state["segments"]] for ln in f.read_text().splitlines()]
-        done = [e["trial"]["trial_id"] for e in events if e["e"] == "done"]
-        assert len(done) == len(set(done)) == n  # each finished trial written once
-        # a fresh stopper (as Tuner.restore builds one) restored from the folder: the saved state exactly
-        spec = StudySpec.model_validate(scale.study_dict(n))
-        fresh = build_stopper(spec)
-        fresh.set_state(state)
-        fresh.core.attach(FsStore.at(state["store"]))
-        saved = json.loads((tmp_path / f"n{n}" / "saved_state.json").read_text())
-        got = json.loads(json.dumps(fresh.core.stopper.to_dict()))
-        key = lambda d: dict(d, trials=sorted(d["trials"], key=lambda t: t["trial_id"]))  # noqa: E731
-        assert json.dumps(key(got), sort_keys=True) == json.dumps(key(saved), sort_keys=True)
-    # stopper bytes per trial: flat or falling with N (the fixed base.json is shared by more trials)
-    assert res[12]["stopper_state_bytes_per_trial"] <= 1.2 * res[4]["stopper_state_bytes_per_trial"]
-    assert res[12]["stopper_journal_bytes"] > res[4]["stopper_journal_bytes"]
+    n = 10
+    r = scale.run_one(n, tmp_path / "n", timeout_s=1000, check_restore=True)
+    assert "error" not in r, r.get("error")
+    assert r["status"] == 0 and r["results"] >= 20 * n and sum(r["stop_reasons"].values()) == n
+    assert r["mlflow_requests"] > 0 and r["stopper_saves"] > 0 and r["picture_cpu_s_per_trial"] > 0
+    exp = tmp_path / "n" / "res" / f"scale{n}"
+    segs = sorted((exp / "fnstar_state").glob("seg-*.jsonl"))
+    assert (exp / "fnstar_state" / "base.json").is_file() and segs
+    # the callback state Tune saved last: the stopper's part is small (running trials only)
+    pkl = max(exp.glob("callback-states-*.pkl"), key=lambda p: p.stat().st_mtime)
+    states = pickle.loads(pkl.read_bytes())
+    state = next(s for s in (states.values() if isinstance(states, dict) else states)
+                 if isinstance(s, dict) and "store" in s)
+    assert state["live"]["trials"] == [] and state["segments"] <= len(segs)
+    events = [json.loads(ln) for f in segs[:state["segments"]] for ln in f.read_text().splitlines()]
+    done = [e["trial"]["trial_id"] for e in events if e["e"] == "done"]
+    assert len(done) == len(set(done)) == n  # each finished trial written once
+    learnt = [(e["group"], e["run"]["run_id"]) for e in events if e["e"] == "learn"]
+    assert len(learnt) == len(set(learnt)) and 0 < len(learnt) <= n  # each learnt run written once
+    assert r["stopper_journal_bytes"] == sum(f.stat().st_size for f in segs) + (
+        exp / "fnstar_state" / "base.json").stat().st_size  # nothing rewritten in place
+    # a fresh stopper (as Tuner.restore builds one) restored from the folder: the saved state exactly
+    spec = StudySpec.model_validate(scale.study_dict(n))
+    fresh = build_stopper(spec)
+    fresh.set_state(state)
+    fresh.core.attach(FsStore.at(state["store"]))
+    saved = json.loads((tmp_path / "n" / "saved_state.json").read_text())
+    got = json.loads(json.dumps(fresh.core.stopper.to_dict()))
+    key = lambda d: dict(d, trials=sorted(d["trials"], key=lambda t: t["trial_id"]))  # noqa: E731
+    assert json.dumps(key(got), sort_keys=True) == json.dumps(key(saved), sort_keys=True)

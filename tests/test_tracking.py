@@ -218,22 +218,25 @@ def test_a_bug_in_the_writer_reaches_the_driver(mlflow_uri, tmp_path):
         cb.on_trial_result(0, [trial], trial, _result(25))
 
 
-def test_a_trial_costs_four_requests(mlflow_uri, tmp_path):
+def test_a_trial_costs_three_store_requests_and_one_upload(mlflow_uri, tmp_path):
     """Params ride with the first metrics batch, end tags with the last, both trajectory artifacts
-    go up in one upload: create_run, log_batch, log_artifacts, set_terminated."""
+    go up in one upload to the artifact URI create_run returned: create_run, log_batch, the upload,
+    update_run_info -- no run is looked up (no get_run) and nothing else is asked of the store."""
     cb = _callback(mlflow_uri, "tracking_requests", tmp_path, trial_params=lambda c: {"model.width": 64, "seed": 0})
     client = MlflowClient(mlflow_uri)
+    store = cb.writer.client._tracking_client.store  # what the requests reach (a server's REST API, here SQL)
     calls: list[tuple[str, str]] = []
-    for name in ("create_run", "log_batch", "log_artifact", "log_artifacts", "set_terminated", "set_tag",
-                 "get_metric_history", "search_runs"):
-        real = getattr(cb.writer.client, name)
+    for name in ("create_run", "log_batch", "update_run_info", "get_run", "set_tag", "get_metric_history",
+                 "search_runs", "log_param", "log_metric"):
+        real = getattr(store, name)
 
         def counted(*a: Any, _real: Any = real, _name: str = name, **k: Any) -> Any:
             out = _real(*a, **k)
-            calls.append((_name, out.info.run_id if _name == "create_run" else (k.get("run_id") or a[0])))
+            rid = out.info.run_id if _name == "create_run" else (k.get("run_id") or (a[0] if a else ""))
+            calls.append((_name, str(rid)))
             return out
 
-        setattr(cb.writer.client, name, counted)
+        setattr(store, name, counted)
     gate = _Gate(cb)  # the writer waits inside create_run while the trial reports and ends
     trial = FakeTrial("f0", config={"model.width": 64, "seed": 0})
     cb.on_trial_start(0, [trial], trial)
@@ -245,7 +248,8 @@ def test_a_trial_costs_four_requests(mlflow_uri, tmp_path):
     assert cb.flush()
     run = _child(client, cb, trial)
     mine = sorted(n for n, r in calls if r == run.info.run_id)
-    assert mine == ["create_run", "log_artifacts", "log_batch", "set_terminated"]
+    assert mine == ["create_run", "log_batch", "update_run_info"], calls
+    assert cb.trials["f0"].artifact_uri == run.info.artifact_uri
     assert run.data.params == {"model.width": "64", "seed": "0"}
     assert run.data.tags["stop_reason"] == "budget" and run.data.tags["threshold"] == "none"
     assert _steps(client, run.info.run_id) == list(EPOCHS)
@@ -356,3 +360,22 @@ def test_the_picture_process_ends_when_the_driver_is_killed(tmp_path):
     finally:
         if driver.poll() is None:
             driver.kill()
+
+
+def test_databricks_probes_of_the_mlflow_client_are_marked_absent_once(mlflow_uri):
+    """MLflow's client tries to import Databricks modules at every request; connect() marks the ones
+    not installed as absent (an import then fails at once) and leaves installed ones alone."""
+    import sys
+
+    from ncstudy.adapters.mlflow.reader import DATABRICKS_PROBES, _mark_absent, connect
+
+    connect(mlflow_uri, must_exist=False)
+    for name in DATABRICKS_PROBES:  # installed (a module) or marked absent (None): never unknown
+        assert name in sys.modules
+        if sys.modules[name] is None:
+            with pytest.raises(ModuleNotFoundError):
+                __import__(name)
+    assert sys.modules["dbruntime"] is None  # Databricks' runtime is not on this machine
+    _mark_absent(("numpy", "ncstudy_no_such_module"))
+    assert sys.modules["numpy"] is not None and sys.modules["ncstudy_no_such_module"] is None
+    del sys.modules["ncstudy_no_such_module"]

@@ -260,7 +260,11 @@ def put_datasets(datasets: dict[str, Any]) -> dict[str, Any]:
 
 
 # Our own progress table replaces Tune's console output; frequent small checkpoints are by design.
-QUIET_TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+# Defaults a study run sets unless the user has (os.environ.setdefault): Tune's classic output,
+# no sync warning; and no "View run ... at" line from MLflow at every trial's end -- ncstudy prints
+# the study's link itself, and MLflow's line costs a runs/get request per trial.
+QUIET_TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+                  "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def _retarget_tracking(tuner, opts: RunOptions) -> None:

@@ -67,11 +67,12 @@ class TrialQueue:
     pending_tags: dict[str, str] = field(default_factory=dict)
     params_sent: bool = False  # the params ride with the run's first log_batch
     end_tags_sent: bool = False  # the end tags ride with its last metrics
+    artifact_uri: str | None = None  # from create_run: the upload needs no runs/get (None: look it up)
 
     def copy(self) -> "TrialQueue":
         return TrialQueue(self.run_id, self.run_name, dict(self.tags), dict(self.params), self.last_step,
                           list(self.pending), None if self.end is None else dict(self.end), self.finished,
-                          dict(self.pending_tags), self.params_sent, self.end_tags_sent)
+                          dict(self.pending_tags), self.params_sent, self.end_tags_sent, self.artifact_uri)
 
     def to_state(self) -> dict[str, Any]:
         return dict(self.copy().__dict__)
@@ -347,9 +348,9 @@ class StudyWriter:
                         self._adopt(s, found)
                     name, tags = s.run_name, dict(s.tags)
                 if found is None:
-                    run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+                    info = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info
                     with self._lock:
-                        s.run_id = run_id
+                        s.run_id, s.artifact_uri = info.run_id, info.artifact_uri
                         s.params_sent = False
                 with self._lock:
                     self.unsure.discard(tid)
@@ -388,7 +389,7 @@ class StudyWriter:
                 rows = self._rows.get(tid)
                 rows = None if rows is None else [rows[k] for k in sorted(rows)]
             if end is not None:
-                rows = self._finish(s.run_id, end, rows, tags_sent)
+                rows = self._finish(s.run_id, end, rows, tags_sent, s.artifact_uri)
                 with self._lock:
                     s.finished = True
                     self._rows.pop(tid, None)
@@ -527,10 +528,11 @@ class StudyWriter:
             self.client.log_batch(run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
 
     def _finish(self, run_id: str, end: dict[str, Any], rows: list[dict[str, Any]] | None,
-                tags_sent: bool = False) -> list[dict[str, Any]] | None:
+                tags_sent: bool = False, artifact_uri: str | None = None) -> list[dict[str, Any]] | None:
         """End tags (unless they went with the last metrics), trajectory artifacts (one upload),
         final status: idempotent, so a retry is harmless. ``rows``: the run's history when this
-        process saw all of it, else None (read from MLflow). Returns the rows."""
+        process saw all of it, else None (read from MLflow). ``artifact_uri``: the run's, when
+        known (from create_run), so the upload does not look the run up. Returns the rows."""
         from mlflow.entities import RunStatus, RunTag
 
         from ncstudy.logs import write_log
@@ -547,7 +549,12 @@ class StudyWriter:
                     _, cpu = self.pictures.run(self.plotter, rows, Path(d) / TRAJECTORY_PNG, plot)
                     self.plot_cpu_s.append(cpu)
                     self.picture_cpu_s += cpu
-                self.client.log_artifacts(run_id, d)
+                if artifact_uri:
+                    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+                    get_artifact_repository(artifact_uri, tracking_uri=self.tracking_uri).log_artifacts(d)
+                else:
+                    self.client.log_artifacts(run_id, d)
         status = RunStatus.FAILED if end["failed"] else RunStatus.KILLED if end.get("killed") else RunStatus.FINISHED
         self.client.set_terminated(run_id, RunStatus.to_string(status))
         return rows
