@@ -379,3 +379,33 @@ def test_databricks_probes_of_the_mlflow_client_are_marked_absent_once(mlflow_ur
     _mark_absent(("numpy", "ncstudy_no_such_module"))
     assert sys.modules["numpy"] is not None and sys.modules["ncstudy_no_such_module"] is None
     del sys.modules["ncstudy_no_such_module"]
+
+
+def test_log_batch_to_a_server_writes_what_the_client_would(mlflow_server, tmp_path):
+    """The writer's own JSON log_batch (an MLflow server) against MlflowClient.log_batch: the same
+    metric history (values, timestamps, steps), params and tags; a bad run id is MLflow's error."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    from ncstudy.adapters.mlflow.writer import StudyWriter
+
+    if mlflow_server.proc is None:
+        mlflow_server.start()
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.create_experiment("tracking_json_batch")
+    ours, theirs = (client.create_run(exp).info.run_id for _ in range(2))
+    points = [("nc1", 0.5 / (1 + i), 1_700_000_000_000 + i, 5 * i) for i in range(40)] + [
+        ("feat_norm", 3.25, 1_700_000_000_000, 0), ("big", 1e300, 1_700_000_000_001, 7)]
+    params, tags = [("model.width", "64"), ("seed", "0")], {"stop_reason": "budget", "note": "é ✓"}
+    w = StudyWriter(mlflow_server.uri, "tracking_json_batch")
+    w.client.log_batch = lambda *a, **k: pytest.fail("the JSON path went through MlflowClient.log_batch")
+    w.log_batch(ours, points, params, tags)
+    client.log_batch(theirs, metrics=[Metric(*p) for p in points], params=[Param(*p) for p in params],
+                     tags=[RunTag(k, v) for k, v in tags.items()])
+    a, b = client.get_run(ours).data, client.get_run(theirs).data
+    assert a.params == b.params and {k: a.tags[k] for k in tags} == {k: b.tags[k] for k in tags} == tags
+    for key in ("nc1", "feat_norm", "big"):
+        ha = [(m.value, m.timestamp, m.step) for m in client.get_metric_history(ours, key)]
+        hb = [(m.value, m.timestamp, m.step) for m in client.get_metric_history(theirs, key)]
+        assert sorted(ha) == sorted(hb) and ha
+    with pytest.raises(Exception, match="not found|RESOURCE_DOES_NOT_EXIST"):
+        w.log_batch("0" * 32, points[:1], [], {})

@@ -146,12 +146,12 @@ class AnalogPool:
         self.collapsed_run = np.array([r.t_nc is not None for r in self.runs], dtype=bool)
         self.scale = self._robust_scale()
         self.Xs = self.X / self.scale
-        # for the distances: the scaled states with unknown features as 0, their squares, and which
-        # are known (three matrix-vector products per query instead of an n x features temporary)
+        # for the distances: the scaled states' squares, the states (unknown features as 0) and which
+        # features are known, side by side: one matrix product per batch of queries
         known = np.isfinite(self.Xs)
-        self._H = known.astype(float)
-        self._Z = np.where(known, self.Xs, 0.0)
-        self._Z2 = self._Z * self._Z
+        z = np.where(known, self.Xs, 0.0)
+        self._M = np.hstack([z * z, z, known.astype(float)])
+        self._n_collapsed = int(self.collapsed_run.sum())
         self._cal: tuple | None = None
 
     def _robust_scale(self) -> np.ndarray:
@@ -167,52 +167,69 @@ class AnalogPool:
 
     @property
     def n_collapsed(self) -> int:
-        return sum(r.t_nc is not None for r in self.runs)
+        return self._n_collapsed
 
     # ------------------------------------------------------------------------------------------
-    def _distances(self, xs: np.ndarray, group: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(best, raw, d)``: per pool run, the distance of its closest state to the (scaled) query
-        plus the group penalty, and without it; per pool state, its distance. The distance is the
-        weighted RMS over the features both the state and the query know (inf when they share none)."""
+    def _distances(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For ``m`` (scaled) queries, rows of ``xs``: ``(raw, d)``, per query the distance of each
+        pool run's closest state (``m x runs``) and of every pool state (``m x states``). The
+        distance is the weighted RMS over the features both the state and the query know (inf when
+        they share none); one matrix product for all the queries."""
         q = np.isfinite(xs)
         wq = np.where(q, self.w, 0.0)
         x = np.where(q, xs, 0.0)
-        num = self._Z2 @ wq - 2.0 * (self._Z @ (wq * x)) + self._H @ (wq * x * x)
-        den = self._H @ wq
+        f = xs.shape[1]
+        v = np.empty((3 * f, 2 * len(xs)))
+        v[:f, 0::2], v[f:2 * f, 0::2], v[2 * f:, 0::2] = wq.T, (-2.0 * wq * x).T, (wq * x * x).T
+        v[:2 * f, 1::2], v[2 * f:, 1::2] = 0.0, wq.T
+        nd = self._M @ v  # states x (num, den) per query
+        num, den = nd[:, 0::2].T, nd[:, 1::2].T
         with np.errstate(invalid="ignore", divide="ignore"):
-            d = np.where(den > 0, np.sqrt(np.maximum(num, 0.0) / np.where(den > 0, den, 1.0)), np.inf)
-        raw = np.minimum.reduceat(d, self.starts)
-        best = raw + self.group_penalty * (self.group_of_run != group) if group is not None and self.group_penalty \
-            else raw.copy()
-        return best, raw, d
+            d = np.sqrt(np.maximum(num, 0.0) / den)
+        d[~(den > 0)] = np.inf
+        return np.minimum.reduceat(d, self.starts, axis=1), d
 
     def _closest_rows(self, raw: np.ndarray, d: np.ndarray) -> np.ndarray:
-        """Per pool run, the row of its closest state (its first, on a tie)."""
+        """Per pool run, the row of its closest state (its first, on a tie); one query."""
         hit = np.flatnonzero(d == raw[self.run_of])
         return hit[np.r_[0, np.flatnonzero(np.diff(self.run_of[hit])) + 1]]
+
+    def _scaled(self, x: Mapping[str, float] | np.ndarray) -> np.ndarray:
+        return (np.array([x.get(f, math.nan) for f in self.features], float) if isinstance(x, Mapping)
+                else np.asarray(x, float)) / self.scale
 
     def analogs(self, x: Mapping[str, float] | np.ndarray, group: str | None = None,
                 exclude_run: int | None = None) -> tuple[int, int, np.ndarray, float]:
         """For a query state: ``(k used, collapsed among the k nearest runs, outcomes of the k
         nearest collapsed runs (sorted), mean distance of the k nearest runs)``."""
-        xs = (np.array([x.get(f, math.nan) for f in self.features], float) if isinstance(x, Mapping)
-              else np.asarray(x, float)) / self.scale
-        best, raw, d = self._distances(xs, group)
-        if exclude_run is not None:
-            best[exclude_run] = np.inf
-        ok = np.isfinite(best)
-        k = min(self.k, int(ok.sum()))
-        if k == 0:
-            return 0, 0, np.array([]), math.inf
-        idx = np.argpartition(best, k - 1)[:k]
-        m = int(self.collapsed_run[idx].sum())
-        cand = np.flatnonzero(ok & self.collapsed_run)
-        kc = min(self.k, len(cand))
-        rho_c = np.array([])
-        if kc:
-            near = cand[np.argpartition(best[cand], kc - 1)[:kc]]
-            rho_c = np.sort(self.rho[self._closest_rows(raw, d)[near]])
-        return k, m, rho_c, float(best[idx].mean())
+        return self._analogs_many(self._scaled(x)[None, :], group, exclude_run)[0]
+
+    def _analogs_many(self, xs: np.ndarray, group: str | None,
+                      exclude_run: int | None) -> list[tuple[int, int, np.ndarray, float]]:
+        """:meth:`analogs` of several scaled queries (rows of ``xs``) of one group."""
+        raws, ds = self._distances(xs)
+        penalty = self.group_penalty * (self.group_of_run != group) if group is not None and self.group_penalty \
+            else 0.0
+        out = []
+        for raw, d in zip(raws, ds):
+            best = raw + penalty
+            if exclude_run is not None:
+                best[exclude_run] = np.inf
+            ok = np.isfinite(best)
+            k = min(self.k, int(ok.sum()))
+            if k == 0:
+                out.append((0, 0, np.array([]), math.inf))
+                continue
+            idx = np.argpartition(best, k - 1)[:k]
+            m = int(self.collapsed_run[idx].sum())
+            cand = np.flatnonzero(ok & self.collapsed_run)
+            kc = min(self.k, len(cand))
+            rho_c = np.array([])
+            if kc:
+                near = cand[np.argpartition(best[cand], kc - 1)[:kc]]
+                rho_c = np.sort(self.rho[self._closest_rows(raw, d)[near]])
+            out.append((k, m, rho_c, float(best[idx].mean())))
+        return out
 
     def predictive(self, x: Mapping[str, float], group: str | None = None) -> Predictive | None:
         if self.n_runs == 0:
@@ -238,8 +255,7 @@ class AnalogPool:
                 if len(rows) > self.max_pit_states:
                     rows = rows[np.linspace(0, len(rows) - 1, self.max_pit_states).round().astype(int)]
                 g = self.group_of_run[i]
-                for r in rows:
-                    k, m, rho_c, _ = self.analogs(self.X[r], g, exclude_run=i)
+                for r, (k, m, rho_c, _) in zip(rows, self._analogs_many(self.Xs[rows], g, exclude_run=i)):
                     if k == 0:
                         continue
                     frac.append(m / k)

@@ -333,7 +333,6 @@ class StudyWriter:
         never across a request. Requests per trial: ``create_run`` (with its tags), one
         ``log_batch`` per 1,000 points (the first also carries the params, the last the end tags),
         one upload of ``trajectory.csv`` + ``trajectory.png``, the final status."""
-        from mlflow.entities import Metric, Param, RunTag
 
         with self._lock:
             todo = list(self.trials.items())
@@ -372,9 +371,7 @@ class StudyWriter:
                     break
                 if extra:  # more params than one batch takes (a very wide config): the rest alone
                     self.log_params(s.run_id, dict(extra))
-                self.client.log_batch(s.run_id, metrics=[Metric(k, v, ts, st) for k, v, ts, st in chunk],
-                                      params=[Param(k, v) for k, v in params],
-                                      tags=[RunTag(k, v) for k, v in {**tags, **end_tags}.items()])
+                self.log_batch(s.run_id, chunk, params, {**tags, **end_tags})
                 with self._lock:
                     del s.pending[:len(chunk)]
                     s.params_sent = True
@@ -519,6 +516,32 @@ class StudyWriter:
         s.run_id, written = found
         s.pending = [p for p in s.pending if p[3] > written]
         s.last_step = max(s.last_step, written)
+
+    def log_batch(self, run_id: str, metrics: list[tuple[str, float, int, int]], params: list[tuple[str, str]],
+                  tags: dict[str, str]) -> None:
+        """One ``log_batch`` of plain ``(key, value, timestamp, step)`` points, params and tags. To an
+        MLflow server the JSON body is built here: MLflowClient goes Metric -> protobuf -> JSON
+        text -> dict -> JSON, ~25 us of CPU a point, the writer's largest cost in a large study.
+        Same endpoint, credentials, retries and error checks (MLflow's ``http_request`` and
+        ``verify_rest_response``); other stores go through the client."""
+        from mlflow.store.tracking.rest_store import RestStore
+
+        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+        if not isinstance(store, RestStore):
+            from mlflow.entities import Metric, Param, RunTag
+
+            self.client.log_batch(run_id, metrics=[Metric(k, v, ts, st) for k, v, ts, st in metrics],
+                                  params=[Param(k, v) for k, v in params],
+                                  tags=[RunTag(k, v) for k, v in tags.items()])
+            return
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        endpoint = "/api/2.0/mlflow/runs/log-batch"
+        body = {"run_id": run_id,
+                "metrics": [{"key": k, "value": v, "timestamp": ts, "step": st} for k, v, ts, st in metrics],
+                "params": [{"key": k, "value": v} for k, v in params],
+                "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        verify_rest_response(http_request(store.get_host_creds(), endpoint, "POST", json=body), endpoint)
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
