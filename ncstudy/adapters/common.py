@@ -143,17 +143,29 @@ class FnStarCore:
 
     # -- a result ---------------------------------------------------------------------------------------
     def record(self, result: Mapping[str, Any]) -> dict[str, Any]:
-        """The canonical record of a result (mapped names, aliases, nested keys flattened)."""
-        flat = flatten(result) if any(isinstance(v, Mapping) for v in result.values()) else dict(result)
+        """The canonical record of a result (mapped names, aliases, nested keys as dotted names).
+        A Tune result nests its whole config: it is flattened only when a mapped name is dotted and
+        not a top-level key."""
+        flat: dict[str, Any] | None = None
+
+        def get(name: str) -> Any:
+            nonlocal flat
+            v = result.get(name)
+            if v is None and "." in name:
+                if flat is None:
+                    flat = flatten(result)
+                v = flat.get(name)
+            return None if isinstance(v, Mapping) else v
+
         rec = {}
         for key, name in self._name_pairs:
-            v = flat.get(name)
+            v = get(name)
             if v is None and name == key:  # an alias of ncstudy's name (fn, train_acc, loss, ...)
-                v = next((flat[a] for a, k in ALIASES.items() if k == key and a in flat), None)
+                v = next((v for a, k in ALIASES.items() if k == key and (v := get(a)) is not None), None)
             if v is not None:
                 rec[key] = v
         if not finite(rec.get(EPOCH)):
-            it = flat.get("training_iteration")
+            it = get("training_iteration")
             if finite(it):
                 rec[EPOCH] = it
         return rec
