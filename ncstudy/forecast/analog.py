@@ -152,6 +152,7 @@ class AnalogPool:
         z = np.where(known, self.Xs, 0.0)
         self._M = np.hstack([z * z, z, known.astype(float)])
         self._n_collapsed = int(self.collapsed_run.sum())
+        self._bounds = (self.starts.tolist(), self.starts[1:].tolist() + [len(rows)])  # each run's rows
         self._cal: tuple | None = None
 
     def _robust_scale(self) -> np.ndarray:
@@ -189,10 +190,10 @@ class AnalogPool:
         d[~(den > 0)] = np.inf
         return np.minimum.reduceat(d, self.starts, axis=1), d
 
-    def _closest_rows(self, raw: np.ndarray, d: np.ndarray) -> np.ndarray:
-        """Per pool run, the row of its closest state (its first, on a tie); one query."""
-        hit = np.flatnonzero(d == raw[self.run_of])
-        return hit[np.r_[0, np.flatnonzero(np.diff(self.run_of[hit])) + 1]]
+    def _closest_rows(self, runs: np.ndarray, d: np.ndarray) -> list[int]:
+        """The row of each of ``runs``' closest state to one query (its first, on a tie)."""
+        starts, ends = self._bounds
+        return [starts[r] + int(d[starts[r]:ends[r]].argmin()) for r in runs.tolist()]
 
     def _scaled(self, x: Mapping[str, float] | np.ndarray) -> np.ndarray:
         return (np.array([x.get(f, math.nan) for f in self.features], float) if isinstance(x, Mapping)
@@ -227,7 +228,7 @@ class AnalogPool:
             rho_c = np.array([])
             if kc:
                 near = cand[np.argpartition(best[cand], kc - 1)[:kc]]
-                rho_c = np.sort(self.rho[self._closest_rows(raw, d)[near]])
+                rho_c = np.sort(self.rho[self._closest_rows(near, d)])
             out.append((k, m, rho_c, float(best[idx].mean())))
         return out
 
@@ -238,7 +239,7 @@ class AnalogPool:
         if k == 0:
             return None
         iso_x, iso_y, bin_edges, bins = self.calibration()
-        med = float(np.median(rho_c)) if len(rho_c) else math.nan
+        med = _median_sorted(rho_c) if len(rho_c) else math.nan
         res = bins[_bin_of(bin_edges, math.log(med))] if med > 0 else np.array([])
         return Predictive(_iso_at(iso_x, iso_y, m / k), rho_c, med, res, dist, m)
 
@@ -261,7 +262,7 @@ class AnalogPool:
                     frac.append(m / k)
                     collapsed.append(bool(self.collapsed_run[i]))
                     if self.collapsed_run[i] and len(rho_c) and self.rho[r] > 0:
-                        med = float(np.median(rho_c))
+                        med = _median_sorted(rho_c)
                         if med > 0:
                             pairs.append((math.log(med), math.log(self.rho[r] / med)))
             frac_a, coll_a = np.array(frac), np.array(collapsed, bool)
@@ -285,6 +286,12 @@ def _mondrian_bins(pairs: Sequence[tuple[float, float]], min_bin: int) -> tuple[
         edges.append(math.inf if b == n_bins - 1 else float((chunk[-1, 0] + a[cuts[b + 1], 0]) / 2))
         bins.append(np.sort(chunk[:, 1]))
     return np.array(edges), bins
+
+
+def _median_sorted(a: np.ndarray) -> float:
+    """The median of a sorted array (``np.median`` without its sort)."""
+    n = len(a)
+    return float(a[n // 2]) if n % 2 else float((a[n // 2 - 1] + a[n // 2]) / 2)
 
 
 def _bin_of(edges: np.ndarray, x: float) -> int:

@@ -5,7 +5,7 @@
 * :func:`draw_overview` -- the study run's ``overview.png``, ``sweep.png``, ``summary.csv`` of the
   ended trials, and the study metrics (:func:`study_metrics`).
 
-Drawing a trial's picture costs about 0.4 s of CPU in matplotlib, with the GIL held: on the driver
+Drawing a trial's picture costs about 0.3 s of CPU in matplotlib, with the GIL held: on the driver
 that would stall Tune's event loop and the stopper. :class:`PictureProcess` draws them in one
 child process instead (``python -m ncstudy.adapters.mlflow.pictures``), fed over a pipe by the
 MLflow writer thread, which waits for the answer without holding the GIL. The child ends when the
@@ -142,8 +142,8 @@ class PictureProcess:
     the MLflow writer thread is the one caller.
     """
 
-    def __init__(self, idle_s: float = 120.0, start_timeout_s: float = 120.0) -> None:
-        self.idle_s, self.start_timeout_s = float(idle_s), float(start_timeout_s)
+    def __init__(self, idle_s: float = 600.0) -> None:
+        self.idle_s = float(idle_s)
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self._in_process = False  # no child could be started: draw in the caller
@@ -240,4 +240,4 @@ def _serve(idle_s: float) -> None:
 
 
 if __name__ == "__main__":
-    _serve(float(sys.argv[1]) if len(sys.argv) > 1 else 120.0)
+    _serve(float(sys.argv[1]) if len(sys.argv) > 1 else 600.0)
