@@ -104,7 +104,7 @@ def test_scale_benchmark_small_n_state_written_once_per_trial_and_restored_exact
     done = [e["trial"]["trial_id"] for e in events if e["e"] == "done"]
     assert len(done) == len(set(done)) == n  # each finished trial written once
     learnt = [(e["group"], e["run"]["run_id"]) for e in events if e["e"] == "learn"]
-    assert len(learnt) == len(set(learnt)) and 0 < len(learnt) <= n  # each learnt run written once
+    assert len(learnt) == len(set(learnt)) <= n  # each learnt run (if any) written once
     assert r["stopper_journal_bytes"] == sum(f.stat().st_size for f in segs) + (
         exp / "fnstar_state" / "base.json").stat().st_size  # nothing rewritten in place
     # a fresh stopper (as Tuner.restore builds one) restored from the folder: the saved state exactly

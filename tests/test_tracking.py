@@ -362,25 +362,6 @@ def test_the_picture_process_ends_when_the_driver_is_killed(tmp_path):
             driver.kill()
 
 
-def test_databricks_probes_of_the_mlflow_client_are_marked_absent_once(mlflow_uri):
-    """MLflow's client tries to import Databricks modules at every request; connect() marks the ones
-    not installed as absent (an import then fails at once) and leaves installed ones alone."""
-    import sys
-
-    from ncstudy.adapters.mlflow.reader import DATABRICKS_PROBES, _mark_absent, connect
-
-    connect(mlflow_uri, must_exist=False)
-    for name in DATABRICKS_PROBES:  # installed (a module) or marked absent (None): never unknown
-        assert name in sys.modules
-        if sys.modules[name] is None:
-            with pytest.raises(ModuleNotFoundError):
-                __import__(name)
-    assert sys.modules["dbruntime"] is None  # Databricks' runtime is not on this machine
-    _mark_absent(("numpy", "ncstudy_no_such_module"))
-    assert sys.modules["numpy"] is not None and sys.modules["ncstudy_no_such_module"] is None
-    del sys.modules["ncstudy_no_such_module"]
-
-
 def test_log_batch_to_a_server_writes_what_the_client_would(mlflow_server, tmp_path):
     """The writer's own JSON log_batch (an MLflow server) against MlflowClient.log_batch: the same
     metric history (values, timestamps, steps), params and tags; a bad run id is MLflow's error."""
