@@ -8,7 +8,8 @@
 Order: the single-thread compute benchmarks first (1 trainer epoch, 2 metric share, 5 stopper
 replay), then one local Ray instance (2 CPUs) for 4 (scheduler overhead) and 3 (tracking
 overhead), then 6 (scale: one driver process per study size, each with its own local Ray and
-``mlflow server``; see ``benchmarks/scale.py``). Each benchmark writes
+``mlflow server``, then the smallest size again on a three-node ``ray.cluster_utils`` cluster; see
+``benchmarks/scale.py``). Each benchmark writes
 ``benchmarks/results/<name>.json``; this script writes ``benchmarks/results/summary.json`` and
 ``summary.md`` (the table printed at the end). A shared time budget (``--budget-s``) only decides
 whether benchmark 3 runs its optional second with/without pair; every benchmark runs its minimum.
@@ -161,6 +162,28 @@ def rows_scale(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_scale_cluster(r: dict[str, Any]) -> list[Row]:
+    """The smallest N again on a head and two worker nodes, against the single node of ``scale.json``."""
+    out: list[Row] = []
+    single = {}
+    if (RESULTS / "scale.json").exists():
+        import json
+
+        single = json.loads((RESULTS / "scale.json").read_text()).get("by_n", {})
+    for n in r["ns"]:
+        b = r["by_n"][str(n)]
+        if "error" in b:
+            out.append(("6 scale", f"N = {n}, 3 nodes: FAILED", b["error"][-80:], "-", "NO"))
+            continue
+        one = single.get(str(n), {})
+        vs = (f"; {b['driver_cpu_s_per_trial'] / one['driver_cpu_s_per_trial']:.2f}x one node"
+              if one.get("driver_cpu_s_per_trial") else "")
+        out.append(("6 scale", f"N = {n} on a head + 2 worker nodes: driver CPU per trial; service per result",
+                    f"{b['driver_cpu_s_per_trial']:.3f} s; {b['service_cpu_ms_per_result']:.2f} ms{vs}",
+                    "(info)", "-"))
+    return out
+
+
 def markdown(rows: list[Row]) -> str:
     lines = ["| benchmark | figure | value | target | met |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
@@ -190,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="run every benchmark of make bench")
     ap.add_argument("--only", nargs="*", type=int, default=[1, 2, 3, 4, 5, 6])
     ap.add_argument("--scale-n", nargs="*", type=int, default=[100, 300, 1000],
-                    help="benchmark 6's study sizes (N = 1,000 takes about an hour on the 2-core box)")
+                    help="benchmark 6's study sizes (N = 1,000 takes 12-15 minutes on the 2-core box)")
     ap.add_argument("--budget-s", type=float, default=560.0,
                     help="total time; decides only benchmark 3's optional second pair")
     ap.add_argument("--update-docs", action="store_true", help=f"refresh the table in {DOC.relative_to(ROOT)}")
@@ -209,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         (4, "scheduler_overhead", lambda: scheduler_overhead.main(deadline=deadline), rows_sched),
         (3, "tracking_overhead", lambda: tracking_overhead.main(deadline=deadline), rows_tracking),
         (6, "scale", lambda: scale.main(tuple(args.scale_n)), rows_scale),  # its own drivers, one per N
+        (6, "scale_cluster", lambda: scale.main((min(args.scale_n),), cluster=True), rows_scale_cluster),
     ]
     rows: list[Row] = []
     results: dict[str, Any] = {}

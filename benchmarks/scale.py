@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/scale.py                   # N = 100, 300, 1000; writes results/scale.json
     .venv/bin/python benchmarks/scale.py --n 100 300       # a subset
     .venv/bin/python benchmarks/scale.py --one 50 --json /tmp/s.json   # one study, in this process
+    .venv/bin/python benchmarks/scale.py --cluster --n 100 300  # on a 3-node cluster; results/scale_cluster.json
 
 Each N is one study run in a fresh driver process (so peak RSS and CPU are that study's alone)
 through the real path -- :func:`ncstudy.study.runner.run_study` (what ``ncstudy run`` calls), Ray
@@ -23,6 +24,12 @@ callback state (pickled); Tune's own ``experiment_state-*.json`` (every trial's 
 HTTP requests to the MLflow server (counted at ``requests.Session.request``); wall time. Nothing
 here is a ratio of alternated runs: one study per N, on a shared machine, so the wall and CPU
 figures carry the machine's noise (a few per cent to tens of per cent).
+
+``--cluster``: each study runs on a private multi-node cluster on this machine
+(``ray.cluster_utils.Cluster``, ``tests/ray_cluster.py``: a head node with no CPU that runs only
+the driver, and two worker nodes of one CPU each, the same 2 CPUs in all), connected to as
+``ncstudy run --address`` would: results and checkpoints cross node boundaries (raylet to raylet,
+the GCS), which a single node never does.
 """
 from __future__ import annotations
 
@@ -203,8 +210,10 @@ class RssPeak:
 
 def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_state: bool = False,
             progress_interval_s: float = 10.0, trajs: list | None = None,
-            check_restore: bool = False) -> dict[str, Any]:
+            check_restore: bool = False, cluster: bool = False) -> dict[str, Any]:
     """Run one N-trial study in this process (Ray must not be running here yet) and measure it.
+    ``cluster``: on a head with no CPU and two one-CPU worker nodes (``tests/ray_cluster.py``)
+    instead of one local node with ``num_cpus``.
     ``baseline_state``: the stopper saves its whole state at every save (what it did before issue 17).
     ``check_restore``: also write ``<work>/saved_state.json``, the stopper's whole state
     (:meth:`~ncstudy.forecast.stopper.ForecastStopper.to_dict`) as of its last save, for a test to
@@ -228,7 +237,15 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
     else:
         source = f"given, {len(trajs)} runs"
     spec = StudySpec.model_validate(study_dict(n))
-    opts = runner.RunOptions(tracking_uri=tracking_uri, storage=str(work / "res"), num_cpus=num_cpus,
+    local_cluster = None
+    if cluster:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from ray_cluster import LocalCluster
+
+        local_cluster = LocalCluster()
+    opts = runner.RunOptions(tracking_uri=tracking_uri, storage=str(work / "res"),
+                             num_cpus=None if cluster else num_cpus,
+                             address=local_cluster.address if local_cluster else None,
                              progress_interval_s=progress_interval_s, study_file=f"scale{n}.yaml")
     meter = Meter()
     holder: dict[str, Any] = {}
@@ -296,8 +313,11 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
     import ncstudy.plots  # noqa: F401
     import ncstudy.study.trainable  # noqa: F401
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    if local_cluster is not None:
+        ray.init(address=local_cluster.address, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
     try:
         ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         with RssPeak() as rss:
@@ -309,6 +329,8 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
         requests.Session.request = orig_request  # type: ignore[method-assign]
         meter.undo()
         ray.shutdown()
+        if local_cluster is not None:
+            local_cluster.shutdown()
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     if check_restore and "saved_state" in holder:
         (work / "saved_state.json").write_text(holder["saved_state"])
@@ -343,7 +365,7 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
         "mlflow_requests": stats["mlflow_requests"], "mlflow_requests_by_endpoint": requests_by,
         "calibration_runs": stopper.calibration.n_runs() if stopper is not None else 0,
         "calibration_commits": stopper.core.stopper.commits if stopper is not None else 0,
-        "baseline_state": baseline_state,
+        "baseline_state": baseline_state, "nodes": "head (0 CPU) + 2 workers (1 CPU)" if cluster else "1 (2 CPUs)",
     }
     out.update({
         "driver_cpu_s_per_trial": cpu / n, "driver_cpu_ms_per_result": 1e3 * cpu / results,
@@ -372,7 +394,7 @@ def _seconds(x: Any) -> float:
 
 # -- the parent: one child process per N, one MLflow server per N ------------------------------------
 def run_one(n: int, work: Path, timeout_s: float, baseline_state: bool = False,
-            check_restore: bool = False) -> dict[str, Any]:
+            check_restore: bool = False, cluster: bool = False) -> dict[str, Any]:
     """One study of ``n`` trials in a child driver process with its own ``mlflow server`` (stopped
     by PID); the study's folders stay under ``work`` (``res/scale<n>``, ``mlflow``, ``driver.log``)."""
     sys.path.insert(0, str(ROOT / "tests"))
@@ -384,7 +406,7 @@ def run_one(n: int, work: Path, timeout_s: float, baseline_state: bool = False,
         out = work / "result.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--json", str(out),
                "--work", str(work), "--tracking-uri", server.uri] + (["--baseline-state"] if baseline_state else []) \
-            + (["--check-restore"] if check_restore else [])
+            + (["--check-restore"] if check_restore else []) + (["--cluster"] if cluster else [])
         with (work / "driver.log").open("w") as log:
             p = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             try:
@@ -416,7 +438,9 @@ def ratios(by_n: dict[int, dict[str, Any]]) -> dict[str, float]:
 
 
 def main(ns: tuple[int, ...] = DEFAULT_N, timeout_s: float = 3600.0, baseline_ns: tuple[int, ...] = (),
-         keep: bool = False) -> dict[str, Any]:
+         keep: bool = False, cluster: bool = False) -> dict[str, Any]:
+    """Each N in its own driver process; writes ``results/scale.json`` (``scale_cluster.json`` with
+    ``cluster``)."""
     t0 = time.time()
     by_n: dict[int, dict[str, Any]] = {}
     base: dict[int, dict[str, Any]] = {}
@@ -424,7 +448,7 @@ def main(ns: tuple[int, ...] = DEFAULT_N, timeout_s: float = 3600.0, baseline_ns
         for n in ns:
             print(f"[scale] N={n} ...", flush=True)
             try:
-                by_n[n] = run_one(n, Path(tmp) / f"n{n}", timeout_s)
+                by_n[n] = run_one(n, Path(tmp) / f"n{n}", timeout_s, cluster=cluster)
             except Exception as e:  # report and go on with the next N
                 by_n[n] = {"n": n, "error": f"{type(e).__name__}: {e}"}
             print(f"[scale] N={n}: {summary_line(by_n[n])}", flush=True)
@@ -443,7 +467,8 @@ def main(ns: tuple[int, ...] = DEFAULT_N, timeout_s: float = 3600.0, baseline_ns
            "targets": {"per_trial_ratio_max": 1.2, "rss_growth_mb_per_1000_max": 500,
                        "service_cpu_ms_per_result_max": 2.0},
            "machine": machine(), "seconds": time.time() - t0}
-    write_json("scale", res)
+    res["cluster"] = cluster
+    write_json("scale_cluster" if cluster else "scale", res)
     return res
 
 
@@ -492,11 +517,13 @@ def table(res: dict[str, Any]) -> str:
         ("wall time per trial", lambda r: f"{r['wall_s_per_trial']:.2f} s", "wall_s_per_trial"),
         ("stop reasons", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r["stop_reasons"].items())), None),
     ]
-    head = "| figure | " + " | ".join(f"N = {n}" for n in ns) + f" | N = {ns[-1]} / N = {ns[0]} |" if ns else ""
-    lines = [head, "|---|" + "---|" * (len(ns) + 1)]
+    ratio = len(ns) > 1  # a ratio column only when there are two sizes to compare
+    head = "| figure | " + " | ".join(f"N = {n}" for n in ns) + (f" | N = {ns[-1]} / N = {ns[0]} |" if ratio else " |")
+    lines = [head, "|---|" + "---|" * (len(ns) + ratio)]
     for label, fmt, key in rows:
         vals = [fmt(res["by_n"][str(n)]) for n in ns]
-        lines.append(f"| {label} | " + " | ".join(vals) + f" | {f'{rat[key]:.2f}x' if key in rat else '-'} |")
+        last = (f" {f'{rat[key]:.2f}x' if key in rat else '-'} |") if ratio else ""
+        lines.append(f"| {label} | " + " | ".join(vals) + " |" + last)
     return "\n".join(lines)
 
 
@@ -506,6 +533,9 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", nargs="*", type=int, default=[],
                     help="also run these N with the whole stopper state at every save (before issue 17)")
     ap.add_argument("--timeout-s", type=float, default=3600.0, help="per study")
+    ap.add_argument("--cluster", action="store_true",
+                    help="each study on a head (no CPU) and two one-CPU worker nodes (ray.cluster_utils); "
+                         "writes results/scale_cluster.json")
     ap.add_argument("--keep", action="store_true", help="copy the studies' folders to benchmarks/results/scale_work")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
@@ -516,10 +546,10 @@ def cli(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.one:
         res = measure(args.one, Path(args.work), args.tracking_uri, baseline_state=args.baseline_state,
-                      check_restore=args.check_restore)
+                      check_restore=args.check_restore, cluster=args.cluster)
         Path(args.json).write_text(json.dumps(res, indent=1))
         return 0
-    res = main(tuple(args.n), args.timeout_s, tuple(args.baseline), args.keep)
+    res = main(tuple(args.n), args.timeout_s, tuple(args.baseline), args.keep, args.cluster)
     print(table(res))
     print(json.dumps(res["ratio_max_over_min_n"], indent=1))
     return 0
