@@ -74,8 +74,10 @@ def test_small_study_shows_every_trial_and_the_summary_of_a_large_one_is_short()
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_scale_benchmark_small_n_state_written_once_per_trial_and_restored_exactly(tmp_path):
-    """benchmarks/scale.py at N = 10 (one driver, one MLflow server): every finished trial and every
+@pytest.mark.parametrize("cluster", [False, True], ids=["one_node", "head_and_two_workers"])
+def test_scale_benchmark_small_n_state_written_once_per_trial_and_restored_exactly(tmp_path, cluster):
+    """benchmarks/scale.py at N = 10 (one driver, one MLflow server; on one local node, and with
+    ``--cluster`` on a head with no CPU and two worker nodes): every finished trial and every
     learnt run is in the stopper's journal exactly once and no segment repeats another's events
     (what keeps bytes per trial flat as N grows; the benchmark measures the ratio), Tune's saved
     stopper state holds only running trials, and a fresh stopper restored from the experiment folder
@@ -87,8 +89,9 @@ def test_scale_benchmark_small_n_state_written_once_per_trial_and_restored_exact
     from ncstudy.study.spec import StudySpec
 
     n = 10
-    r = scale.run_one(n, tmp_path / "n", timeout_s=1000, check_restore=True)
+    r = scale.run_one(n, tmp_path / "n", timeout_s=1000, check_restore=True, cluster=cluster)
     assert "error" not in r, r.get("error")
+    assert r["nodes"] == ("head (0 CPU) + 2 workers (1 CPU)" if cluster else "1 (2 CPUs)")
     assert r["status"] == 0 and r["results"] >= 20 * n and sum(r["stop_reasons"].values()) == n
     assert r["mlflow_requests"] > 0 and r["stopper_saves"] > 0 and r["picture_cpu_s_per_trial"] > 0
     exp = tmp_path / "n" / "res" / f"scale{n}"
