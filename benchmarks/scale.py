@@ -27,9 +27,9 @@ figures carry the machine's noise (a few per cent to tens of per cent).
 
 ``--cluster``: each study runs on a private multi-node cluster on this machine
 (``ray.cluster_utils.Cluster``, ``tests/ray_cluster.py``: a head node with no CPU that runs only
-the driver, and two worker nodes of one CPU each, the same 2 CPUs in all), connected to as
-``ncstudy run --address`` would: results and checkpoints cross node boundaries (raylet to raylet,
-the GCS), which a single node never does.
+the driver, and two worker nodes of one CPU and one (unused) logical GPU each: the same 2 CPUs in
+all), connected to as ``ncstudy run --address`` would: results and checkpoints cross node
+boundaries (raylet to raylet, the GCS), which a single node never does.
 """
 from __future__ import annotations
 
@@ -313,12 +313,12 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
     import ncstudy.plots  # noqa: F401
     import ncstudy.study.trainable  # noqa: F401
 
-    if local_cluster is not None:
-        ray.init(address=local_cluster.address, log_to_driver=False, configure_logging=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
     try:
+        if local_cluster is not None:
+            ray.init(address=local_cluster.address, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
         ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         with RssPeak() as rss:
             status = runner.run_study(spec, opts, trainable=replay_trainable(trajs))
