@@ -237,16 +237,6 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
     else:
         source = f"given, {len(trajs)} runs"
     spec = StudySpec.model_validate(study_dict(n))
-    local_cluster = None
-    if cluster:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from ray_cluster import LocalCluster
-
-        local_cluster = LocalCluster()
-    opts = runner.RunOptions(tracking_uri=tracking_uri, storage=str(work / "res"),
-                             num_cpus=None if cluster else num_cpus,
-                             address=local_cluster.address if local_cluster else None,
-                             progress_interval_s=progress_interval_s, study_file=f"scale{n}.yaml")
     meter = Meter()
     holder: dict[str, Any] = {}
     stats = {"stopper_state_bytes": 0, "stopper_saves": 0, "whole_state_bytes": 0, "tracking_state_bytes": 0,
@@ -313,12 +303,22 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
     import ncstudy.plots  # noqa: F401
     import ncstudy.study.trainable  # noqa: F401
 
+    local_cluster = None
+    if cluster:  # started last, right before the try that shuts it down
+        sys.path.insert(0, str(ROOT / "tests"))
+        from ray_cluster import LocalCluster
+
+        local_cluster = LocalCluster()
     try:
         if local_cluster is not None:
             ray.init(address=local_cluster.address, log_to_driver=False, configure_logging=False)
         else:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
+        opts = runner.RunOptions(tracking_uri=tracking_uri, storage=str(work / "res"),
+                                 num_cpus=None if cluster else num_cpus,
+                                 address=local_cluster.address if local_cluster else None,
+                                 progress_interval_s=progress_interval_s, study_file=f"scale{n}.yaml")
         ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         with RssPeak() as rss:
             status = runner.run_study(spec, opts, trainable=replay_trainable(trajs))
@@ -328,9 +328,10 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
         runner.build_stopper = orig_build  # type: ignore[assignment]
         requests.Session.request = orig_request  # type: ignore[method-assign]
         meter.undo()
-        ray.shutdown()
         if local_cluster is not None:
-            local_cluster.shutdown()
+            local_cluster.shutdown()  # ray.shutdown() first, then the cluster's processes
+        else:
+            ray.shutdown()
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     if check_restore and "saved_state" in holder:
         (work / "saved_state.json").write_text(holder["saved_state"])
