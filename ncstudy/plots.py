@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ncstudy.records import (
+    EARLY_STOPS,
     EPOCH,
     FN,
     FORECAST_EPOCH,
@@ -37,7 +38,6 @@ from ncstudy.records import (
 STRICT, RELAXED = 0.01, 0.05  # the paper's NC1 thresholds (ncstudy.onset.OnsetRule's defaults)
 FN_COLOUR, NC1_COLOUR, BAND_COLOUR = "tab:blue", "tab:red", "tab:orange"
 CROSS_COLOUR, FORECAST_COLOUR, ONSET_COLOUR = "tab:green", "tab:purple", "black"
-FORECAST_STOPS = ("forecast", "no_onset_forecast")
 
 
 @dataclass(frozen=True)
@@ -312,6 +312,7 @@ def _trial_title(view: TrialView) -> str:
     keys = ", ".join(f"{k}={_short(v)}" for k, v in view.keys.items())
     what = {"onset": "stopped at onset", "forecast": "stopped at its forecast",
             "no_onset_forecast": "stopped: no onset expected", "budget": "ran its budget",
+            "cannot_win": "stopped: cannot beat the best so far", "capped": "capped at the best so far",
             "diverged": "diverged", "error": "failed", "interrupted": "interrupted"}.get(view.stop_reason or "", "")
     head = view.name + (f"  ({keys})" if keys else "")
     return head + (f" \u2014 {what}" if what else "")
@@ -410,7 +411,7 @@ def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = ""
                 if y is not None:
                     ax.plot([t.t_nc], [y], marker="o", ms=6.5, color=c, mec="black", mew=1.2, zorder=5)
         fc = t.forecast()
-        if fc is not None and fc.onset is not None and t.stop_reason in FORECAST_STOPS:
+        if fc is not None and fc.onset is not None and t.stop_reason == "forecast":
             y = t.band.value if t.band is not None else (fn[-1] if fn else None)
             lo = fc.onset - fc.low if fc.low is not None else 0.0
             hi = fc.high - fc.onset if fc.high is not None else 0.0
@@ -420,7 +421,7 @@ def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = ""
             ax_nc.errorbar([fc.onset], [strict], xerr=[[max(lo, 0.0)], [max(hi, 0.0)]], fmt="D", ms=6, color=c,
                            mec="black", mew=0.8, capsize=3, lw=1.2, zorder=5)
             x_hi = max(x_hi, fc.high or fc.onset)
-        elif fc is not None and fc.onset is None and t.stop_reason in FORECAST_STOPS and fn:
+        elif t.stop_reason in EARLY_STOPS and fn:  # stopped with no onset to show: no onset / cannot win
             ax_fn.plot([ex[-1]], [fn[-1]], marker="X", ms=7, color=c, mec="black", mew=0.8, zorder=5)
     _log_axis(ax_fn)
     _fn_limits(ax_fn, all_fn, None if not bands else Band(
@@ -434,9 +435,9 @@ def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = ""
     ax_nc.set_ylabel("NC1 (log)")
     ax_nc.set_xlabel("epoch")
     n_on = sum(t.t_nc is not None for t in trials)
-    n_fc = sum(t.stop_reason in FORECAST_STOPS for t in trials)
+    n_fc = sum(t.stop_reason in EARLY_STOPS for t in trials)
     ax_fn.set_title(f"{title + ': ' if title else ''}{len(trials)} trial(s), {n_on} reached onset, "
-                    f"{n_fc} stopped by the forecast", fontsize=11)
+                    f"{n_fc} stopped early by the stopper", fontsize=11)
     handles = [Line2D([], [], color=c, lw=2.5, label=v) for v, c in legend_vals[:20]]
     if len(legend_vals) > 20:
         handles.append(Line2D([], [], color="white", label=f"... {len(legend_vals) - 20} more"))

@@ -39,7 +39,12 @@ T_NC_LOW, T_NC_HIGH = "t_nc_low", "t_nc_high"  # the stated interval
 P_ONSET = "p_onset"  # P(onset <= budget)
 FORECAST_EPOCH = "forecast_epoch"  # when the forecast of an onset acted on was made (lead = T_NC - this)
 FORECAST_FIELDS = (T_NC_ESTIMATE, T_NC_LOW, T_NC_HIGH, P_ONSET, FORECAST_EPOCH)
-STOP_REASONS = ("onset", "forecast", "no_onset_forecast", "budget", "diverged", "error", "interrupted")
+STOP_REASONS = ("onset", "forecast", "no_onset_forecast", "cannot_win", "capped", "budget", "diverged", "error",
+                "interrupted")
+#: The stopper's stops on a forecast (a collapse forecast, "no onset within the budget", "cannot beat
+#: the best so far"), and all its stops before a trial's onset or budget (capping needs no forecast).
+FORECAST_STOPS = ("forecast", "no_onset_forecast", "cannot_win")
+EARLY_STOPS = (*FORECAST_STOPS, "capped")
 
 #: Numeric metrics a study's trials report at every evaluation (what ``objective.metric`` can be):
 #: the record, the collapse-time objective, and what Tune adds itself.

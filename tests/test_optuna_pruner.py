@@ -31,7 +31,9 @@ def objective_for(pruner: FnStarPruner, rename: dict[str, str] | None = None):
 
 
 def test_three_lines_learn_online_and_report_the_forecast():
-    pruner = FnStarPruner(forecaster="fn_star", prior="none", budget=600, min_observations=2)
+    # a sweep: every trial's onset is wanted (in a search -- the default when minimising -- trials that
+    # cannot beat the first onset would be capped instead: tests/test_search_mode.py)
+    pruner = FnStarPruner(forecaster="fn_star", mode="sweep", prior="none", budget=600, min_observations=2)
     study = optuna.create_study(direction="minimize", pruner=pruner, sampler=optuna.samplers.TPESampler(seed=0))
     study.optimize(objective_for(pruner), n_trials=5)
     trials = study.trials
@@ -49,7 +51,7 @@ def test_three_lines_learn_online_and_report_the_forecast():
 
 def test_custom_names_prior_and_optunas_own_should_prune():
     cal = Calibration({GROUP: Prior(fn_star=1.1, lead=50.0)})
-    pruner = FnStarPruner(forecaster="fn_star", prior=cal, metrics={"nc1": "within_class"})
+    pruner = FnStarPruner(forecaster="fn_star", mode="sweep", prior=cal, metrics={"nc1": "within_class"})
     study = optuna.create_study(pruner=pruner)
 
     def objective(trial: optuna.Trial) -> float:

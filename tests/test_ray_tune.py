@@ -37,7 +37,7 @@ def feed(stopper: FnStarStopper, trial_id: str, traj, config=CONFIG):
 
 
 def test_stops_at_forecast_and_writes_it_into_the_result():
-    stopper = FnStarStopper(forecaster="fn_star", prior=fn_star_prior())
+    stopper = FnStarStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior())
     stop, results = feed(stopper, "a", synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0))
     # fn = 1 + 2 exp(-(t-200)/30) <= 1.1 first at epoch 290; forecast = 290 + lead 50
     assert stop == 290
@@ -51,7 +51,7 @@ def test_stops_at_forecast_and_writes_it_into_the_result():
 
 
 def test_record_policy_forecasts_without_stopping_and_the_observed_onset_wins():
-    stopper = FnStarStopper("record", forecaster="fn_star", prior=fn_star_prior())
+    stopper = FnStarStopper("record", forecaster="fn_star", mode="sweep", prior=fn_star_prior())
     stop, results = feed(stopper, "a", synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0))
     assert stop is None
     est = [(r["epoch"], r["t_nc_estimate"]) for r in results]
@@ -62,7 +62,7 @@ def test_record_policy_forecasts_without_stopping_and_the_observed_onset_wins():
 
 
 def test_no_crossing_stops_at_onset_and_the_trial_keeps_its_own_objective():
-    stopper = FnStarStopper(forecaster="fn_star", prior=fn_star_prior(), objective="t_nc")
+    stopper = FnStarStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior(), objective="t_nc")
     traj = [dict(r, t_nc=350.0 if r["epoch"] >= 330 else math.nan)
             for r in synthetic_trajectory(t_nc=330, fn_end=1.3, tau=30.0)]
     stop, results = feed(stopper, "a", traj)
@@ -73,7 +73,7 @@ def test_no_crossing_stops_at_onset_and_the_trial_keeps_its_own_objective():
 
 def test_the_same_result_again_is_not_a_new_evaluation():
     """Tune hands a finished trial's last result back (done=True); nothing may change."""
-    stopper = FnStarStopper("record", forecaster="fn_star", prior=fn_star_prior())
+    stopper = FnStarStopper("record", forecaster="fn_star", mode="sweep", prior=fn_star_prior())
     _, results = feed(stopper, "a", synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0)[:30])
     before = dict(results[-1])
     again = dict(results[-1], done=True)
@@ -83,7 +83,7 @@ def test_the_same_result_again_is_not_a_new_evaluation():
 
 
 def test_fn_alias_needs_no_mapping_and_misspelt_metric_names_list_the_valid_ones():
-    stopper = FnStarStopper(forecaster="fn_star", prior=fn_star_prior())
+    stopper = FnStarStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior())
     traj = synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0)
     for r in traj:
         r["fn"] = r.pop("feat_norm")  # NCAccumulator's short name
@@ -132,7 +132,7 @@ def test_it_says_why_it_is_not_stopping_once(caplog):
     assert len(phase) == 1 and "metrics={'phase': None}" in phase[0].message
     caplog.clear()
     # priors that match no group of the search
-    stopper = FnStarStopper(forecaster="fn_star", prior=Calibration({"mlp/mnist": Prior(1.05, 60.0)}))
+    stopper = FnStarStopper(forecaster="fn_star", mode="sweep", prior=Calibration({"mlp/mnist": Prior(1.05, 60.0)}))
     stopper("t", {"epoch": 10, "nc1": 0.5, "feat_norm": 2.0, "config": {"model": "mlp", "dataset": "mnist5k"}})
     stopper("u", {"epoch": 10, "nc1": 0.5, "feat_norm": 2.0, "config": {"model": "mlp", "dataset": "mnist5k"}})
     prior = [r for r in caplog.records if "has no prior" in r.message]
@@ -141,7 +141,8 @@ def test_it_says_why_it_is_not_stopping_once(caplog):
 
 
 def test_single_phase_runs_are_forecast_when_phase_is_not_reported():
-    stopper = FnStarStopper("record", forecaster="fn_star", prior=fn_star_prior(), metrics={"phase": None})
+    stopper = FnStarStopper("record", forecaster="fn_star", mode="sweep", prior=fn_star_prior(),
+                            metrics={"phase": None})
     traj = synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0)
     for r in traj:
         r["phase"] = 1  # would hide every record from a phase-2 forecaster
@@ -150,7 +151,7 @@ def test_single_phase_runs_are_forecast_when_phase_is_not_reported():
 
 
 def test_learns_online_and_never_trusts_a_lead_from_fewer_runs_than_its_minimum():
-    stopper = FnStarStopper(forecaster="fn_star", prior="none", min_observations=2)
+    stopper = FnStarStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
     spec = [(330, 1.0), (350, 1.0), (340, 1.2), (360, 0.97)]
     stops, trusted = [], []
     for i, (t, f) in enumerate(spec):
@@ -166,14 +167,14 @@ def test_learns_online_and_never_trusts_a_lead_from_fewer_runs_than_its_minimum(
 def test_state_round_trip_continues_identically():
     spec = [(330, 1.0), (350, 1.0), (340, 1.2), (360, 0.97)]
     trajs = [synthetic_trajectory(t_nc=t, fn_end=f, tau=20.0, seed=i) for i, (t, f) in enumerate(spec)]
-    ref = FnStarStopper(forecaster="fn_star", prior="none", min_observations=2)
+    ref = FnStarStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
     ref_out = [feed(ref, f"t{i}", tr)[1][-1] for i, tr in enumerate(trajs)]
-    a = FnStarStopper(forecaster="fn_star", prior="none", min_observations=2)
+    a = FnStarStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
     for i in range(3):
         feed(a, f"t{i}", trajs[i])
     feed(a, "t3", [r for r in trajs[3] if r["epoch"] <= 250])  # the driver dies at epoch 250
     state = json.loads(json.dumps(a.get_state()))  # what Tune's experiment state keeps
-    b = FnStarStopper(forecaster="fn_star", prior="none", min_observations=2)
+    b = FnStarStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
     b.set_state(state)
     stop, out = feed(b, "t3", [r for r in trajs[3] if r["epoch"] >= 240])  # restored from its epoch-240 checkpoint
     assert stop == 270 and out[-1]["collapse_epoch"] == 340.0
@@ -230,7 +231,7 @@ def test_real_tune_run_with_asha_optuna_and_stock_mlflow(ray_local, tmp_path):  
     from ray.tune.search.optuna import OptunaSearch
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    stopper = FnStarStopper(forecaster="fn_star", prior=fn_star_prior())
+    stopper = FnStarStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior())
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     searcher = OptunaSearch(seed=0, metric="collapse_epoch", mode="min")
     tuner = tune.Tuner(
@@ -285,7 +286,7 @@ def test_incremental_state_restores_exactly_after_a_driver_kill(tmp_path):
     trajs = [synthetic_trajectory(t_nc=t, fn_end=f, tau=20.0, seed=i) for i, (t, f) in enumerate(spec)]
 
     def make() -> FnStarStopper:
-        return FnStarStopper(forecaster="fn_star", prior="none", min_observations=2)
+        return FnStarStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
 
     def run(s: FnStarStopper, tid: str, traj) -> list[dict]:
         stop, out = feed(s, tid, traj)
@@ -331,7 +332,7 @@ def test_incremental_state_restores_exactly_after_a_driver_kill(tmp_path):
 def test_saved_state_and_journal_bytes_do_not_grow_with_finished_trials(tmp_path):
     from ncstudy.adapters.common import LocalStore
 
-    s = FnStarStopper(forecaster="fn_star", prior=fn_star_prior())
+    s = FnStarStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior())
     s.core.attach(LocalStore(tmp_path / "st"))
     sizes, journal = [], []
     for i in range(24):

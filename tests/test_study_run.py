@@ -154,7 +154,7 @@ def test_fnstar_stop_at_forecast_ends_trials_early(tmp_path, mlflow_uri, ray_loc
 
     data = synthetic_study("study_fnstar", mse_epochs=190, widths=(16, 32), seeds=(0,))
     data["scheduler"] = {"name": "fnstar", "fnstar": {
-        "policy": "stop_at_forecast", "forecaster": "fn_star",
+        "policy": "stop_at_forecast", "forecaster": "fn_star", "mode": "sweep",
         "priors": {"mlp/synthetic": {"fn_star": 1.95, "lead": 30}}}}
     spec = load_study(write_study(tmp_path, data))
     out = io.StringIO()

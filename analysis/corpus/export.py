@@ -33,8 +33,14 @@ from ncstudy.onset import onset_of  # noqa: E402
 from ncstudy.records import num  # noqa: E402
 
 PARAMS = {"data.name": "dataset", "model.name": "model", "model.depth": "depth", "model.width": "width",
-          "model.activation": "activation", "optimizer.lr": "lr", "optimizer.weight_decay": "weight_decay",
-          "seed": "seed", "ce_epochs": "ce_epochs", "data.n_train": "n_train", "batch_size": "batch_size"}
+          "model.activation": "activation", "optimizer.name": "optimizer", "optimizer.schedule": "schedule",
+          "optimizer.lr": "lr", "optimizer.weight_decay": "weight_decay", "seed": "seed", "ce_epochs": "ce_epochs",
+          "mse_epochs": "mse_epochs", "data.n_train": "n_train", "batch_size": "batch_size"}
+#: what the first corpus held fixed (its MLflow params predate some of these columns)
+DEFAULTS = {"optimizer": "adam", "schedule": "cosine"}
+NUMERIC = ("depth", "width", "lr", "weight_decay", "seed", "ce_epochs", "mse_epochs", "n_train", "batch_size", "budget")
+#: the corpus's studies (``search_spaces/<name>.yaml``) and the part of the corpus each made
+PARTS = {"corpus": "base", "corpus_shift": "shift"}
 KEEP = ["epoch", "phase", "train", "test", "nc1", "nc2", "nc3", "feat_norm", "train_loss", "grad_norm",
         "weight_norm", "classifier_weight_norm", "lr", "nc1_papyan", "equinorm_means", "equinorm_weights",
         "etf_distance", "self_duality", "nc4"]
@@ -62,16 +68,35 @@ def export(uri: str, experiment: str, out: Path, partial: bool = False) -> pd.Da
         df.to_csv(buf, index=False, float_format="%.6g")
         with gzip.GzipFile(runs_dir / f"{name}.csv.gz", "wb", mtime=0) as fh:  # mtime 0: reproducible bytes
             fh.write(buf.getvalue().encode())
-        p = {a: t.params.get(k) for k, a in PARAMS.items()}
+        p = {a: t.params.get(k, DEFAULTS.get(a)) for k, a in PARAMS.items()}
+        if p["n_train"] in (None, "None", ""):  # the whole set: mnist5k's 5,000 images
+            p["n_train"] = 5000 if p["dataset"] == "mnist5k" else None
         onset = onset_of(df.to_dict("records"), relaxed_fallback=False)
         ce = int(float(p["ce_epochs"]))
         budget = ce + int(float(t.params["mse_epochs"]))
-        rows.append({"file": f"{name}.csv.gz", "run": name, "config": name.rsplit("-s", 1)[0],
+        rows.append({"file": f"{name}.csv.gz", "run": name, "config": name.rsplit("-s", 1)[0] if
+                     PARTS.get(experiment) == "base" else name, "part": PARTS.get(experiment, experiment),
                      "group": f"{p['model']}/{p['dataset']}", **p, "budget": budget,
                      "t_nc": onset.t_strict, "fn_star": num(onset.fn_strict),
                      "min_nc1": num(onset.min_nc1), "stop_reason": t.tags.get("stop_reason", "")})
     manifest = pd.DataFrame(rows)
-    manifest.to_csv(out / "manifest.csv", index=False)
+    path = out / "manifest.csv"
+    if path.exists():  # the other part of the corpus stays; this experiment's rows are replaced
+        old = pd.read_csv(path)
+        if "part" not in old.columns:
+            old["part"] = "base"
+        old = old[old["part"] != PARTS.get(experiment, experiment)]
+        manifest = pd.concat([old, manifest], ignore_index=True)
+    for col in NUMERIC:
+        manifest[col] = pd.to_numeric(manifest[col].replace({"None": None}), errors="coerce")
+    for col, v in DEFAULTS.items():
+        manifest[col] = manifest[col].fillna(v)
+    manifest["mse_epochs"] = manifest["mse_epochs"].fillna(manifest["budget"] - manifest["ce_epochs"]).astype(int)
+    manifest.loc[manifest["dataset"] == "mnist5k", "n_train"] = manifest["n_train"].fillna(5000)
+    for col in ("n_train", "t_nc"):
+        manifest[col] = manifest[col].astype("Int64")
+    manifest = manifest.sort_values(["part", "run"], kind="stable")
+    manifest.to_csv(path, index=False)
     return manifest
 
 

@@ -20,10 +20,16 @@ from typing import Any, Callable, Protocol, Sequence
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ncstudy.config import flatten
-from ncstudy.forecast import POLICIES, Calibration, ForecastStopper, default_group_key, group_key_from
+from ncstudy.forecast import Calibration, ForecastStopper, default_group_key, group_key_from
 from ncstudy.forecast.calibration import default_prior
-from ncstudy.forecast.forecasters import DEFAULT_FORECASTER, FORECASTERS
-from ncstudy.forecast.stopper import FORECAST_STOP, NO_ONSET_STOP
+from ncstudy.forecast.settings import (
+    DEFAULT_FORECASTER,
+    DEFAULT_POLICY,
+    FORECASTER_NAMES,
+    MODES,
+    POLICIES,
+    default_mode,
+)
 from ncstudy.onset import OnsetRule
 from ncstudy.records import (
     ALIASES,
@@ -35,7 +41,6 @@ from ncstudy.records import (
     NC1,
     PHASE,
     STOP_REASON,
-    T_NC,
     TERMINAL,
     TRAIN,
     WEIGHT_NORM,
@@ -44,9 +49,6 @@ from ncstudy.records import (
 
 log = logging.getLogger("ncstudy.stopper")
 
-DEFAULT_POLICY = "stop_at_forecast"
-#: The objectives a forecast-stopped trial reports its forecast in (collapse time).
-COLLAPSE_TIME = (COLLAPSE_EPOCH, T_NC)
 _WARN_AFTER = 3  # results without NC1 before the stopper says why it cannot act
 #: Learnt runs join the calibration in batches of this fraction of its pool, and the pool holds at
 #: most MAX_POOL of the study's own runs (reservoir-sampled): the conformal forecaster's pool rebuild
@@ -92,9 +94,12 @@ class FnStarCore:
     conformal forecaster needs it. ``prior``: ``"corpus"`` (ncstudy's trajectory corpus, default),
     ``"none"`` or a :class:`Calibration`. ``objective``: the collapse-time metric a forecast-stopped
     trial reports its forecast in (default ``collapse_epoch``; None: leave the trial's own).
+    ``mode``: ``search`` or ``sweep`` (:mod:`ncstudy.forecast.settings`); None derives it from
+    ``objective`` (:func:`~ncstudy.forecast.settings.default_mode`: a collapse-time objective is a
+    search for the fastest collapse).
     """
 
-    def __init__(self, policy: str = DEFAULT_POLICY, forecaster: str = DEFAULT_FORECASTER, *,
+    def __init__(self, policy: str = DEFAULT_POLICY, forecaster: str = DEFAULT_FORECASTER, *, mode: str | None = None,
                  budget: int | str | Callable[[Mapping[str, Any]], int] | None = None,
                  metrics: MetricNames | Mapping[str, str | None] | None = None, prior: str | Calibration = "corpus",
                  group_key: Callable[[Mapping[str, Any]], str] | Sequence[str] | None = None,
@@ -104,8 +109,11 @@ class FnStarCore:
                  where: str = "FnStarStopper") -> None:
         if policy not in POLICIES:
             raise ValueError(f"{where}: policy {policy!r}: choose from {', '.join(POLICIES)}")
-        if forecaster not in FORECASTERS:
-            raise ValueError(f"{where}: forecaster {forecaster!r}: choose from {', '.join(FORECASTERS)}")
+        if forecaster not in FORECASTER_NAMES:
+            raise ValueError(f"{where}: forecaster {forecaster!r}: choose from {', '.join(FORECASTER_NAMES)}")
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"{where}: mode {mode!r}: choose from {', '.join(MODES)} (or None: derived from the "
+                             "objective)")
         self.where = where
         self.names = MetricNames.of(metrics, where)
         self._name_pairs = [(k, n) for k, n in self.names.model_dump().items() if n is not None]
@@ -118,8 +126,12 @@ class FnStarCore:
         else:
             raise ValueError(f"{where}: prior {prior!r}: 'corpus', 'none' or a Calibration")
         cal.min_observations = min_observations
-        self.stopper = ForecastStopper(policy, forecaster, cal, rule, terminal_acc, learn, forecaster_options,
-                                       learn_batch=learn_batch, max_pool=max_pool)
+        self.mode = mode or default_mode(objective)
+        try:
+            self.stopper = ForecastStopper(policy, forecaster, cal, rule, terminal_acc, learn, forecaster_options,
+                                           learn_batch=learn_batch, max_pool=max_pool, mode=self.mode)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
         if group_key is None:
             self.group_key: Callable[[Mapping[str, Any]], str] = default_group_key
         elif callable(group_key):
@@ -213,22 +225,21 @@ class FnStarCore:
         return d.stop
 
     def _objective(self, mon, d, result: dict[str, Any]) -> None:
-        """The collapse-time objective in ``result``: the forecast for a trial stopped at one; else the
-        trial's own value when finite; else the observed onset, or -- ``collapse_epoch`` only -- the
-        censored penalty 2 x budget once no onset can come (a no-onset stop, or the budget reached)."""
+        """The collapse-time objective in ``result`` (:meth:`TrialMonitor.objective
+        <ncstudy.forecast.stopper.TrialMonitor.objective>`): a stop's value (forecast, censored)
+        always; else the trial's own value when finite; else the observed onset, or --
+        ``collapse_epoch`` only -- ``2 x budget`` once the budget is reached; NaN before."""
         key = self.objective
         if not key:
             return
-        if d.stop and d.reason == FORECAST_STOP and mon.acted is not None:
-            result[key] = float(mon.acted.onset)
+        value = mon.objective()
+        if d.stop and d.reason != "onset" and value is not None:
+            result[key] = value
             return
         if finite(result.get(key)):
             return
-        if mon.tracker.t_strict is not None:
-            result[key] = float(mon.tracker.t_strict)
-        elif key == COLLAPSE_EPOCH and mon.budget is not None and (
-                (d.stop and d.reason == NO_ONSET_STOP) or float(mon.last_epoch or 0) >= mon.budget):
-            result[key] = 2.0 * mon.budget
+        if value is not None and (mon.tracker.t_strict is not None or key == COLLAPSE_EPOCH):
+            result[key] = value
         else:
             result.setdefault(key, math.nan)
 
@@ -249,13 +260,12 @@ class FnStarCore:
                                                                       else None))
 
     def value(self, trial_id: str, budget: int | None) -> float:
-        """The collapse-time objective of a trial: its forecast (stopped at one), its observed onset,
-        else the censored penalty 2 x budget (no onset seen or expected)."""
+        """The collapse-time objective of a trial: its observed onset, its forecast (stopped at one),
+        the censored value of a search stop, else ``2 x budget`` (no onset seen or expected)."""
         m = self.stopper.monitors.get(str(trial_id))
-        if m is not None and m.tracker.t_strict is not None:
-            return float(m.tracker.t_strict)
-        if m is not None and m.stop_reason == FORECAST_STOP and m.acted is not None:
-            return float(m.acted.onset)
+        v = m.objective() if m is not None else None
+        if v is not None:
+            return v
         b = budget if budget is not None else (m.budget if m is not None else None)
         return 2.0 * b if b is not None else math.nan
 

@@ -11,13 +11,17 @@
                 break
         return pruner.value(trial)                                 # forecast, observed onset, or censored
 
-``should_stop`` forecasts the trial's onset from the record and decides by policy (the same core,
-defaults and decisions as :class:`~ncstudy.adapters.ray_tune.FnStarStopper`); ``value`` is the
-collapse-time objective -- the forecast for a trial stopped at one, the observed onset, else the
-censored penalty ``2 x budget``. Both leave the forecast on the trial as user attributes
-(``t_nc_estimate``, ``t_nc_low``, ``t_nc_high``, ``p_onset``, ``stop_reason``), so the study and
-its dashboard show it. Trials that reach onset or their budget teach the calibration at once. As an
-Optuna pruner it also answers ``trial.should_prune()`` after ``should_stop``.
+``should_stop`` forecasts the trial's onset from the record and decides by policy and mode (the
+same core, defaults and decisions as :class:`~ncstudy.adapters.ray_tune.FnStarStopper`); ``value`` is
+the collapse-time objective -- the observed onset, the forecast for a trial stopped at one, the
+censored value of a search stop (it ranks after the incumbent), else ``2 x budget``. In a
+*search* (the default when the study minimises: ``value`` is then the objective) the incumbent is the
+earliest onset this pruner has seen or any completed trial of the study records (user attribute
+``t_nc``, which the pruner sets), so workers sharing a study's storage share it too. Both methods
+leave the forecast on the trial as user attributes (``t_nc_estimate``, ``t_nc_low``, ``t_nc_high``,
+``p_onset``, ``stop_reason``), so the study and its dashboard show it. Trials that reach onset or
+their budget teach the calibration at once. As an Optuna pruner it also answers
+``trial.should_prune()`` after ``should_stop``.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from ncstudy.adapters.common import DEFAULT_POLICY, FnStarCore, MetricNames
 from ncstudy.forecast import Calibration
 from ncstudy.forecast.forecasters import DEFAULT_FORECASTER
 from ncstudy.onset import OnsetRule
-from ncstudy.records import EPOCH, FORECAST_FIELDS, STOP_REASON, finite
+from ncstudy.records import EPOCH, FORECAST_FIELDS, STOP_REASON, T_NC, finite
 
 
 class FnStarPruner(BasePruner):
@@ -40,6 +44,8 @@ class FnStarPruner(BasePruner):
 
     Args:
         policy: ``stop_at_forecast`` (default), ``stop_at_onset`` or ``record`` (never stops).
+        mode: ``search`` (stop what cannot beat the earliest onset so far) or ``sweep`` (stop only at
+            a trusted forecast or the onset); default: ``search`` when the study minimises, else ``sweep``.
         forecaster: ``conformal`` (default), ``conformal_no_fn``, ``fn_star``, ``nc1``, ``train_loss``.
         budget: each trial's last epoch: an int, a parameter name, or ``params -> int`` (the conformal
             forecaster needs it).
@@ -54,14 +60,15 @@ class FnStarPruner(BasePruner):
         min_observations: runs of a group before its own fn* replaces its prior.
     """
 
-    def __init__(self, policy: str = DEFAULT_POLICY, forecaster: str = DEFAULT_FORECASTER, *,
+    def __init__(self, policy: str = DEFAULT_POLICY, forecaster: str = DEFAULT_FORECASTER, *, mode: str | None = None,
                  budget: int | str | Callable[[Mapping[str, Any]], int] | None = None,
                  metrics: MetricNames | Mapping[str, str | None] | None = None, prior: str | Calibration = "corpus",
                  group_key: Callable[[Mapping[str, Any]], str] | Sequence[str] | None = None,
                  rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99, learn: bool = True,
                  forecaster_options: Mapping[str, Any] | None = None, min_observations: int = 3) -> None:
-        self.core = FnStarCore(policy, forecaster, budget=budget, metrics=metrics, prior=prior, group_key=group_key,
-                               objective=None, rule=rule, terminal_acc=terminal_acc, learn=learn,
+        self.mode = mode  # None: decided by the first study's direction
+        self.core = FnStarCore(policy, forecaster, mode=mode or "sweep", budget=budget, metrics=metrics, prior=prior,
+                               group_key=group_key, objective=None, rule=rule, terminal_acc=terminal_acc, learn=learn,
                                forecaster_options=forecaster_options, min_observations=min_observations,
                                where="FnStarPruner")
 
@@ -73,6 +80,13 @@ class FnStarPruner(BasePruner):
         """Record one evaluation of ``trial``; True when the policy stops it (then return
         :meth:`value`)."""
         tid, params = str(trial.number), dict(trial.params)
+        stopper = self.core.stopper
+        if self.mode is None:  # the study minimises the value this pruner gives: a search for the fastest collapse
+            self.mode = "search" if trial.study.direction == optuna.study.StudyDirection.MINIMIZE else "sweep"
+            stopper.mode = self.core.mode = self.mode
+        if self.mode == "search":
+            for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+                stopper.offer_incumbent(t.user_attrs.get(T_NC))
         result = dict(record)
         stop = self.core.observe(tid, result, params)
         budget = self.core.budget_of(params, tid)
@@ -101,6 +115,8 @@ class FnStarPruner(BasePruner):
             if v is not None and not (isinstance(v, float) and math.isnan(v)):
                 trial.set_user_attr(k, float(v))
         trial.set_user_attr(STOP_REASON, reason)
+        if m.tracker.t_strict is not None:  # an observed onset: what other workers' incumbent reads
+            trial.set_user_attr(T_NC, int(m.tracker.t_strict))
 
     # -- Optuna's pruner interface ----------------------------------------------------------------------
     def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:

@@ -39,17 +39,20 @@ from ncstudy.records import COLLAPSE_EPOCH
 
 
 class FnStarStopper(Stopper, Callback):
-    """Forecast every trial's collapse onset; stop by ``policy`` (see :class:`FnStarCore` for the
-    arguments shared with :class:`~ncstudy.adapters.optuna_pruner.FnStarPruner`)."""
+    """Forecast every trial's collapse onset; stop by ``policy`` and ``mode`` (see :class:`FnStarCore`
+    for the arguments shared with :class:`~ncstudy.adapters.optuna_pruner.FnStarPruner`). In a search
+    (the default for the collapse-time objective) a trial that cannot beat the earliest onset seen so
+    far is stopped (``capped``, ``cannot_win``); in a sweep only at a trusted forecast or its onset."""
 
-    def __init__(self, policy: str = DEFAULT_POLICY, forecaster: str = DEFAULT_FORECASTER, *,
+    def __init__(self, policy: str = DEFAULT_POLICY, forecaster: str = DEFAULT_FORECASTER, *, mode: str | None = None,
                  budget: int | str | Callable[[Mapping[str, Any]], int] | None = None,
                  metrics: MetricNames | Mapping[str, str | None] | None = None, prior: str | Calibration = "corpus",
                  group_key: Callable[[Mapping[str, Any]], str] | Sequence[str] | None = None,
                  objective: str | None = COLLAPSE_EPOCH, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
                  learn: bool = True, forecaster_options: Mapping[str, Any] | None = None,
                  min_observations: int = 3, learn_batch: float = LEARN_BATCH, max_pool: int | None = MAX_POOL) -> None:
-        self.core = FnStarCore(policy, forecaster, budget=budget, metrics=metrics, prior=prior, group_key=group_key,
+        self.core = FnStarCore(policy, forecaster, mode=mode, budget=budget, metrics=metrics, prior=prior,
+                               group_key=group_key,
                                objective=objective, rule=rule, terminal_acc=terminal_acc, learn=learn,
                                forecaster_options=forecaster_options, min_observations=min_observations,
                                learn_batch=learn_batch, max_pool=max_pool, where="FnStarStopper")

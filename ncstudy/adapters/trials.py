@@ -61,8 +61,26 @@ class TrialSummary:
                    num(r.get(T_NC_HIGH)), num(r.get(P_ONSET)), num(r.get(FORECAST_EPOCH)),
                    num(r.get(NC1)), num(r.get(FN)), num(r.get(TEST)))
 
+    @property
+    def forecast(self) -> str:
+        """The stopper's forecast where one was made: the one a stop rests on (a collapse forecast
+        and its interval, "no onset", or the bound a search stop put on the onset), else, while the
+        trial runs before its onset, the latest forecast; "" otherwise (the observed T_NC is its own
+        column)."""
+        r, est, lo, hi = self.stop_reason, self.t_nc_estimate, self.t_nc_low, self.t_nc_high
+        if r == "forecast" and est is not None:
+            return f"{est:g}" + (f" [{lo:g}, {hi:g}]" if lo is not None and hi is not None else "")
+        if r == "no_onset_forecast":
+            return "no onset" + (f" (p {self.p_onset:.2f})" if self.p_onset is not None else "")
+        if r in ("cannot_win", "capped") and lo is not None:
+            return f"> {lo - 1:g}"
+        if r is None and self.t_nc is None and est is not None:
+            return f"{est:g}"
+        return ""
+
     def row(self) -> dict[str, Any]:
         """The ``summary.csv`` row (also what the progress table shows)."""
         d = asdict(self)
         d["stop_reason"] = d["stop_reason"] or ""
+        d["forecast"] = self.forecast
         return d

@@ -4,13 +4,18 @@
                    [--calibration leave-one-out|prior|leave-one-group-out|FILE] [--prior corpus|none|paper|FILE]
                    [--policy stop_at_forecast|stop_at_onset|record] [--alpha A] [--coverage C] [--tolerance E]
                    [--budget N] [--save-calibration FILE] [--json]
+    ncstudy replay LOGS... --search [--concurrent 4] [--repeats 200] [--seed 0] [--stopper NAME ...] [--json]
     ncstudy replay --experiment NAME [--tracking-uri URI] ...
 
 LOGS are reference-format CSV files (``.csv`` or ``.csv.gz``) or folders of them. Every run starts
 from the **prior** calibration -- by default ncstudy's trajectory corpus (``--prior corpus``) --
 plus, under ``leave-one-out`` (the default), every other replayed run. Scores are against the
-strict onset; see :mod:`ncstudy.forecast.replay`. Bad input raises
-:class:`~ncstudy.errors.InputError` (exit status 2 through :func:`ncstudy.cli.main`).
+strict onset; see :mod:`ncstudy.forecast.replay` (a sweep, run by run) and
+:mod:`ncstudy.forecast.search` (``--search``: searches for the fastest collapse replayed over the
+runs, one stopper against another). The forecaster options and their defaults are the stopper's
+own (:mod:`ncstudy.forecast.settings`): a flag left out is the forecaster's default, as in a
+study. Bad input raises :class:`~ncstudy.errors.InputError` (exit status 2 through
+:func:`ncstudy.cli.main`).
 """
 from __future__ import annotations
 
@@ -23,7 +28,6 @@ from typing import Any, Sequence
 
 from ncstudy.errors import InputError
 from ncstudy.forecast.calibration import PAPER_PRIORS, Calibration, Prior, default_prior
-from ncstudy.forecast.forecasters import DEFAULT_FORECASTER, FORECASTERS
 from ncstudy.forecast.replay import (
     CALIBRATION_MODES,
     calibration_from_trajectories,
@@ -32,9 +36,25 @@ from ncstudy.forecast.replay import (
     infer_budgets,
     replay,
 )
-from ncstudy.forecast.stopper import POLICIES
+from ncstudy.forecast.search import SEARCH_STOPPERS, format_search, replay_search
+from ncstudy.forecast.settings import (
+    DEFAULT_FORECASTER,
+    DEFAULT_POLICY,
+    FORECASTER_NAMES,
+    FORECASTER_SETTINGS,
+    OPTION_OWNERS,
+    POLICIES,
+    StopperSettings,
+    field_default,
+    field_help,
+    forecaster_settings,
+    option_help,
+)
 from ncstudy.forecast.trajectories import GROUP_BY, Trajectory, load_logs, read_manifest
 from ncstudy.onset import OnsetRule
+
+#: Forecaster options a flag sets (``phases`` is ``--any-phase``; ``weights`` only from Python).
+_OPTION_FLAGS = tuple(k for k in OPTION_OWNERS if k not in ("phases", "weights"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--group", help="put every run in this calibration group (e.g. mlp/mnist)")
     p.add_argument("--group-by", choices=GROUP_BY, default="model-dataset",
                    help="grouping of logs with a manifest (default model-dataset)")
-    p.add_argument("--forecaster", action="append", choices=[*FORECASTERS, "all"],
+    p.add_argument("--forecaster", action="append", choices=[*FORECASTER_NAMES, "all"],
                    help=f"forecaster(s) to replay; repeatable; default {DEFAULT_FORECASTER}")
     p.add_argument("--calibration", default="leave-one-out", metavar="MODE|FILE",
                    help=f"{', '.join(CALIBRATION_MODES)} (default leave-one-out), or a calibration JSON file "
@@ -62,23 +82,32 @@ def _parser() -> argparse.ArgumentParser:
                         "'none', 'paper' (the paper's fn*/lead, for fn_star) or a calibration JSON file")
     p.add_argument("--prior-fn-star", type=float, help="prior fn* for --group")
     p.add_argument("--prior-lead", type=float, help="prior lead (epochs) for --group (fn_star)")
-    p.add_argument("--policy", choices=POLICIES, default="stop_at_forecast")
-    p.add_argument("--alpha", type=float, default=0.05, help="conformal: risk of each stop decision (default 0.05)")
-    p.add_argument("--coverage", type=float, default=0.9, help="conformal: level of the stated interval (0.9)")
-    p.add_argument("--tolerance", type=float, default=40.0,
-                   help="conformal: stop at a forecast only when its interval is at most this many epochs wide (40)")
-    p.add_argument("--min-observations", type=int, default=3, help="runs of a group before its own fn* is used")
-    p.add_argument("--margin", type=float, default=0.0, help="fn_star: crossing at fn <= fn*(1+margin)")
-    p.add_argument("--confirm", type=int, default=1, help="fn_star: evaluations in a row below threshold")
+    p.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
+                   help=field_help(StopperSettings, "policy"))
+    for name in _OPTION_FLAGS:  # the forecasters' own options: left out = the forecaster's default
+        f = FORECASTER_SETTINGS[OPTION_OWNERS[name][0]].model_fields[name]
+        kind = int if f.annotation in (int, int | None) else float
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, metavar=kind.__name__.upper(),
+                       help=option_help(name))
+    p.add_argument("--min-observations", type=int, default=field_default(StopperSettings, "min_observations"),
+                   help=field_help(StopperSettings, "min_observations"))
     p.add_argument("--any-phase", action="store_true", help="fn_star/nc1/train_loss: use phase-1 evaluations too")
-    p.add_argument("--window", type=int, default=5, help="fit window in evaluations (default 5)")
-    p.add_argument("--r2-min", type=float, default=0.9, help="nc1/train_loss: minimum R^2 of the fit")
-    p.add_argument("--max-horizon", type=float, help="nc1/train_loss: distrust forecasts further ahead")
     p.add_argument("--budget", type=int, help="every run's full budget in epochs (default: the manifest's, "
                                               "else inferred per group from the runs that never collapse)")
     p.add_argument("--ce-epochs", type=int, help="phase for logs without a phase column: <= N is phase 1")
-    p.add_argument("--strict", type=float, default=0.01)
-    p.add_argument("--relaxed", type=float, default=0.05)
+    p.add_argument("--strict", type=float, default=field_default(StopperSettings, "strict"),
+                   help=field_help(StopperSettings, "strict"))
+    p.add_argument("--relaxed", type=float, default=field_default(StopperSettings, "relaxed"),
+                   help=field_help(StopperSettings, "relaxed"))
+    s = p.add_argument_group("search (--search): searches for the fastest collapse replayed over the runs")
+    s.add_argument("--search", action="store_true",
+                   help="replay searches (each run = one configuration, random orders) and compare stoppers by "
+                        "speedup against stop-at-onset-or-budget and by how often the search still finds the best")
+    s.add_argument("--concurrent", type=int, default=4, help="trials at a time (default 4)")
+    s.add_argument("--repeats", type=int, default=200, help="random orders (default 200)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the orders (default 0)")
+    s.add_argument("--stopper", action="append", choices=SEARCH_STOPPERS,
+                   help=f"stopper(s) to compare; repeatable; default all: {', '.join(SEARCH_STOPPERS)}")
     p.add_argument("--save-calibration", metavar="FILE", help="write the prior plus every replayed run as a "
                                                               "calibration JSON (read it back with --prior FILE)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout (the same fields)")
@@ -97,23 +126,35 @@ def _finite(name: str, v: float | None, lo: float | None = None, hi: float | Non
         raise InputError(f"--{name.replace('_', '-')} {v}: must be a finite number in {rng}")
 
 
+def _options(args) -> dict[str, Any]:
+    """The forecaster options given on the command line (the rest stay each forecaster's defaults),
+    each checked against every forecaster that takes it (exit 2 naming the flag)."""
+    opts = {k: getattr(args, k) for k in _OPTION_FLAGS if getattr(args, k) is not None}
+    if args.any_phase:
+        opts["phases"] = None
+    for k, v in opts.items():
+        for owner in OPTION_OWNERS[k]:
+            try:
+                forecaster_settings(owner, {k: v})
+            except ValueError as e:
+                why = str(e).split(": ", 2)[-1]
+                raise InputError(f"--{k.replace('_', '-')} {v}: {why}") from None
+    return opts
+
+
 def _check(args) -> None:
-    _finite("alpha", args.alpha, 0, 0.5, True, True)
-    _finite("coverage", args.coverage, 0, 1, True, True)
-    _finite("tolerance", args.tolerance, 0, None, True)
-    _finite("margin", args.margin, 0, 1, False, True)
-    _finite("r2_min", args.r2_min, 0, 1)
-    _finite("max_horizon", args.max_horizon, 0, None, True)
     _finite("prior_fn_star", args.prior_fn_star, 0, None, True)
     _finite("prior_lead", args.prior_lead)
     if args.budget is not None and args.budget <= 0:
         raise InputError(f"--budget {args.budget}: must be a positive number of epochs")
     if args.ce_epochs is not None and args.ce_epochs < 0:
         raise InputError(f"--ce-epochs {args.ce_epochs}: must be >= 0")
-    if args.min_observations < 1 or args.confirm < 1 or args.window < 3:
-        raise InputError("--min-observations and --confirm must be >= 1, --window >= 3")
+    if args.min_observations < 1:
+        raise InputError("--min-observations must be >= 1")
     if not (math.isfinite(args.strict) and math.isfinite(args.relaxed) and 0 < args.strict <= args.relaxed < 1):
         raise InputError("need 0 < --strict <= --relaxed < 1")
+    if args.concurrent < 1 or args.repeats < 1:
+        raise InputError("--concurrent and --repeats must be >= 1")
 
 
 def _load_calibration(path: str) -> Calibration:
@@ -185,6 +226,7 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
     _check(args)
+    opts = _options(args)
     if args.calibration not in CALIBRATION_MODES:
         if not Path(args.calibration).is_file():
             raise InputError(f"--calibration {args.calibration}: not one of {', '.join(CALIBRATION_MODES)} "
@@ -219,14 +261,15 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
             dup = sorted({e for e in epochs if epochs.count(e) > 1})
             raise InputError(f"{t.source}: duplicate epoch(s) {', '.join(map(str, dup[:5]))}; one row per evaluation")
     names = args.forecaster or [DEFAULT_FORECASTER]
-    names = list(FORECASTERS) if "all" in names else list(dict.fromkeys(names))
+    names = list(FORECASTER_NAMES) if "all" in names else list(dict.fromkeys(names))
+    if args.search and len(names) > 1:
+        raise InputError("--search compares stoppers with one forecaster behind ncstudy's: give one --forecaster")
     if args.calibration == "prior" and prior is None and any(n != "nc1" for n in names):
         raise InputError("--calibration prior needs a prior: --prior corpus|paper|FILE or --prior-fn-star/--prior-lead")
     rule = OnsetRule(args.strict, args.relaxed)
-    opts = {"margin": args.margin, "confirm": args.confirm, "window": args.window, "r2_min": args.r2_min,
-            "max_horizon": args.max_horizon, "phases": None if args.any_phase else (2,), "alpha": args.alpha,
-            "coverage": args.coverage, "tolerance": args.tolerance}
     report = calibration_report(trajs, prior, args.calibration)
+    if args.search:
+        return _search(args, trajs, names[0], prior, rule, opts, report)
     try:
         results = [replay(trajs, n, args.calibration, args.policy, prior, args.min_observations, rule, args.budget,
                           forecaster_options=opts, holdout_by=args.holdout_by) for n in names]
@@ -245,7 +288,8 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
         json.dump({"results": [r.to_dict() for r in results], "calibration": report,
                    "options": {"calibration": args.calibration, "policy": args.policy, "prior": args.prior,
                                "budget": args.budget, "min_observations": args.min_observations,
-                               **{k: v for k, v in opts.items() if k != "phases"}, "phases": opts["phases"],
+                               "forecasters": {n: forecaster_settings(n, opts, lenient=True).model_dump()
+                                               for n in names},
                                "n_runs": len(trajs), "budgets": budgets}}, sys.stdout, indent=1)
         print()
     else:
@@ -254,4 +298,33 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
             print(format_runs(r))
             print()
         print(format_summaries([r.summary for r in results]))
+    return 0
+
+
+def _search(args, trajs: Sequence[Trajectory], forecaster: str, prior: Calibration | None, rule: OnsetRule,
+            opts: dict[str, Any], report: dict[str, Any]) -> int:
+    """``--search``: replayed searches, one row (``summary``) per stopper."""
+    stoppers = list(dict.fromkeys(args.stopper or SEARCH_STOPPERS))
+    try:
+        results = replay_search(trajs, stoppers, concurrent=args.concurrent, repeats=args.repeats, seed=args.seed,
+                                forecaster=forecaster, calibration=args.calibration, prior=prior,
+                                min_observations=args.min_observations, rule=rule, budget=args.budget,
+                                forecaster_options=opts, holdout_by=args.holdout_by)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    for line in _describe(report):
+        print(f"ncstudy replay: {line}", file=sys.stderr)
+    if args.json:
+        json.dump({"results": [{"summary": r.to_dict()} for r in results], "calibration": report,
+                   "options": {"search": True, "concurrent": args.concurrent, "repeats": args.repeats,
+                               "seed": args.seed, "calibration": args.calibration, "prior": args.prior,
+                               "forecaster": forecaster, "min_observations": args.min_observations,
+                               "forecasters": {forecaster: forecaster_settings(forecaster, opts, lenient=True)
+                                               .model_dump()},
+                               "n_runs": len(trajs)}}, sys.stdout, indent=1)
+        print()
+    else:
+        print(f"== {len(trajs)} runs, {args.repeats} random orders, {args.concurrent} at a time "
+              f"({args.calibration} calibration, forecaster {forecaster})")
+        print(format_search(results))
     return 0

@@ -4,7 +4,8 @@
 * forecasters :class:`FnStarCrossing`, :class:`NC1Extrapolation`, :class:`TrainLossExtrapolation`;
 * :class:`Calibration` (per group: fn* mean, lead median, priors, JSON);
 * :class:`ForecastStopper` / :class:`TrialMonitor` (policies ``record``, ``stop_at_forecast``,
-  ``stop_at_onset``), the core of the Ray scheduler and the Optuna pruner;
+  ``stop_at_onset``; modes ``search`` and ``sweep``), the core of the Ray stopper and the Optuna pruner;
+* :mod:`.settings`: the stopper's and each forecaster's settings, defined once;
 * :func:`paper_insample_rule` (the paper's width-sweep rule) and :func:`replay`.
 
 See ``docs/forecast.md``.
@@ -36,7 +37,27 @@ from .replay import (
                           replay_run,
                           summarize,
 )
-from .stopper import POLICIES, Decision, ForecastStopper, TrialForecast, TrialMonitor
+from .settings import (
+                          FORECASTER_SETTINGS,
+                          MODES,
+                          POLICIES,
+                          ConformalSettings,
+                          ExtrapolationSettings,
+                          FnStarSettings,
+                          StopperSettings,
+                          default_mode,
+)
+from .stopper import (
+                          CANNOT_WIN_STOP,
+                          CAPPED_STOP,
+                          FORECAST_STOP,
+                          NO_ONSET_STOP,
+                          ONSET_STOP,
+                          Decision,
+                          ForecastStopper,
+                          TrialForecast,
+                          TrialMonitor,
+)
 from .synthetic import synthetic_trajectory
 from .trajectories import Trajectory, load_corpus, load_logs, read_manifest
 
@@ -48,6 +69,8 @@ __all__ = [
     "InSampleRun", "LogLogFit", "crossing_epoch", "lead_statistics", "loglog_fit", "paper_insample_rule",
     "CALIBRATION_MODES", "calibration_from_trajectories", "priors_from_trajectories", "ReplayResult",
     "ReplaySummary", "RunReplay", "format_runs", "format_summaries", "replay", "replay_run", "summarize",
-    "POLICIES", "Decision", "ForecastStopper", "TrialForecast", "TrialMonitor", "synthetic_trajectory",
+    "FORECASTER_SETTINGS", "MODES", "POLICIES", "ConformalSettings", "ExtrapolationSettings", "FnStarSettings",
+    "StopperSettings", "default_mode", "CANNOT_WIN_STOP", "CAPPED_STOP", "FORECAST_STOP", "NO_ONSET_STOP", "ONSET_STOP",
+    "Decision", "ForecastStopper", "TrialForecast", "TrialMonitor", "synthetic_trajectory",
     "Trajectory", "load_corpus", "load_logs", "read_manifest",
 ]

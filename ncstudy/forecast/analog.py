@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .state import FEATURES, State
+from .state import FEATURES, State, approach
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class PoolRun:
     t_nc: float | None  # strict onset epoch; None: censored (no onset within the budget)
     budget: float
     states: tuple[State, ...]
+    cluster: str = ""  # runs of one configuration (seeds of it): held out together ("": the run alone)
 
 
 def isotonic(x: np.ndarray, y: np.ndarray, prior: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
@@ -91,6 +92,7 @@ class Predictive:
     residuals: np.ndarray  # the held-out log(rho / m) of the pool's collapsed states near m, sorted
     distance: float  # mean distance of the analogs (how far the pool is from this state)
     n_collapsed: int  # collapsed runs among the k nearest
+    frac: float = math.nan  # n_collapsed / k: the score the run-level decisions threshold
 
     def onset_quantile(self, level: float) -> float:
         """Calibrated ``level``-quantile of ``rho`` given onset within the budget (at most 1)."""
@@ -106,14 +108,33 @@ class Predictive:
         return self.onset_quantile(level / self.p_onset)
 
     def cdf(self, r: float) -> float:
-        """Calibrated P(rho <= r)."""
-        if len(self.rho_c) == 0 or not self.median > 0 or r <= 0:
+        """Calibrated P(rho <= r), conservative on the high side: the conformal bound
+        ``(#ratios <= log(r / m) + 1) / (n + 1)`` of the timing, times ``p_onset``; ``p_onset`` from
+        ``r = 1`` (the budget) on, 0 for ``r <= 0``."""
+        if r <= 0:
             return 0.0
-        if r >= 1.0:
+        if r >= 1.0 or len(self.rho_c) == 0 or not self.median > 0:
             return self.p_onset
         n = len(self.residuals)
         below = int(np.searchsorted(self.residuals, math.log(r / self.median), side="right"))
-        return self.p_onset * min(1.0, below / (n + 1))
+        return self.p_onset * min(1.0, (below + 1) / (n + 1))
+
+
+@dataclass(frozen=True)
+class EpochDistribution:
+    """A :class:`Predictive` of one state (made at epoch ``t`` with ``remaining`` epochs of budget
+    left) in global epochs: the :class:`~ncstudy.forecast.core.OnsetDistribution` a forecast carries."""
+
+    predictive: Predictive
+    t: float
+    remaining: float
+
+    def cdf(self, epoch: float) -> float:
+        return self.predictive.cdf((epoch - self.t) / self.remaining)
+
+    def quantile(self, level: float) -> float:
+        q = self.predictive.quantile(level)
+        return self.t + q * self.remaining if math.isfinite(q) else math.inf
 
 
 class AnalogPool:
@@ -127,7 +148,7 @@ class AnalogPool:
         self.w = np.array([float(w.get(f, 1.0)) for f in self.features])
         self.k, self.group_penalty, self.max_pit_states = int(k), float(group_penalty), int(max_pit_states)
         self.min_bin = int(min_bin)
-        rows, run_of, rho = [], [], []
+        rows, run_of, rho, rem, shape = [], [], [], [], []
         self.runs = [r for r in runs
                      if any(s.epoch < (r.t_nc if r.t_nc is not None else math.inf) for s in r.states)]
         for i, r in enumerate(self.runs):
@@ -137,10 +158,19 @@ class AnalogPool:
                 rows.append([s.features.get(f, math.nan) for f in self.features])
                 run_of.append(i)
                 rho.append(math.inf if r.t_nc is None else (r.t_nc - s.epoch) / max(r.budget - s.epoch, 1.0))
+                rem.append(s.remaining)
+                shape.append((s.features.get("level", math.nan), s.features.get("rate", math.nan), s.length))
         self.X = np.array(rows, dtype=float).reshape(len(rows), len(self.features))
         self.run_of = np.array(run_of, dtype=int)
         self.rho = np.array(rho, dtype=float)
+        self.remaining = np.array(rem, dtype=float)
+        self.shape = shape  # per row: (level, rate, L), what State.approach reads
         self.group_of_run = np.array([r.group for r in self.runs], dtype=object)
+        clusters: dict[str, list[int]] = {}
+        for i, r in enumerate(self.runs):
+            clusters.setdefault(r.cluster or f"run:{r.run_id}", []).append(i)
+        #: per run, the runs held out with it when it is predicted (its configuration's seeds)
+        self.cluster_of_run = [np.array(clusters[r.cluster or f"run:{r.run_id}"]) for r in self.runs]
         self.n_runs = len(self.runs)
         self.starts = np.flatnonzero(np.r_[True, np.diff(self.run_of) != 0]) if len(rows) else np.array([], int)
         self.collapsed_run = np.array([r.t_nc is not None for r in self.runs], dtype=bool)
@@ -154,6 +184,8 @@ class AnalogPool:
         self._n_collapsed = int(self.collapsed_run.sum())
         self._bounds = (self.starts.tolist(), self.starts[1:].tolist() + [len(rows)])  # each run's rows
         self._cal: tuple | None = None
+        self._held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None  # per run: (frac, m, distance)
+        self._thresholds: dict[tuple, Thresholds] = {}
 
     def _robust_scale(self) -> np.ndarray:
         out = np.ones(len(self.features))
@@ -200,13 +232,14 @@ class AnalogPool:
                 else np.asarray(x, float)) / self.scale
 
     def analogs(self, x: Mapping[str, float] | np.ndarray, group: str | None = None,
-                exclude_run: int | None = None) -> tuple[int, int, np.ndarray, float]:
+                exclude_run: int | np.ndarray | None = None) -> tuple[int, int, np.ndarray, float]:
         """For a query state: ``(k used, collapsed among the k nearest runs, outcomes of the k
-        nearest collapsed runs (sorted), mean distance of the k nearest runs)``."""
+        nearest collapsed runs (sorted), mean distance of the k nearest runs)``; ``exclude_run``: a
+        pool run (or runs) that may not be an analog."""
         return self._analogs_many(self._scaled(x)[None, :], group, exclude_run)[0]
 
     def _analogs_many(self, xs: np.ndarray, group: str | None,
-                      exclude_run: int | None) -> list[tuple[int, int, np.ndarray, float]]:
+                      exclude_run: int | np.ndarray | None) -> list[tuple[int, int, np.ndarray, float]]:
         """:meth:`analogs` of several scaled queries (rows of ``xs``) of one group."""
         raws, ds = self._distances(xs)
         penalty = self.group_penalty * (self.group_of_run != group) if group is not None and self.group_penalty \
@@ -241,34 +274,129 @@ class AnalogPool:
         iso_x, iso_y, bin_edges, bins = self.calibration()
         med = _median_sorted(rho_c) if len(rho_c) else math.nan
         res = bins[_bin_of(bin_edges, math.log(med))] if med > 0 else np.array([])
-        return Predictive(_iso_at(iso_x, iso_y, m / k), rho_c, med, res, dist, m)
+        return Predictive(_iso_at(iso_x, iso_y, m / k), rho_c, med, res, dist, m, m / k)
 
     # ------------------------------------------------------------------------------------------
+    def held_out(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per pool run, each of its states predicted with its cluster (its configuration's runs)
+        held out of the pool: ``(frac, m)``, the share of collapsed runs among the ``k`` nearest
+        and the median outcome of the nearest collapsed ones (NaN when there are none). Cached."""
+        if self._held is None:
+            out = []
+            starts, ends = self._bounds
+            for i in range(self.n_runs):
+                preds = self._analogs_many(self.Xs[starts[i]:ends[i]], self.group_of_run[i], self.cluster_of_run[i])
+                out.append((np.array([m / k if k else math.nan for k, m, _, _ in preds]),
+                            np.array([_median_sorted(c) if len(c) else math.nan for _, _, c, _ in preds]),
+                            np.array([d for _, _, _, d in preds])))
+            self._held = out
+        return self._held
+
     def calibration(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
         """``(iso_x, iso_y, bin_edges, bins)``: the isotonic map of P(onset), and the held-out log
         ratios ``log(rho / m)`` binned by ``log m`` (upper edges; each bin at least ``min_bin``
-        ratios, sorted), from leave-one-run-out predictions of (up to ``max_pit_states`` evenly
-        spaced) states of every pool run (cached)."""
+        ratios, sorted), from the held-out predictions (:meth:`held_out`) of up to
+        ``max_pit_states`` evenly spaced states of every pool run (cached)."""
         if self._cal is None:
             frac, collapsed, pairs = [], [], []
-            for i in range(self.n_runs):
-                rows = np.flatnonzero(self.run_of == i)
-                if len(rows) > self.max_pit_states:
-                    rows = rows[np.linspace(0, len(rows) - 1, self.max_pit_states).round().astype(int)]
-                g = self.group_of_run[i]
-                for r, (k, m, rho_c, _) in zip(rows, self._analogs_many(self.Xs[rows], g, exclude_run=i)):
-                    if k == 0:
+            starts, _ = self._bounds
+            for i, (f, med, _) in enumerate(self.held_out()):
+                idx = np.arange(len(f))
+                if len(idx) > self.max_pit_states:
+                    idx = idx[np.linspace(0, len(idx) - 1, self.max_pit_states).round().astype(int)]
+                for j in idx:
+                    if not np.isfinite(f[j]):
                         continue
-                    frac.append(m / k)
+                    frac.append(f[j])
                     collapsed.append(bool(self.collapsed_run[i]))
-                    if self.collapsed_run[i] and len(rho_c) and self.rho[r] > 0:
-                        med = _median_sorted(rho_c)
-                        if med > 0:
-                            pairs.append((math.log(med), math.log(self.rho[r] / med)))
+                    r = starts[i] + j
+                    if self.collapsed_run[i] and med[j] > 0 and self.rho[r] > 0:
+                        pairs.append((math.log(med[j]), math.log(self.rho[r] / med[j])))
             frac_a, coll_a = np.array(frac), np.array(collapsed, bool)
             iso_x, iso_y = isotonic(frac_a, coll_a) if len(frac_a) else (np.array([1.0]), np.array([0.5]))
             self._cal = (iso_x, iso_y, *_mondrian_bins(pairs, self.min_bin))
         return self._cal
+
+    def thresholds(self, settings: Any) -> "Thresholds":
+        """The run-level decision thresholds for a forecaster's settings (module docs, "Decisions").
+
+        Each pool run is replayed through the decision rules on its held-out predictions: a rule
+        fires at the first state where its predicate has held at ``confirm`` consecutive states, from
+        the ``min_points``-th on, at a state no further from its analogs than the ``guard`` quantile
+        of the pool's held-out distances. "No onset" (``frac <= tau``) fires on a collapsing run iff
+        ``tau`` reaches the run's critical value; ``no_onset`` is the largest threshold that fires on
+        at most ``alpha (n + 1) - 1`` of the pool's ``n`` collapsing runs -- split-conformal: on a
+        new run exchangeable with the pool's, P(wrong "no onset") <= ``alpha``. "Onset" (NC1 on
+        course to cross within the horizon, ``State.approach >= tau``, and the ``coverage``
+        interval given onset at most ``tolerance`` epochs wide) likewise over the censored runs at
+        ``forecast_alpha``. ``-inf`` / ``inf``: too few runs for that guarantee, never decided.
+        Cached per settings."""
+        s = settings
+        key = (s.alpha, s.forecast_alpha, s.confirm, s.min_points, s.coverage, s.tolerance, s.guard)
+        if key not in self._thresholds:
+            _, _, edges, bins = self.calibration()
+            a = (1.0 - s.coverage) / 2
+            starts, _ = self._bounds
+            held = self.held_out()
+            dists = np.sort(np.concatenate([d for _, _, d in held])) if held else np.array([])
+            d_max = conformal_quantile(dists[np.isfinite(dists)], s.guard) if s.guard < 1 else math.inf
+            crit_no, crit_on = [], []
+            for i, (f, med, dist) in enumerate(held):
+                rows = starts[i] + np.arange(len(f))
+                near = dist <= d_max
+                if self.collapsed_run[i]:
+                    crit_no.append(_critical(np.where(near, f, math.inf), s.confirm, s.min_points, low=True))
+                else:
+                    width = np.array([_width_if(m, edges, bins, a) for m in med]) * self.remaining[rows]
+                    score = np.array([approach(*self.shape[r], s.horizon) for r in rows])
+                    crit_on.append(_critical(np.where(near & (width <= s.tolerance), score, -math.inf), s.confirm,
+                                             s.min_points, low=False))
+            self._thresholds[key] = Thresholds(_conformal_cut(crit_no, s.alpha, low=True),
+                                               _conformal_cut(crit_on, s.forecast_alpha, low=False), d_max)
+        return self._thresholds[key]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A pool's run-level decision thresholds (:meth:`AnalogPool.thresholds`)."""
+
+    no_onset: float  # "no onset" when the share of collapsed analogs is at most this
+    onset: float  # a collapse forecast when State.approach is at least this
+    distance: float  # ... and only at states at most this far from their analogs
+
+
+def _width_if(med: float, edges: np.ndarray, bins: list[np.ndarray], a: float) -> float:
+    """Width, as a fraction of the remaining budget, of the calibrated interval given onset."""
+    if not med > 0:
+        return math.inf
+    res = bins[_bin_of(edges, math.log(med))]
+    lo, hi = conformal_quantile(res, a), conformal_quantile(res, 1 - a)
+    if not math.isfinite(hi):
+        return math.inf
+    return min(1.0, med * math.exp(hi)) - min(1.0, med * math.exp(lo)) if math.isfinite(lo) else math.inf
+
+
+def _critical(score: np.ndarray, confirm: int, min_points: int, low: bool) -> float:
+    """The threshold at which a decision rule starts to fire on one run: the predicate
+    ``score <= tau`` (``low``) or ``score >= tau`` held at ``confirm`` consecutive states from the
+    ``min_points``-th on. ``inf`` / ``-inf`` when it can never fire (too few states)."""
+    s = np.where(np.isfinite(score), score, math.inf if low else -math.inf)[max(min_points - 1, 0):]
+    if len(s) < confirm:
+        return math.inf if low else -math.inf
+    windows = np.lib.stride_tricks.sliding_window_view(s, confirm)
+    return float(windows.max(axis=1).min()) if low else float(windows.min(axis=1).max())
+
+
+def _conformal_cut(critical: Sequence[float], alpha: float, low: bool) -> float:
+    """The run-level threshold (see :meth:`AnalogPool.thresholds`): just short of the ``j``-th
+    smallest (``low``; largest otherwise) critical value, ``j = floor(alpha (n + 1))``, so the rule
+    fires on at most ``j - 1`` of the ``n`` runs and, on a new exchangeable run, with probability
+    at most ``j / (n + 1) <= alpha``."""
+    j = math.floor(alpha * (len(critical) + 1))
+    if j < 1:
+        return -math.inf if low else math.inf
+    c = np.sort(np.array(critical, dtype=float))
+    return float(np.nextafter(c[j - 1], -math.inf)) if low else float(np.nextafter(c[::-1][j - 1], math.inf))
 
 
 def _mondrian_bins(pairs: Sequence[tuple[float, float]], min_bin: int) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -139,10 +139,11 @@ class RunRecord:
     t_nc: int | None
     budget: int
     records: tuple[Mapping[str, Any], ...]
+    cluster: str = ""  # the configuration it is a seed of ("": itself alone): held out together
 
     @classmethod
     def from_records(cls, run_id: str, records: Iterable[Mapping[str, Any]], budget: int,
-                     rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99) -> "RunRecord":
+                     rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99, cluster: str = "") -> "RunRecord":
         rows = sorted((dict(r) for r in records), key=lambda r: float(r[EPOCH]))
         t = onset_of(rows, rule, relaxed_fallback=False).t_strict
         gate, keep, last_ce = TerminalGate(terminal_acc), [], None
@@ -158,18 +159,21 @@ class RunRecord:
                 keep.append({k: (e if k == EPOCH else 1 if k == TERMINAL else
                                  (float(r[k]) if finite(r.get(k)) else None)) for k in RUN_KEYS})
         return cls(str(run_id), None if t is None else int(t), int(budget),
-                   tuple(([last_ce] if last_ce else []) + keep))
+                   tuple(([last_ce] if last_ce else []) + keep), str(cluster or ""))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "t_nc": self.t_nc, "budget": self.budget, "keys": list(RUN_KEYS),
-                "rows": [[r.get(k) for k in RUN_KEYS] for r in self.records]}
+        d = {"run_id": self.run_id, "t_nc": self.t_nc, "budget": self.budget, "keys": list(RUN_KEYS),
+             "rows": [[r.get(k) for k in RUN_KEYS] for r in self.records]}
+        if self.cluster:
+            d["cluster"] = self.cluster
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunRecord":
         keys = d.get("keys") or list(RUN_KEYS)
         rows = tuple({k: v for k, v in zip(keys, row) if v is not None} for row in d.get("rows", []))
         t = d.get("t_nc")
-        return cls(str(d["run_id"]), None if t is None else int(t), int(d["budget"]), rows)
+        return cls(str(d["run_id"]), None if t is None else int(t), int(d["budget"]), rows, str(d.get("cluster") or ""))
 
 
 @dataclass(frozen=True)
@@ -296,7 +300,8 @@ class Calibration:
                 if states is None:
                     states = self._states[skey] = trajectory_states(r.records, r.budget, strict, window, terminal_acc)
                 star = self.fn_star(g)
-                runs.append(PoolRun(r.run_id, g, r.t_nc, r.budget, tuple(s.with_fn_star(star) for s in states)))
+                runs.append(PoolRun(r.run_id, g, r.t_nc, r.budget, tuple(s.with_fn_star(star) for s in states),
+                                    r.cluster))
             pool = self._cache[key] = AnalogPool(runs, feats, weights, k, group_penalty)
         return pool
 

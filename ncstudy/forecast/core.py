@@ -10,7 +10,7 @@ This package is pure Python (numpy/scipy): no Ray, Optuna or MLflow imports.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from ncstudy.records import EPOCH, FN, LOSS, NC1, PHASE, TERMINAL, TRAIN, finite, num  # noqa: F401 (re-exported)
@@ -81,9 +81,40 @@ def first_crossing(points: Iterable[Point], threshold: float, phases: Sequence[i
 ONSET, NO_ONSET = "onset", "no_onset"  # the two decisions a forecast can carry
 
 
-@dataclass(frozen=True)
+class Streak:
+    """A decision is acted on only once it has held at ``confirm`` consecutive evaluations: feed
+    what would be decided at each evaluation (None: nothing), get the confirmed decision or None."""
+
+    def __init__(self, confirm: int = 1) -> None:
+        if confirm < 1:
+            raise ValueError("confirm must be >= 1")
+        self.confirm = int(confirm)
+        self.last: str | None = None
+        self.count = 0
+
+    def update(self, would: str | None) -> str | None:
+        self.count = self.count + 1 if would is not None and would == self.last else (1 if would is not None else 0)
+        self.last = would
+        return would if would is not None and self.count >= self.confirm else None
+
+
+@runtime_checkable
+class OnsetDistribution(Protocol):
+    """A forecaster's calibrated predictive distribution of one trial's onset, in global epochs.
+
+    ``cdf(epoch)`` = P(T_NC <= epoch), an upper bound where the calibration is discrete (so a
+    decision "P(T_NC <= x) <= alpha" errs on the side of not stopping); it levels off at
+    P(onset <= budget). ``quantile(level)`` is the smallest epoch whose ``cdf`` reaches ``level``
+    (``inf`` beyond the budget)."""
+
+    def cdf(self, epoch: float) -> float: ...
+
+    def quantile(self, level: float) -> float: ...
+
+
+@dataclass(frozen=True, kw_only=True)
 class Forecast:
-    """A forecast of one trial's collapse onset (T_NC), in global epochs.
+    """A forecast of one trial's collapse onset (T_NC), in global epochs (built by keyword).
 
     Every forecast satisfies ``onset > made_at`` (an onset already passed is observed, not
     forecast); ``onset`` is ``inf`` when onset is not expected within the budget.
@@ -103,14 +134,31 @@ class Forecast:
     # What a stopping policy may act on: ONSET (stop, reporting `onset`), NO_ONSET (stop, reporting
     # the censored objective), None (keep training).
     decision: str | None = ONSET
+    # The whole predictive distribution, when the forecaster states one (the conformal forecasters):
+    # what a search asks "P(T_NC < incumbent)" of. Kept in memory only (not in to_dict).
+    distribution: OnsetDistribution | None = field(default=None, compare=False, repr=False)
 
     @property
     def valid(self) -> bool:
         """An onset after the epoch the forecast was made at (never one already in the past)."""
         return self.onset > self.made_at and self.low > self.made_at - 1e-9
 
+    def p_before(self, epoch: float) -> float | None:
+        """P(T_NC <= epoch) from the stated distribution; None when the forecaster states none."""
+        if self.distribution is None:
+            return None
+        return 0.0 if epoch <= self.made_at else float(self.distribution.cdf(epoch))
+
+    def median_after(self, bound: float) -> float | None:
+        """The median onset given T_NC > ``bound`` (``inf`` when it lies beyond the budget);
+        None without a distribution."""
+        if self.distribution is None:
+            return None
+        f = self.p_before(bound) or 0.0
+        return float(self.distribution.quantile(f + (1.0 - f) / 2.0))
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "distribution"}
         d["details"] = dict(self.details)
         for k in ("onset", "low", "high"):
             if not math.isfinite(d[k]):

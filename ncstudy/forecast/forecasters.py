@@ -8,18 +8,26 @@
 """
 from __future__ import annotations
 
-import inspect
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 from scipy import stats
 
 from ncstudy.records import EPOCH, FN, LOSS, NC1, finite, num
 
+from .analog import EpochDistribution
 from .calibration import Calibration
-from .core import NO_ONSET, ONSET, Forecast, TerminalGate, first_crossing, phase_of, phase_ok
+from .core import NO_ONSET, ONSET, Forecast, Streak, TerminalGate, first_crossing, phase_of, phase_ok
+from .settings import (
+    DEFAULT_FORECASTER,
+    FORECASTER_NAMES,
+    ConformalSettings,
+    ExtrapolationSettings,
+    FnStarSettings,
+    forecaster_settings,
+)
 from .state import FEATURES, FN_FEATURES, StateTracker
 
 
@@ -31,12 +39,11 @@ class FnStarCrossing:
 
     signal = "fn_star_crossing"
 
-    def __init__(self, calibration: Calibration, group: str, margin: float = 0.0,
-                 phases: Sequence[int] | None = (2,), confirm: int = 1, terminal_acc: float = 0.99) -> None:
-        if confirm < 1:
-            raise ValueError("confirm must be >= 1")
+    def __init__(self, calibration: Calibration, group: str, *, terminal_acc: float = 0.99, **options: Any) -> None:
+        self.settings = s = forecaster_settings("fn_star", options)
+        assert isinstance(s, FnStarSettings)
         self.calibration, self.group = calibration, group
-        self.margin, self.phases, self.confirm = float(margin), phases, int(confirm)
+        self.margin, self.phases, self.confirm = s.margin, s.phases, s.confirm
         self._gate = TerminalGate(terminal_acc)
         self._points: list[tuple[int, int | None, float]] = []
         self._made_at: dict[tuple, int] = {}
@@ -59,9 +66,10 @@ class FnStarCrossing:
             return self.forecast
         lo, hi = est.lead_interval or (est.lead, est.lead)
         lo = max(lo, made_at + 1 - crossing)
-        self.forecast = Forecast(crossing + est.lead, crossing + lo, crossing + hi, made_at, self.signal,
-                                 est.trusted, crossing, est.describe(),
-                                 {"fn_star": est.fn_star, "threshold": est.threshold, "lead": est.lead})
+        self.forecast = Forecast(onset=crossing + est.lead, low=crossing + lo, high=crossing + hi, made_at=made_at,
+                                 signal=self.signal, trusted=est.trusted, crossing_epoch=crossing,
+                                 calibration=est.describe(),
+                                 details={"fn_star": est.fn_star, "threshold": est.threshold, "lead": est.lead})
         return self.forecast
 
 
@@ -73,13 +81,15 @@ class _LogLinearExtrapolation(ABC):
     signal = "extrapolation"
     key = NC1
 
-    def __init__(self, window: int = 5, min_points: int = 3, r2_min: float = 0.9,
-                 phases: Sequence[int] | None = (2,), max_horizon: float | None = None,
-                 terminal_acc: float = 0.99) -> None:
-        if min_points < 3 or window < min_points:
+    name = "nc1"
+
+    def __init__(self, *, terminal_acc: float = 0.99, **options: Any) -> None:
+        self.settings = s = forecaster_settings(self.name, options)
+        assert isinstance(s, ExtrapolationSettings)
+        if s.window < s.min_points:
             raise ValueError("need window >= min_points >= 3")
-        self.window, self.min_points, self.r2_min = int(window), int(min_points), float(r2_min)
-        self.phases, self.max_horizon = phases, max_horizon
+        self.window, self.min_points, self.r2_min = s.window, s.min_points, s.r2_min
+        self.phases, self.max_horizon = s.phases, s.max_horizon
         self._gate = TerminalGate(terminal_acc)
         self._xy: list[tuple[int, float]] = []
         self.forecast: Forecast | None = None
@@ -117,8 +127,9 @@ class _LogLinearExtrapolation(ABC):
             return self.forecast
         if self.max_horizon is not None and onset - epoch > self.max_horizon:
             trusted = False
-        self.forecast = Forecast(float(onset), float(lo), float(hi), epoch, self.signal, trusted, None,
-                                 calib, {"slope": float(fit.slope), "r2": r2, "n": len(x), "target": target})
+        self.forecast = Forecast(onset=float(onset), low=float(lo), high=float(hi), made_at=epoch, signal=self.signal,
+                                 trusted=trusted, calibration=calib,
+                                 details={"slope": float(fit.slope), "r2": r2, "n": len(x), "target": target})
         return self.forecast
 
 
@@ -128,11 +139,10 @@ class NC1Extrapolation(_LogLinearExtrapolation):
 
     signal = "nc1_extrapolation"
     key = NC1
+    name = "nc1"
 
-    def __init__(self, strict: float = 0.01, window: int = 5, min_points: int = 3, r2_min: float = 0.9,
-                 phases: Sequence[int] | None = (2,), max_horizon: float | None = None,
-                 terminal_acc: float = 0.99) -> None:
-        super().__init__(window, min_points, r2_min, phases, max_horizon, terminal_acc)
+    def __init__(self, *, strict: float = 0.01, terminal_acc: float = 0.99, **options: Any) -> None:
+        super().__init__(terminal_acc=terminal_acc, **options)
         self.strict = float(strict)
 
     def _target(self):
@@ -147,11 +157,10 @@ class TrainLossExtrapolation(_LogLinearExtrapolation):
 
     signal = "train_loss_extrapolation"
     key = LOSS
+    name = "train_loss"
 
-    def __init__(self, calibration: Calibration, group: str, window: int = 5, min_points: int = 3,
-                 r2_min: float = 0.9, phases: Sequence[int] | None = (2,), max_horizon: float | None = None,
-                 terminal_acc: float = 0.99) -> None:
-        super().__init__(window, min_points, r2_min, phases, max_horizon, terminal_acc)
+    def __init__(self, calibration: Calibration, group: str, *, terminal_acc: float = 0.99, **options: Any) -> None:
+        super().__init__(terminal_acc=terminal_acc, **options)
         self.calibration, self.group = calibration, group
 
     def _target(self):
@@ -166,8 +175,9 @@ class ConformalOnset:
     fn relative to the group's fn*, loss / gradient / weight-norm rates when reported) is matched
     against the states of the calibration's completed runs (:mod:`.analog`); the ``k`` closest
     runs give a predictive distribution of the remaining time, recalibrated distribution-free
-    (leave-one-run-out PITs). The forecast states the median onset, a ``coverage`` interval and
-    ``p_onset`` = P(onset <= budget), and carries a decision:
+    (held-out predictions of the pool's own runs). The forecast states the median onset, a
+    ``coverage`` interval, ``p_onset`` = P(onset <= budget) and the whole distribution
+    (``Forecast.distribution``: a search asks it for P(T_NC < incumbent)), and carries a decision:
 
     * ``onset`` (stop at forecast) when ``p_onset >= 1 - alpha`` and the interval is at most
       ``tolerance`` epochs wide;
@@ -179,88 +189,86 @@ class ConformalOnset:
     evaluations. Forecasts are trusted (acted on) only when the pool holds at least ``min_runs``
     runs, of which ``min_collapsed`` reached onset. A signal the trial does not report is left out
     of the comparison, not guessed; without an fn* for the group the fn features are left out.
+    Options: :class:`~ncstudy.forecast.settings.ConformalSettings`.
     """
 
     signal = "conformal"
+    name = "conformal"
+    use_fn = True
 
-    def __init__(self, calibration: Calibration, group: str, budget: float, alpha: float = 0.05,
-                 coverage: float = 0.9, tolerance: float = 40.0, use_fn: bool = True, strict: float = 0.01,
-                 window: int = 5, k: int = 15, group_penalty: float = 0.5, min_runs: int = 10,
-                 min_collapsed: int = 5, weights: Mapping[str, float] | None = None,
-                 terminal_acc: float = 0.99, min_points: int = 4, confirm: int = 2) -> None:
-        if not 0 < alpha < 0.5:
-            raise ValueError("alpha must be in (0, 0.5)")
-        if not 0 < coverage < 1:
-            raise ValueError("coverage must be in (0, 1)")
-        if not tolerance > 0:
-            raise ValueError("tolerance must be > 0 epochs")
+    def __init__(self, calibration: Calibration, group: str, budget: float | None, *, strict: float = 0.01,
+                 terminal_acc: float = 0.99, **options: Any) -> None:
+        self.settings = s = forecaster_settings(self.name, options)
+        assert isinstance(s, ConformalSettings)
         if not (budget and budget > 0):
             raise ValueError("the conformal forecaster needs the trial's budget (its last epoch)")
         self.calibration, self.group, self.budget = calibration, group, float(budget)
-        self.alpha, self.coverage, self.tolerance = float(alpha), float(coverage), float(tolerance)
-        self.use_fn, self.strict, self.window = bool(use_fn), float(strict), int(window)
-        self.k, self.group_penalty = int(k), float(group_penalty)
-        self.min_runs, self.min_collapsed = int(min_runs), int(min_collapsed)
-        self.weights, self.terminal_acc = dict(weights or {}), terminal_acc
-        if min_points < 1 or confirm < 1:
-            raise ValueError("min_points and confirm must be >= 1")
-        self.min_points, self.confirm = int(min_points), int(confirm)
-        self._n_points = 0
-        self._streak: tuple[str | None, int] = (None, 0)
-        self.features = tuple(f for f in FEATURES if use_fn or f not in FN_FEATURES)
-        self.tracker = StateTracker(self.budget, self.strict, self.window, terminal_acc,
-                                    fn_star=(lambda: calibration.fn_star(group)) if use_fn else (lambda: None))
+        self.strict, self.terminal_acc = float(strict), terminal_acc
+        self.n_points = 0  # evaluations of the collapse phase seen
+        self._streak = Streak(s.confirm)
+        self.features = tuple(f for f in FEATURES if self.use_fn or f not in FN_FEATURES)
+        self.tracker = StateTracker(self.budget, self.strict, s.window, terminal_acc,
+                                    fn_star=(lambda: calibration.fn_star(group)) if self.use_fn else (lambda: None))
         self.forecast: Forecast | None = None
 
     def pool(self):
-        return self.calibration.analog_pool(self.window, self.strict, self.terminal_acc, self.features,
-                                            self.weights, self.k, self.group_penalty)
+        s = self.settings
+        return self.calibration.analog_pool(s.window, self.strict, self.terminal_acc, self.features, s.weights, s.k,
+                                            s.group_penalty)
+
+    @property
+    def ready(self) -> bool:
+        """Enough evaluations of the collapse phase for a decision (``min_points``)."""
+        return self.n_points >= self.settings.min_points
 
     def observe(self, record: Mapping[str, Any]) -> Forecast | None:
         state = self.tracker.observe(record)
         if state is None:
             return self.forecast
-        self._n_points += 1
+        self.n_points += 1
+        s = self.settings
         pool = self.pool()
         pred = pool.predictive(state.features, self.group)
         if pred is None:
             return self.forecast
         t, rem = float(state.epoch), state.remaining
-        a = (1.0 - self.coverage) / 2
-        q_lo, q_med, q_hi = pred.quantile(a), pred.quantile(0.5), pred.quantile(1 - a)
+        dist = EpochDistribution(pred, t, rem)
+        a = (1.0 - s.coverage) / 2
+        low, onset, high = (dist.quantile(q) for q in (a, 0.5, 1 - a))
         p = pred.p_onset
-        onset, low, high = (t + q * rem if math.isfinite(q) else math.inf for q in (q_med, q_lo, q_hi))
         # the interval given onset within the budget ("when, if it collapses"): what the conformal
         # recalibration of the timing alone promises (replay scores its coverage)
-        low_if, high_if = (t + pred.onset_quantile(q) * rem if len(pred.rho_c) else math.inf for q in (a, 1 - a))
+        low_if, mid_if, high_if = (t + pred.onset_quantile(q) * rem if len(pred.rho_c) else math.inf
+                                   for q in (a, 0.5, 1 - a))
+        cut = pool.thresholds(s)
         would = None
-        if self._n_points >= self.min_points:
-            if p >= 1 - self.alpha and high - low <= self.tolerance:
+        if self.ready and pred.distance <= cut.distance:
+            if state.approach(s.horizon) >= cut.onset and high_if - low_if <= s.tolerance:
                 would = ONSET
-            elif p <= self.alpha:
+            elif pred.frac <= cut.no_onset:
                 would = NO_ONSET
-        streak = self._streak[1] + 1 if would is not None and would == self._streak[0] else 1
-        self._streak = (would, streak)
-        decision = would if would is not None and streak >= self.confirm else None
-        trusted = pool.n_runs >= self.min_runs and pool.n_collapsed >= self.min_collapsed
+        decision = self._streak.update(would)
+        if decision == ONSET:  # it collapses: the forecast is the timing given onset
+            low, onset, high = low_if, mid_if, high_if
+        trusted = pool.n_runs >= s.min_runs and pool.n_collapsed >= s.min_collapsed
         fn_star = self.calibration.fn_star(self.group) if self.use_fn else None
         desc = (f"{self.group}: {pool.k} analogs of {pool.n_runs} pooled runs ({pool.n_collapsed} collapsed)"
                 + (f", fn*={fn_star:.4g}" if fn_star else ", no fn input" if not self.use_fn else ", no fn* yet")
                 + ("" if trusted else ", untrusted: too few runs"))
-        self.forecast = Forecast(onset, low, high, int(t), self.signal, trusted, None, desc,
-                                 {"distance": pred.distance, "nc1": state.nc1, "remaining": rem,
-                                  "collapsed_analogs": pred.n_collapsed, "low_if_onset": num(low_if),
-                                  "high_if_onset": num(high_if)}, p, self.budget,
-                                 decision)
+        self.forecast = Forecast(
+            onset=onset, low=low, high=high, made_at=int(t), signal=self.signal, trusted=trusted, calibration=desc,
+            details={"distance": pred.distance, "nc1": state.nc1, "remaining": rem,
+                     "collapsed_analogs": pred.n_collapsed, "frac": pred.frac, "approach": state.approach(s.horizon),
+                     "low_if_onset": num(low_if), "high_if_onset": num(high_if)},
+            p_onset=p, budget=self.budget, decision=decision, distribution=dist)
         return self.forecast
 
 
 class ConformalOnsetNoFn(ConformalOnset):
     """:class:`ConformalOnset` without the fn input (does fn* carry information beyond NC1?)."""
 
-    def __init__(self, calibration: Calibration, group: str, budget: float, **options: Any) -> None:
-        options["use_fn"] = False
-        super().__init__(calibration, group, budget, **options)
+    name = "conformal_no_fn"
+    use_fn = False
 
 
 FORECASTERS: dict[str, type] = {
@@ -270,31 +278,24 @@ FORECASTERS: dict[str, type] = {
     "nc1": NC1Extrapolation,
     "train_loss": TrainLossExtrapolation,
 }
-DEFAULT_FORECASTER = "conformal"
+assert tuple(FORECASTERS) == FORECASTER_NAMES
 
 
-def make_forecaster(name: str, calibration: Calibration, group: str, budget: float | None = None,
-                    **options: Any):
-    """Build a forecaster by name (see :data:`FORECASTERS`) for one trial of ``budget`` epochs.
-    ``options`` may hold keyword arguments of any forecaster; each class takes the ones it knows
-    (so one option set can serve a comparison of several forecasters)."""
-    if name not in FORECASTERS:
-        raise ValueError(f"unknown forecaster {name!r}; choose from {', '.join(FORECASTERS)}")
+def make_forecaster(name: str, calibration: Calibration, group: str, budget: float | None = None, *,
+                    strict: float = 0.01, terminal_acc: float = 0.99, lenient: bool = False, **options: Any):
+    """Build a forecaster by name (see :data:`FORECASTERS`) for one trial of ``budget`` epochs, its
+    options validated by :data:`~ncstudy.forecast.settings.FORECASTER_SETTINGS` (``ValueError``
+    naming a bad one). ``lenient``: drop options that only other forecasters take (one option set
+    serving a comparison of several forecasters)."""
+    settings = forecaster_settings(name, options, lenient=lenient)
+    opts = settings.model_dump(exclude_unset=True)
     cls = FORECASTERS[name]
-    unknown = set(options) - _ALL_OPTIONS
-    if unknown:
-        raise ValueError(f"unknown forecaster option(s) {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(sorted(_ALL_OPTIONS))}")
     if issubclass(cls, ConformalOnset):
-        accepted = set(inspect.signature(ConformalOnset.__init__).parameters)
-        return cls(calibration, group, budget, **{k: v for k, v in options.items() if k in accepted})
-    accepted = set(inspect.signature(cls.__init__).parameters)
-    opts = {k: v for k, v in options.items() if k in accepted}
+        return cls(calibration, group, budget, strict=strict, terminal_acc=terminal_acc, **opts)
     if cls is NC1Extrapolation:
-        return cls(**opts)
-    return cls(calibration, group, **opts)
+        return cls(strict=strict, terminal_acc=terminal_acc, **opts)
+    return cls(calibration, group, terminal_acc=terminal_acc, **opts)
 
 
-_ALL_OPTIONS = {p for c in FORECASTERS.values() for p in inspect.signature(c.__init__).parameters} - {
-    "self", "calibration", "group", "budget", "options"}
-
+__all__ = ["ConformalOnset", "ConformalOnsetNoFn", "DEFAULT_FORECASTER", "FORECASTERS", "FnStarCrossing",
+           "NC1Extrapolation", "TrainLossExtrapolation", "make_forecaster"]

@@ -33,7 +33,7 @@ import math
 import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from scipy import stats
 
@@ -41,8 +41,8 @@ from ncstudy.onset import OnsetRule, onset_of
 
 from .calibration import Calibration, Prior, RunRecord, observation_from_records
 from .core import Forecast, first_crossing
-from .forecasters import DEFAULT_FORECASTER
-from .stopper import FORECAST_STOP, NO_ONSET_STOP, ONSET_STOP, POLICIES, TrialMonitor
+from .settings import DEFAULT_FORECASTER, POLICIES
+from .stopper import FORECAST_STOP, NO_ONSET_STOP, ONSET_STOP, TrialMonitor
 from .trajectories import Trajectory
 
 CALIBRATION_MODES = ("prior", "leave-one-out", "leave-one-group-out")
@@ -89,6 +89,8 @@ class ReplaySummary:
     # collapsing runs
     n_forecast_stops: int  # stopped by a forecast before their onset
     forecast_stop_rate: float | None
+    n_forecast_stops_held: int  # ... whose stated interval holds the true onset
+    forecast_held_rate: float | None  # n_forecast_stops_held / n_collapsing
     n_ran_to_onset: int
     n_false_no_onset: int
     false_no_onset_rate: float | None
@@ -252,12 +254,14 @@ def summarize(runs: Sequence[RunReplay], forecaster: str, policy: str, calibrati
     cens = [r for r in runs if r.t_nc is None]
     fstops = [r for r in coll if r.stop_reason == FORECAST_STOP]
     reported = [r for r in coll if r.reported_t_nc is not None]
+    held = sum(bool(r.in_interval) for r in fstops)
     base = sum(r.baseline_epoch for r in runs)
     cens_budget = sum(r.budget for r in cens)
     inf = math.inf
     return ReplaySummary(
         forecaster, policy, calibration, len(runs), len(coll), len(cens),
         len(fstops), len(fstops) / len(coll) if coll else None,
+        held, held / len(coll) if coll else None,
         sum(r.stop_reason == ONSET_STOP for r in coll), sum(r.false_no_onset for r in coll),
         sum(r.false_no_onset for r in coll) / len(coll) if coll else None,
         _mean([abs(r.error) for r in reported]), _mean([abs(r.error) for r in fstops]),
@@ -280,18 +284,24 @@ def _base_brier(outcomes: Sequence[float]) -> float | None:
     return None if m is None else m * (1 - m)
 
 
-def replay(trajectories: Sequence[Trajectory], forecaster: str = DEFAULT_FORECASTER,
-           calibration: str = "leave-one-out", policy: str = "stop_at_forecast", prior: Calibration | None = None,
-           min_observations: int = 3, rule: OnsetRule = OnsetRule(), budget: int | None = None,
-           terminal_acc: float = 0.99, forecaster_options: Mapping[str, Any] | None = None,
-           priors: Mapping[str, Prior] | None = None, holdout_by: str | None = None,
-           use_relaxed: bool = False) -> ReplayResult:
-    """Replay the stopper over ``trajectories`` (see the module docs). ``prior``: the calibration
-    every run starts from (pooled runs, priors); ``priors``: per-group priors added to it."""
+def cluster_of(t: Trajectory) -> str:
+    """The configuration a logged run is a seed of (metadata ``config``, as the corpus manifest
+    has it): the pool holds it out with its twins when it calibrates."""
+    c = t.meta.get("config")
+    return str(c) if c not in (None, "") and not (isinstance(c, float) and math.isnan(c)) else ""
+
+
+def held_out_calibrations(trajectories: Sequence[Trajectory], budgets: Mapping[str, int],
+                          calibration: str = "leave-one-out", prior: Calibration | None = None,
+                          priors: Mapping[str, Prior] | None = None, min_observations: int = 3,
+                          rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99, holdout_by: str | None = None,
+                          use_relaxed: bool = False,
+                          needs_prior: bool = True) -> Iterator[tuple[Trajectory, Calibration]]:
+    """Each trajectory with the calibration it is replayed with (the module docs' modes): the
+    ``prior`` (plus ``priors``) and, under ``leave-one-out`` / ``leave-one-group-out``, every other
+    replayed run outside the run's holdout unit -- never the run itself."""
     if calibration not in CALIBRATION_MODES:
         raise ValueError(f"calibration must be one of {', '.join(CALIBRATION_MODES)}")
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}")
     if calibration == "leave-one-group-out" and not holdout_by:
         raise ValueError("leave-one-group-out needs holdout_by (a metadata key, e.g. 'config')")
     ids = [t.run_id for t in trajectories]
@@ -303,21 +313,36 @@ def replay(trajectories: Sequence[Trajectory], forecaster: str = DEFAULT_FORECAS
         base.min_observations = min_observations
     for g, p in (priors or {}).items():
         base.set_prior(g, p)
-    if calibration == "prior" and not base.priors and not base.n_runs() and forecaster != "nc1":
+    if calibration == "prior" and not base.priors and not base.n_runs() and needs_prior:
         raise ValueError("prior calibration needs a prior (a calibration with runs or priors)")
-    budgets = infer_budgets(trajectories, budget, rule)
     if calibration != "prior":
         for t in trajectories:
-            base.add_run(t.group, RunRecord.from_records(t.run_id, t.records, budgets[t.run_id], rule, terminal_acc))
-    runs, log = [], EvalLog()
+            base.add_run(t.group, RunRecord.from_records(t.run_id, t.records, budgets[t.run_id], rule, terminal_acc,
+                                                         cluster_of(t)))
     for t in trajectories:
         if calibration == "leave-one-out":
-            cal = base.without(t.run_id)
+            yield t, base.without(t.run_id)
         elif calibration == "leave-one-group-out":
             key = t.meta.get(holdout_by)
-            cal = base.without_runs(u.run_id for u in trajectories if u.meta.get(holdout_by) == key)
+            yield t, base.without_runs(u.run_id for u in trajectories if u.meta.get(holdout_by) == key)
         else:
-            cal = base
+            yield t, base
+
+
+def replay(trajectories: Sequence[Trajectory], forecaster: str = DEFAULT_FORECASTER,
+           calibration: str = "leave-one-out", policy: str = "stop_at_forecast", prior: Calibration | None = None,
+           min_observations: int = 3, rule: OnsetRule = OnsetRule(), budget: int | None = None,
+           terminal_acc: float = 0.99, forecaster_options: Mapping[str, Any] | None = None,
+           priors: Mapping[str, Prior] | None = None, holdout_by: str | None = None,
+           use_relaxed: bool = False) -> ReplayResult:
+    """Replay the stopper over ``trajectories`` (see the module docs). ``prior``: the calibration
+    every run starts from (pooled runs, priors); ``priors``: per-group priors added to it."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}")
+    budgets = infer_budgets(trajectories, budget, rule)
+    runs, log = [], EvalLog()
+    for t, cal in held_out_calibrations(trajectories, budgets, calibration, prior, priors, min_observations, rule,
+                                        terminal_acc, holdout_by, use_relaxed, needs_prior=forecaster != "nc1"):
         runs.append(replay_run(t, cal, forecaster, policy, rule, budgets[t.run_id], terminal_acc,
                                forecaster_options, log))
     options = {"forecaster": forecaster, "calibration": calibration, "policy": policy, "holdout_by": holdout_by,
@@ -376,7 +401,8 @@ def calibration_from_trajectories(trajectories: Sequence[Trajectory], min_observ
         cal.min_observations = min_observations
     budgets = infer_budgets(trajectories, budget, rule)
     for t in trajectories:
-        cal.add_run(t.group, RunRecord.from_records(t.run_id, t.records, budgets[t.run_id], rule, terminal_acc))
+        cal.add_run(t.group, RunRecord.from_records(t.run_id, t.records, budgets[t.run_id], rule, terminal_acc,
+                                                    cluster_of(t)))
         if use_relaxed:  # relaxed onsets only enter as observations (fn*, lead), not as pooled outcomes
             obs = observation_from_records(t.run_id, t.records, rule, terminal_acc)
             if obs is not None and obs.threshold != "strict":

@@ -61,13 +61,29 @@ class State:
     remaining: float  # budget - epoch
     nc1: float
     log_fn: float = math.nan  # log fn at this evaluation (``fn`` = log_fn - log fn*, for any fn*)
+    length: float = math.nan  # L: the collapse phase's length (budget - its start)
 
     def with_fn_star(self, fn_star: float | None) -> "State":
         """This state with its ``fn`` feature relative to ``fn_star`` (NaN when either is unknown)."""
         f = dict(self.features)
         f["fn"] = self.log_fn - math.log(fn_star) if fn_star and fn_star > 0 and math.isfinite(self.log_fn) \
             else math.nan
-        return State(self.epoch, f, self.remaining, self.nc1, self.log_fn)
+        return State(self.epoch, f, self.remaining, self.nc1, self.log_fn, self.length)
+
+    def approach(self, horizon: float) -> float:
+        """How far NC1 would go past the strict threshold within ``horizon`` epochs at its recent
+        rate (log units; >= 0: it would cross): ``max(rate, 0) horizon / L - level``. The score a
+        collapse forecast is decided on (:meth:`~ncstudy.forecast.analog.AnalogPool.thresholds`)."""
+        return approach(self.features.get("level", math.nan), self.features.get("rate", math.nan), self.length,
+                        horizon)
+
+
+def approach(level: float, rate: float, length: float, horizon: float) -> float:
+    """:meth:`State.approach` from its parts (NaN rate: none yet, counted as 0)."""
+    if not math.isfinite(level):
+        return -math.inf
+    r = rate if math.isfinite(rate) and rate > 0 and length > 0 else 0.0
+    return r * horizon / length - level
 
 
 @dataclass
@@ -125,7 +141,8 @@ class StateTracker:
         fn = num(record.get(FN))
         self._fn_last = fn if fn is not None and fn > 0 else None
         return State(int(epoch), self._features(epoch), self.budget - epoch, nc1,
-                     math.log(self._fn_last) if self._fn_last is not None else math.nan)
+                     math.log(self._fn_last) if self._fn_last is not None else math.nan,
+                     max(self.budget - self._start, 1.0))
 
     # ------------------------------------------------------------------------------------------
     def _features(self, t: float) -> dict[str, float]:

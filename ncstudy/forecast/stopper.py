@@ -3,11 +3,26 @@
 Policies:
 
 * ``record`` -- forecast only, never stop (the decision the stopper *would* act on is recorded);
-* ``stop_at_forecast`` -- stop at the first *trusted* forecast that carries a decision: ``onset``
-  (stop reason ``forecast``; the trial reports the forecast onset) or ``no_onset`` (stop reason
-  ``no_onset_forecast``; the trial reports the censored objective) -- or at the strict onset, if
-  that comes first (once NC1 < 0.01 has been observed there is nothing left to forecast);
-* ``stop_at_onset`` -- stop when NC1 crosses the strict threshold (``OnsetTracker``).
+* ``stop_at_forecast`` -- stop at the first *trusted* decision the mode acts on (below), or at the
+  strict onset, if that comes first (once NC1 < 0.01 has been observed there is nothing left to
+  forecast);
+* ``stop_at_onset`` -- stop when NC1 crosses the strict threshold (``OnsetTracker``) and, in a
+  search, once a trial has run past the incumbent's onset (capping needs no forecast).
+
+Modes (:mod:`.settings`):
+
+* ``sweep`` (every trial's onset is wanted): the forecaster's decisions -- ``onset`` (stop reason
+  ``forecast``; the trial reports the forecast onset) or ``no_onset`` (``no_onset_forecast``; the
+  trial reports the censored objective ``2 x budget``);
+* ``search`` (the fastest collapse is wanted): the **incumbent** is the earliest onset observed so far
+  among the study's trials. A trial that reaches the incumbent's epoch without collapsing cannot
+  beat it and is stopped exactly (``capped``); earlier, a trial whose forecast states
+  P(T_NC < incumbent) <= ``alpha`` at ``confirm`` evaluations in a row is stopped (``cannot_win``),
+  and one whose forecaster decides ``no_onset`` too (``no_onset_forecast``). Collapse forecasts are
+  not acted on: a trial that may beat the incumbent runs to its observed onset. A capped or
+  cannot-win trial's objective is censored at the bound it was stopped at: the median of its
+  forecast beyond the bound (``2 x budget`` when that lies beyond the budget), and at least the bound
+  plus one epoch -- so it ranks after the incumbent, for a searcher and for ``get_best_result``.
 
 :class:`TrialMonitor` follows one trial; :class:`ForecastStopper` holds the monitors of a study and
 its :class:`Calibration`, which learns online: a trial that reaches strict onset joins its group at
@@ -34,13 +49,14 @@ import json
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ncstudy.onset import Onset, OnsetRule, OnsetTracker
 from ncstudy.records import (
     EPOCH,
     FN,
     FORECAST_EPOCH,
+    FORECAST_STOPS,
     LOSS,
     NC1,
     P_ONSET,
@@ -52,12 +68,15 @@ from ncstudy.records import (
 )
 
 from .calibration import Calibration, Observation, RunRecord
-from .core import NO_ONSET, ONSET, Forecast, TerminalGate, phase_of
-from .forecasters import DEFAULT_FORECASTER, FORECASTERS, make_forecaster
+from .core import NO_ONSET, ONSET, Forecast, Streak, TerminalGate, phase_of
+from .forecasters import make_forecaster
+from .settings import DEFAULT_FORECASTER, FORECASTER_NAMES, MODES, POLICIES, ConformalSettings
 
-POLICIES = ("record", "stop_at_forecast", "stop_at_onset")
-#: Stop reasons of the stopper (a trial's own reasons -- ``budget``, ``diverged`` -- pass through).
-FORECAST_STOP, NO_ONSET_STOP, ONSET_STOP = "forecast", "no_onset_forecast", "onset"
+#: Stop reasons of the stopper (:data:`ncstudy.records.STOP_REASONS`; a trial's own reasons --
+#: ``budget``, ``diverged`` -- pass through).
+FORECAST_STOP, NO_ONSET_STOP, CANNOT_WIN_STOP, CAPPED_STOP = FORECAST_STOPS + ("capped",)
+ONSET_STOP = "onset"
+SEARCH_STOPS = (CAPPED_STOP, CANNOT_WIN_STOP)
 _REASON_OF = {ONSET: FORECAST_STOP, NO_ONSET: NO_ONSET_STOP}
 
 
@@ -82,17 +101,31 @@ class Decision:
     onset: bool  # this evaluation is the strict onset
 
 
+def _no_incumbent() -> float:
+    return math.inf
+
+
 class TrialMonitor:
     """One trial: onset tracking, a forecaster and the policy. Feed records in epoch order;
     a record whose epoch is not after the last one rewinds the trial to before it (a trial
-    restored from a checkpoint re-reports those epochs)."""
+    restored from a checkpoint re-reports those epochs).
+
+    ``mode``: ``sweep`` or ``search`` (module docs); in a search ``incumbent()`` gives the study's
+    earliest observed onset (``inf`` while there is none). ``make``: builds the trial's forecaster
+    (default: :func:`~ncstudy.forecast.forecasters.make_forecaster` from the other arguments; replay
+    hands in forecasts computed once)."""
 
     def __init__(self, trial_id: str, group: str, policy: str, calibration: Calibration,
                  forecaster: str = DEFAULT_FORECASTER, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
-                 forecaster_options: Mapping[str, Any] | None = None, budget: float | None = None) -> None:
+                 forecaster_options: Mapping[str, Any] | None = None, budget: float | None = None, *,
+                 mode: str = "sweep", incumbent: Callable[[], float] = _no_incumbent,
+                 make: Callable[["TrialMonitor"], Any] | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
-        self.trial_id, self.group, self.policy = str(trial_id), group, policy
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        self.trial_id, self.group, self.policy, self.mode = str(trial_id), group, policy, mode
+        self.incumbent, self._make = incumbent, make
         self.budget = None if budget is None else float(budget)
         self.calibration, self.forecaster_name, self.rule = calibration, forecaster, rule
         self.terminal_acc = terminal_acc
@@ -103,18 +136,24 @@ class TrialMonitor:
         self._reset()
 
     def _reset(self) -> None:
-        opts = dict(self.forecaster_options)
-        opts.setdefault("terminal_acc", self.terminal_acc)
-        if self.forecaster_name in ("nc1", "conformal", "conformal_no_fn"):
-            opts.setdefault("strict", self.rule.strict)
-        self.forecaster = make_forecaster(self.forecaster_name, self.calibration, self.group, self.budget, **opts)
+        self.forecaster = self._make(self) if self._make is not None else make_forecaster(
+            self.forecaster_name, self.calibration, self.group, self.budget, strict=self.rule.strict,
+            terminal_acc=self.terminal_acc, lenient=True, **self.forecaster_options)
+        settings = getattr(self.forecaster, "settings", None)
+        # a search's cannot-win decision keeps the forecaster's own risk and confirmation
+        self._search_alpha = settings.alpha if isinstance(settings, ConformalSettings) else None
+        self._cannot_win = Streak(settings.confirm if isinstance(settings, ConformalSettings) else 1)
         self.tracker = OnsetTracker(self.rule)
         self.gate = TerminalGate(self.terminal_acc)
         self.latest: Forecast | None = None
-        self.acted: Forecast | None = None  # first trusted forecast with a decision
+        self.acted: Forecast | None = None  # the trusted forecast the (would-be) stop decision rests on
+        self.would: str | None = None  # the first stop reason the mode would act on (also under `record`)
+        self.would_at: int | None = None
         self.invalid: list[Forecast] = []  # forecasts whose onset was not after the epoch they were made at
         self.stop_reason: str | None = None
         self.stopped_at: int | None = None
+        self.bound: float | None = None  # a search stop: T_NC is believed (cannot_win) or known (capped) > bound
+        self.censored: float | None = None  # a search stop's objective (see _censored)
         self.points: list[tuple[int, int | None, float]] = []
         self.loss_at_onset: float | None = None
 
@@ -146,26 +185,71 @@ class TrialMonitor:
         if is_onset:
             self.loss_at_onset = num(r.get(LOSS))
         fc = self.forecaster.observe(r)
-        if fc is not None and fc is not self.latest:
+        fresh = fc is not None and fc is not self.latest
+        if fresh:
             if not fc.valid:  # a forecaster bug, never acted on; replay counts these
                 self.invalid.append(fc)
-                fc = None
+                fresh = False
             else:
                 self.latest = fc
-                if fc.trusted and fc.decision is not None and self.acted is None and not self.tracker.collapsed:
-                    self.acted = fc
+        collapsed = self.tracker.collapsed
+        # a search: a trial that reaches the incumbent's onset without collapsing cannot win (no forecast needed)
+        capped = self.mode == "search" and not collapsed and self.stop_reason is None and epoch >= self.incumbent()
+        if self.would is None and not collapsed:
+            reason = CAPPED_STOP if capped else self._would_stop(epoch, fc if fresh else None)
+            if reason is not None:
+                self.would, self.would_at = reason, epoch
         if self.stop_reason is None and self.policy != "record":
-            if self.tracker.collapsed:
+            if collapsed:
                 self.stop_reason, self.stopped_at = ONSET_STOP, epoch
-            elif self.policy == "stop_at_forecast" and self.acted is not None:
-                self.stop_reason, self.stopped_at = _REASON_OF[self.acted.decision], epoch
+            elif capped:
+                self.stop_reason, self.stopped_at = CAPPED_STOP, epoch
+            elif self.policy == "stop_at_forecast" and self.would is not None:
+                self.stop_reason, self.stopped_at = self.would, epoch
+        if capped and (self.stop_reason == CAPPED_STOP or self.would == CAPPED_STOP):
+            self._search_stop(None, float(epoch))  # valued by the latest forecast
         return Decision(self.stop_reason is not None, self.stop_reason, self.latest, is_onset)
+
+    def _would_stop(self, epoch: int, fc: Forecast | None) -> str | None:
+        """The forecast decision the mode acts on at this evaluation (``fc``: a new valid forecast), or None."""
+        if self.mode == "sweep":
+            if fc is not None and fc.trusted and fc.decision is not None:
+                self.acted = fc
+                return _REASON_OF[fc.decision]
+            return None
+        inc = self.incumbent()
+        if fc is None:
+            return None
+        if fc.trusted and fc.decision == NO_ONSET:
+            self.acted = fc
+            if self.budget is not None:  # ranks after the incumbent even when budgets differ
+                self.censored = max(2.0 * self.budget, inc + 1.0) if math.isfinite(inc) else 2.0 * self.budget
+            return NO_ONSET_STOP
+        would = None
+        if (math.isfinite(inc) and self.budget is not None and inc - 1 < self.budget
+                and self._search_alpha is not None and self.forecaster.ready):
+            # (with the incumbent past the budget, beating it = collapsing at all: the no-onset decision)
+            p = fc.p_before(inc - 1)  # P(T_NC < incumbent)
+            would = CANNOT_WIN_STOP if p is not None and p <= self._search_alpha else None
+        if self._cannot_win.update(would) is None or not fc.trusted:
+            return None
+        self.acted = fc
+        self._search_stop(fc, float(inc - 1))
+        return CANNOT_WIN_STOP
+
+    def _search_stop(self, fc: Forecast | None, bound: float) -> None:
+        """Record a search stop: T_NC > ``bound``, and the censored objective from the forecast it
+        rests on (``fc``; the latest when None) -- computed now, from the live forecast: a restored
+        forecast carries no distribution."""
+        self.bound = bound
+        self.censored = self._censored(bound, fc or self.latest)
 
     @property
     def decision(self) -> str | None:
-        """What the stopper decided or would decide (under ``record``): ``forecast``,
-        ``no_onset_forecast`` or None (for the strict onset itself see :attr:`tracker`)."""
-        return None if self.acted is None else _REASON_OF[self.acted.decision]
+        """What the stopper decided or would decide (under ``record``) on a forecast:
+        ``forecast``, ``no_onset_forecast``, ``cannot_win``, or ``capped`` in a search; None
+        otherwise (for the strict onset itself see :attr:`tracker`)."""
+        return self.would
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -186,8 +270,8 @@ class TrialMonitor:
 
     def run_record(self) -> RunRecord | None:
         """The trial as a completed run for the calibration: collapsed (from its strict onset on),
-        or censored once it has run to its budget without onset; None otherwise (a forecast stop
-        hides the outcome)."""
+        or censored once it has run to its budget without onset; None otherwise (a forecast or
+        search stop hides the outcome)."""
         if self.tracker.collapsed:
             return RunRecord.from_records(self.trial_id, self.records, int(self.budget or self.tracker.t_strict),
                                           self.rule, self.terminal_acc)
@@ -198,9 +282,9 @@ class TrialMonitor:
         return None
 
     def complete(self, reason: str | None = None) -> str:
-        """Mark the trial finished; returns its stop reason (``forecast``/``onset`` when this
-        monitor stopped it, else ``reason`` if given, else ``onset`` when the last evaluation was
-        the strict onset -- a trainable stopping itself at onset -- else ``budget``)."""
+        """Mark the trial finished; returns its stop reason (the one this monitor stopped it for,
+        else ``reason`` if given, else ``onset`` when the last evaluation was the strict onset --
+        a trainable stopping itself at onset -- else ``budget``)."""
         if self.stop_reason is not None:
             self.final_reason = self.stop_reason
         elif reason is not None:
@@ -211,6 +295,28 @@ class TrialMonitor:
             self.final_reason = "budget"
         return self.final_reason
 
+    def objective(self) -> float | None:
+        """The collapse-time objective (module docs): the observed onset; the forecast onset of a
+        trial stopped at one; the censored value of a search stop; ``2 x budget`` once no onset can
+        come (a no-onset stop, or the budget reached); None while unknown."""
+        if self.tracker.t_strict is not None:
+            return float(self.tracker.t_strict)
+        reason = self.stop_reason
+        if reason == FORECAST_STOP and self.acted is not None:
+            return float(self.acted.onset)
+        if reason in (*SEARCH_STOPS, NO_ONSET_STOP) and self.censored is not None:
+            return self.censored
+        done = reason == NO_ONSET_STOP or (self.budget is not None and float(self.last_epoch or 0) >= self.budget)
+        return 2.0 * self.budget if done and self.budget is not None else None
+
+    def _censored(self, bound: float, fc: Forecast | None) -> float:
+        """A search-stopped trial's objective: T_NC > ``bound``; the median of forecast ``fc`` beyond
+        the bound (2 x budget when that is past the budget), at least ``bound + 1``."""
+        med = fc.median_after(bound) if fc is not None else None
+        if med is not None and not math.isfinite(med) and self.budget is not None:
+            return 2.0 * self.budget
+        return max(float(bound) + 1.0, med if med is not None and math.isfinite(med) else -math.inf)
+
     def fields(self) -> dict[str, float]:
         """What a result of this trial carries (:data:`ncstudy.records.FORECAST_FIELDS`): the observed
         onset once reached, else the forecast acted on, else the latest one; NaN where unknown (an
@@ -218,19 +324,28 @@ class TrialMonitor:
         ``forecast_epoch`` is when the onset forecast acted on (or, under ``record``, that would be)
         was made -- kept after onset, so ``t_nc - forecast_epoch`` is its lead."""
         nan = float("nan")
-        made = float(self.acted.made_at) if self.acted is not None and self.acted.decision == ONSET else nan
+        made = float(self.acted.made_at) if self.acted is not None and self.would == FORECAST_STOP else nan
         if self.tracker.t_strict is not None:
             t = float(self.tracker.t_strict)
             return {T_NC_ESTIMATE: t, T_NC_LOW: t, T_NC_HIGH: t, P_ONSET: 1.0, FORECAST_EPOCH: made}
         fc = self.acted or self.latest
-        if fc is None:
+        if fc is None and self.bound is None:
             return {T_NC_ESTIMATE: nan, T_NC_LOW: nan, T_NC_HIGH: nan, P_ONSET: nan, FORECAST_EPOCH: nan}
 
-        def fin(x: float) -> float:
+        def fin(x: float | None) -> float:
             return float(x) if finite(x) else nan
 
-        return {T_NC_ESTIMATE: fin(fc.onset), T_NC_LOW: fin(fc.low), T_NC_HIGH: fin(fc.high),
-                P_ONSET: fin(fc.p_onset) if fc.p_onset is not None else nan, FORECAST_EPOCH: made}
+        out = {T_NC_ESTIMATE: nan, T_NC_LOW: nan, T_NC_HIGH: nan, P_ONSET: nan, FORECAST_EPOCH: made}
+        if fc is not None:
+            out.update({T_NC_ESTIMATE: fin(fc.onset), T_NC_LOW: fin(fc.low), T_NC_HIGH: fin(fc.high),
+                        P_ONSET: fin(fc.p_onset)})
+        if self.bound is not None and (self.stop_reason or self.would) in SEARCH_STOPS:
+            # a search stop: the onset is later than the bound (known when capped, forecast otherwise)
+            median = fc.median_after(self.bound) if fc is not None else None
+            out[T_NC_LOW] = self.bound + 1.0
+            out[T_NC_ESTIMATE] = fin(median) if median is not None else nan
+            out[T_NC_HIGH] = max(fin(fc.high), self.bound + 1.0) if fc is not None and finite(fc.high) else nan
+        return out
 
     def state(self) -> TrialForecast:
         return TrialForecast(self.acted or self.latest, self.final_reason or self.stop_reason)
@@ -238,8 +353,9 @@ class TrialMonitor:
     def release(self) -> None:
         """Drop what only a running trial needs -- its records (all but the last), the forecaster,
         the onset points -- keeping what its summary reads (:meth:`fields`, :meth:`state`,
-        :meth:`onset`, the stop reasons, :attr:`last_epoch`). Call once the trial has completed
-        and its run, if any, has been handed to the calibration (:meth:`run_record` needs the records)."""
+        :meth:`onset`, :meth:`objective`, the stop reasons, :attr:`last_epoch`). Call once the trial
+        has completed and its run, if any, has been handed to the calibration (:meth:`run_record`
+        needs the records)."""
         self.records = self.records[-1:]
         self.points, self.invalid = [], []
         self.forecaster = None
@@ -252,7 +368,9 @@ class TrialMonitor:
         return {"trial_id": self.trial_id, "group": self.group, "budget": self.budget,
                 "records": _jsonable(self.records),
                 "final_reason": self.final_reason, "stop_reason": self.stop_reason,
-                "stopped_at": self.stopped_at, "acted": None if self.acted is None else self.acted.to_dict(),
+                "stopped_at": self.stopped_at, "would": self.would, "would_at": self.would_at,
+                "bound": self.bound, "censored": self.censored,
+                "acted": None if self.acted is None else self.acted.to_dict(),
                 "latest": None if self.latest is None else self.latest.to_dict(),
                 "tracker": {k: _json_num(getattr(self.tracker, k)) for k in _TRACKER_FIELDS},
                 "loss_at_onset": _json_num(self.loss_at_onset)}
@@ -265,23 +383,30 @@ class ForecastStopper:
     fraction of its pool (0: each at once); a run of a group with fewer than ``1 / learn_batch``
     pooled runs joins at once, with everything waiting. ``max_pool``: the most of this stopper's
     learnt runs the calibration holds at once (None: all; see the module docs). ``journal``: list
-    every durable change for :meth:`drain` (see the module docs).
+    every durable change for :meth:`drain` (see the module docs). ``mode``: ``sweep`` or ``search``;
+    in a search the incumbent is the earliest onset its trials have shown (:meth:`incumbent`), or
+    one a caller offers (:meth:`offer_incumbent`: trials it does not follow, e.g. other workers').
     """
 
     def __init__(self, policy: str = "record", forecaster: str = DEFAULT_FORECASTER,
                  calibration: Calibration | None = None, rule: OnsetRule = OnsetRule(),
                  terminal_acc: float = 0.99, learn: bool = True,
                  forecaster_options: Mapping[str, Any] | None = None, budget: float | None = None,
-                 learn_batch: float = 0.0, journal: bool = False, max_pool: int | None = None) -> None:
+                 learn_batch: float = 0.0, journal: bool = False, max_pool: int | None = None,
+                 mode: str = "sweep", make: Callable[[TrialMonitor], Any] | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
-        if forecaster not in FORECASTERS:
-            raise ValueError(f"unknown forecaster {forecaster!r}; choose from {', '.join(FORECASTERS)}")
+        if forecaster not in FORECASTER_NAMES:
+            raise ValueError(f"unknown forecaster {forecaster!r}; choose from {', '.join(FORECASTER_NAMES)}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
         if not 0.0 <= learn_batch < 1.0:
             raise ValueError("learn_batch must be in [0, 1)")
         if max_pool is not None and max_pool < 1:
             raise ValueError("max_pool must be None or >= 1")
-        self.policy, self.forecaster, self.rule = policy, forecaster, rule
+        self.policy, self.forecaster, self.rule, self.mode, self._make = policy, forecaster, rule, mode, make
+        self.best_onset = math.inf  # the earliest onset the study's trials have shown
+        self.offered = math.inf  # the earliest onset offered from outside (offer_incumbent)
         self.calibration = calibration if calibration is not None else Calibration()
         self.terminal_acc, self.learn = terminal_acc, learn
         self.forecaster_options = dict(forecaster_options or {})
@@ -297,7 +422,17 @@ class ForecastStopper:
         self.commits = 0  # batches handed to the calibration (each costs a pool rebuild at the next forecast)
         self._archive: dict[str, bytes] = {}  # released trial -> its full to_dict(), JSON, zlib
         # fail fast on bad options
-        make_forecaster(forecaster, self.calibration, "default", budget or 1.0, **self.forecaster_options)
+        make_forecaster(forecaster, self.calibration, "default", budget or 1.0, strict=rule.strict,
+                        terminal_acc=terminal_acc, lenient=True, **self.forecaster_options)
+
+    def incumbent(self) -> float:
+        """The search's incumbent: the earliest observed onset (``inf`` while there is none)."""
+        return min(self.best_onset, self.offered)
+
+    def offer_incumbent(self, onset: float | None) -> None:
+        """An observed onset from a trial this stopper does not follow (it lowers the incumbent)."""
+        if onset is not None and finite(onset):
+            self.offered = min(self.offered, float(onset))
 
     def monitor(self, trial_id: str, group: str = "default", budget: float | None = None) -> TrialMonitor:
         tid = str(trial_id)
@@ -305,19 +440,20 @@ class ForecastStopper:
         if m is not None and m.released:  # a finished trial reports again (e.g. a resumed errored trial)
             m = self.monitors[tid] = self._replay(json.loads(zlib.decompress(self._archive.pop(tid))))
         if m is None:
-            m = self.monitors[tid] = TrialMonitor(tid, group, self.policy, self.calibration, self.forecaster,
-                                                  self.rule, self.terminal_acc, self.forecaster_options,
-                                                  budget if budget is not None else self.budget)
+            m = self.monitors[tid] = self._new({"trial_id": tid, "group": group,
+                                                "budget": budget if budget is not None else self.budget})
         return m
 
     def observe(self, trial_id: str, record: Mapping[str, Any], group: str | None = None,
                 budget: float | None = None) -> Decision:
         m = self.monitor(trial_id, group or "default", budget)
         d = m.observe(record)
-        if d.onset and self.learn:
-            run = m.run_record()
-            if run is not None:
-                self._learn(m.group, run)
+        if d.onset:
+            self.best_onset = min(self.best_onset, float(m.tracker.t_strict))
+            if self.learn:
+                run = m.run_record()
+                if run is not None:
+                    self._learn(m.group, run)
         return d
 
     def complete(self, trial_id: str, reason: str | None = None) -> str | None:
@@ -397,7 +533,8 @@ class ForecastStopper:
 
     def live_dict(self) -> dict[str, Any]:
         """What the journal does not hold: the trials still running (their records)."""
-        return {"version": 2, "policy": self.policy, "forecaster": self.forecaster,
+        return {"version": 2, "policy": self.policy, "forecaster": self.forecaster, "mode": self.mode,
+                "offered": _json_num(self.offered),
                 "trials": [m.to_dict() for m in self.monitors.values() if not m.released]}
 
     def apply(self, events: Iterable[Mapping[str, Any]]) -> None:
@@ -427,10 +564,20 @@ class ForecastStopper:
             m = self._replay(t)
             self.monitors[m.trial_id] = m
             self._archive.pop(m.trial_id, None)
+        self._offered_from(live)
+        self._best_from_monitors()
+
+    def _offered_from(self, state: Mapping[str, Any]) -> None:
+        if state.get("offered") is not None:
+            self.offer_incumbent(state["offered"])
+
+    def _best_from_monitors(self) -> None:
+        onsets = [m.tracker.t_strict for m in self.monitors.values() if m.tracker.t_strict is not None]
+        self.best_onset = float(min(onsets)) if onsets else math.inf
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": 1, "policy": self.policy, "forecaster": self.forecaster,
-                "calibration": self.calibration.to_dict(),
+        return {"version": 1, "policy": self.policy, "forecaster": self.forecaster, "mode": self.mode,
+                "offered": _json_num(self.offered), "calibration": self.calibration.to_dict(),
                 "pending": [{"group": g, "run": r.to_dict()} for g, r in self.pending.values()],
                 "pool": {"slots": [list(x) for x in self.slots], "seen": self.seen},
                 "trials": [dict(json.loads(zlib.decompress(self._archive[m.trial_id])), released=True)
@@ -452,29 +599,41 @@ class ForecastStopper:
         for t in state.get("trials", []):
             m = self._released(t) if t.get("released") else self._replay(t)
             self.monitors[m.trial_id] = m
+        self._offered_from(state)
+        self._best_from_monitors()
 
     def _new(self, t: Mapping[str, Any]) -> TrialMonitor:
         return TrialMonitor(t["trial_id"], t["group"], self.policy, self.calibration, self.forecaster, self.rule,
-                            self.terminal_acc, self.forecaster_options, t.get("budget", self.budget))
+                            self.terminal_acc, self.forecaster_options, t.get("budget", self.budget),
+                            mode=self.mode, incumbent=self.incumbent, make=self._make)
+
+    @staticmethod
+    def _decided(m: TrialMonitor, t: Mapping[str, Any]) -> None:
+        """The decisions a saved monitor had made (a replay against today's incumbent could differ)."""
+        m.acted = None if t.get("acted") is None else Forecast.from_dict(t["acted"])
+        m.stop_reason, m.stopped_at = t.get("stop_reason"), t.get("stopped_at")
+        m.would, m.would_at = t.get("would"), t.get("would_at")
+        if m.would is None and m.acted is not None and m.acted.decision is not None:  # saved before issue 24
+            m.would = _REASON_OF.get(m.acted.decision)
+        m.bound, m.censored = t.get("bound"), t.get("censored")
+        m.final_reason = t.get("final_reason")
 
     def _replay(self, t: Mapping[str, Any]) -> TrialMonitor:
         """A monitor rebuilt by replaying its records (no learning)."""
         m = self._new(t)
         for r in t.get("records", []):
             m.observe(r)
-        if t.get("acted") is not None:
-            m.acted = Forecast.from_dict(t["acted"])
-        if t.get("stop_reason") is not None:
-            m.stop_reason, m.stopped_at = t["stop_reason"], t.get("stopped_at")
-        m.final_reason = t.get("final_reason")
+        live_acted = m.acted
+        self._decided(m, t)
+        if m.acted is not None and live_acted is not None and live_acted.made_at == m.acted.made_at:
+            m.acted = live_acted  # the same forecast, with its distribution
         return m
 
     def _released(self, t: Mapping[str, Any]) -> TrialMonitor:
         """A finished trial's released monitor, from its summary (no replay); its full dict is archived."""
         d = {k: v for k, v in t.items() if k != "released"}
         m = self._new(d)
-        m.final_reason, m.stop_reason, m.stopped_at = d.get("final_reason"), d.get("stop_reason"), d.get("stopped_at")
-        m.acted = None if d.get("acted") is None else Forecast.from_dict(d["acted"])
+        self._decided(m, d)
         m.latest = None if d.get("latest") is None else Forecast.from_dict(d["latest"])
         tr = d.get("tracker") or {}
         for k in _TRACKER_FIELDS:

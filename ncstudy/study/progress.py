@@ -10,7 +10,7 @@ from typing import Any, Callable, TextIO
 from ray.tune import Callback
 
 from ncstudy.adapters.trials import TrialSummary
-from ncstudy.records import STOP_REASON
+from ncstudy.records import EARLY_STOPS, STOP_REASON
 
 COLUMNS = ("trial", "status", "epoch", "phase", "fn", "NC1", "forecast", "T_NC", "fn*", "stop")
 
@@ -43,12 +43,13 @@ class ProgressTable(Callback):
     and stop reason) and the best ``metric`` so far -- the same few lines at trial 50 and trial
     5,000 (as Tune's own reporter does). The end-of-study summary follows the same rule, with the
     ``best`` best trials in full; ``summary_note`` says where the whole table is (``summary.csv``).
+    With ``budget_of`` (``trial -> its last epoch``) the summary ends with what the stopper saved.
     """
 
     def __init__(self, label: Callable[[Any], str], interval_s: float = 10.0, quiet: bool = False,
                  stream: TextIO | None = None, outcome: Any = None, metric: str | None = None,
                  mode: str = "min", max_rows: int = 30, recent: int = 5, best: int = 10,
-                 summary_note: str | None = None) -> None:
+                 summary_note: str | None = None, budget_of: Callable[[Any], int | None] | None = None) -> None:
         self.label = label
         self.outcome = outcome  # ncstudy.study.outcome.StudyOutcome: the final status column
         self.interval_s = interval_s
@@ -56,6 +57,7 @@ class ProgressTable(Callback):
         self.stream = stream
         self.metric, self.mode = metric, mode
         self.max_rows, self.best, self.summary_note = max_rows, best, summary_note
+        self.budget_of = budget_of
         self._recent: deque[str] = deque(maxlen=recent)  # trials that ended, newest last
         self._last = 0.0
 
@@ -70,7 +72,7 @@ class ProgressTable(Callback):
     def row(self, trial) -> dict[str, Any]:
         s = TrialSummary.of(trial, self.label(trial))
         return {"trial": s.trial, "status": s.status, "epoch": s.epochs_run, "phase": s.phase,
-                "fn": s.final_feat_norm, "NC1": s.final_nc1, "forecast": s.t_nc_estimate, "T_NC": s.t_nc,
+                "fn": s.final_feat_norm, "NC1": s.final_nc1, "forecast": s.forecast, "T_NC": s.t_nc,
                 "fn*": s.fn_star, "stop": s.stop_reason or ""}
 
     # -- hooks -----------------------------------------------------------------------------------
@@ -168,8 +170,9 @@ class ProgressTable(Callback):
             return out
 
         head = "Study summary (epochs run = last evaluated epoch):"
+        saved = self.saved(trials)
         if len(trials) <= self.max_rows:
-            return head + "\n" + render_table(rows(trials), cols)
+            return head + "\n" + render_table(rows(trials), cols) + (f"\n{saved}" if saved else "")
         lines = [head, f"{len(trials)} trials: {self.counts(trials)}"]
         if self.outcome is not None:
             outcomes: dict[str, int] = {}
@@ -183,6 +186,29 @@ class ProgressTable(Callback):
             lines.append(render_table([dict(r, **{self.metric: (t.last_result or {}).get(self.metric)})
                                        for r, t in zip(rows(ranked), ranked)],
                                       cols + ((self.metric,) if self.metric not in cols else ())))
+        if saved:
+            lines.append(saved)
         if self.summary_note:
             lines.append(self.summary_note)
         return "\n".join(lines)
+
+    def saved(self, trials: list) -> str:
+        """What the stopper saved: the epochs its early stops left of the stopped trials' budgets,
+        against the epochs the study ran (an upper bound of the saving against stop-at-onset-or-budget:
+        a stopped trial might have collapsed before its budget)."""
+        if self.budget_of is None:
+            return ""
+        run, left, reasons = 0, 0, {}
+        for t in trials:
+            s = TrialSummary.of(t, "")
+            run += s.epochs_run or 0
+            budget = self.budget_of(t)
+            if s.stop_reason in EARLY_STOPS and budget is not None and s.epochs_run is not None:
+                left += max(0, budget - s.epochs_run)
+                reasons[s.stop_reason] = reasons.get(s.stop_reason, 0) + 1
+        if not reasons:
+            return "stopper: no trial stopped before its onset or budget"
+        why = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda x: -x[1]))
+        return (f"stopper: {sum(reasons.values())} of {len(trials)} trials stopped early ({why}); the study ran "
+                f"{run:,} epochs, and saved up to {left:,} more ({left / (run + left):.0%}) that those trials "
+                "had left of their budgets")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ncstudy.config import flatten
-from ncstudy.study.spec import COLLAPSE_TIME_METRICS, FnStarConfig, Param, StudySpec
+from ncstudy.study.spec import FnStarConfig, Param, StudySpec
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,9 @@ def build_calibration(cfg: FnStarConfig, groups: Sequence[str] = ()):
         # its runs join the pool (conformal analogs) and give each group's fn*/lead prior (fn_star)
         cal = cal.merged(calibration_from_trajectories(trajs))
         cal.min_observations = cfg.min_observations
-        for g, p in priors_from_trajectories(trajs, margin=cfg.margin, phases=cfg.phases,
-                                             confirm=cfg.confirm).items():
+        rule = cfg.fn_star_settings()
+        for g, p in priors_from_trajectories(trajs, margin=rule.margin, phases=rule.phases,
+                                             confirm=rule.confirm).items():
             cal.set_prior(g, p)
     if cfg.paper_priors:
         for g, p in paper_priors_for(groups).items():
@@ -176,21 +177,17 @@ def build_stopper(spec: StudySpec):
         return None
     from ncstudy.adapters.ray_tune import FnStarStopper
     from ncstudy.forecast import default_group_key, group_key_from
-    from ncstudy.onset import OnsetRule
 
-    cfg, ev = spec.scheduler.fnstar, spec.base.eval
-    objective = cfg.objective
-    if objective is None and spec.objective.metric in COLLAPSE_TIME_METRICS:
-        objective = spec.objective.metric
+    cfg = spec.scheduler.fnstar
+    st = cfg.settings(spec.objective.metric, spec.objective.mode, spec.base.eval)
     inner = group_key_from(cfg.group_by) if cfg.group_by else default_group_key
     return FnStarStopper(
-        cfg.policy, cfg.forecaster, budget=lambda config: spec.resolve(config).total_epochs,
-        metrics=cfg.metrics.model_dump(), prior=build_calibration(cfg, study_groups(spec, inner)),
+        st.policy, st.forecaster, mode=st.mode, budget=lambda config: spec.resolve(config).total_epochs,
+        metrics=cfg.metrics, prior=build_calibration(cfg, study_groups(spec, inner)),
         # Trials carry only the searched keys; groups (model + dataset by default) need the full config.
         group_key=lambda config: inner(flatten(spec.resolve(config).model_dump())),
-        objective=objective, rule=OnsetRule(ev.strict_threshold, ev.relaxed_threshold, ev.onset_phase2_only),
-        terminal_acc=ev.terminal_acc, learn=cfg.learn, forecaster_options=cfg.forecaster_options(),
-        min_observations=cfg.min_observations)
+        objective=st.objective, rule=st.rule, terminal_acc=st.terminal_acc, learn=st.learn,
+        forecaster_options=st.options, min_observations=st.min_observations)
 
 
 def trial_tags(spec: StudySpec):
@@ -204,6 +201,13 @@ def trial_params(spec: StudySpec):
     def params(config: dict[str, Any]) -> dict[str, Any]:
         return flatten(spec.resolve(config).model_dump())
     return params
+
+
+def trial_budget(spec: StudySpec):
+    """``trial -> its last epoch`` (the resolved config's CE + MSE epochs)."""
+    def budget(trial) -> int:
+        return spec.resolve(trial.config).total_epochs
+    return budget
 
 
 def trial_namer(spec: StudySpec):
@@ -383,7 +387,8 @@ def _run(spec: StudySpec, opts: RunOptions, t, refs: dict[str, Any],
         progress = ProgressTable(trial_namer(spec), interval_s=opts.progress_interval_s, quiet=opts.quiet,
                                  outcome=outcome, metric=spec.objective.metric, mode=spec.objective.mode,
                                  summary_note="every trial: summary.csv on the study's MLflow run"
-                                 if opts.tracking else None)
+                                 if opts.tracking else None,
+                                 budget_of=trial_budget(spec) if spec.scheduler.name == "fnstar" else None)
         tuner = tune.Tuner(
             trainable,
             param_space={k: tune_domain(p) for k, p in spec.space.items()},

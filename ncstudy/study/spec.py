@@ -13,11 +13,23 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_serializer, model_validator
 
+from ncstudy.adapters.common import MetricNames
 from ncstudy.config import TrainConfig, flatten, format_validation_error, read_yaml, set_dotted
 from ncstudy.errors import ConfigError
-from ncstudy.records import COLLAPSE_EPOCH, T_NC, TRIAL_METRICS
+from ncstudy.forecast.settings import (
+    COLLAPSE_TIME,
+    FORECASTER_SETTINGS,
+    OPTION_OWNERS,
+    FnStarSettings,
+    StopperSettings,
+    default_mode,
+    field_default,
+    forecaster_settings,
+    option_help,
+)
+from ncstudy.records import TRIAL_METRICS
 
 # Readable trial names: the varied keys, shortened (w256-s0).
 SHORT_NAMES = {
@@ -88,18 +100,6 @@ class AshaConfig(_Strict):
     reduction_factor: float = Field(3.0, gt=1)
 
 
-class MetricNamesConfig(_Strict):
-    """Names of the reported metrics the fn* scheduler reads (defaults: ncstudy's record names)."""
-
-    feat_norm: str = "feat_norm"
-    epoch: str = "epoch"
-    phase: str = "phase"
-    nc1: str = "nc1"
-    train: str = "train"
-    train_loss: str = "train_loss"
-    terminal: str = "terminal"
-
-
 class PriorConfig(_Strict):
     """A group's prior in a study file."""
 
@@ -111,46 +111,98 @@ class PriorConfig(_Strict):
     source: str = "study file"
 
 
-#: Objectives that hold collapse time: the fn* scheduler reports its forecast into them by default.
-COLLAPSE_TIME_METRICS = (COLLAPSE_EPOCH, T_NC)
+def _option_field(name: str) -> tuple[Any, Any]:
+    """A forecaster option as a study-file key: absent (the chosen forecaster's own default) or a
+    value its settings model validates; the description names each forecaster's default."""
+    first = FORECASTER_SETTINGS[OPTION_OWNERS[name][0]].model_fields[name]
+    return (first.annotation | None, Field(None, description=option_help(name)))
 
 
-class FnStarConfig(_Strict):
-    """The ``scheduler: {name: fnstar, fnstar: {...}}`` section of a study file."""
+#: The flat options an older study model held (all saved), and those its stopper used per forecaster.
+_LEGACY_OPTIONS = {"alpha", "coverage", "tolerance", "margin", "confirm", "phases", "window", "min_points", "r2_min",
+                   "max_horizon"}
+_LEGACY_USED = {"conformal": {"alpha", "coverage", "tolerance", "window"},
+                "conformal_no_fn": {"alpha", "coverage", "tolerance", "window"},
+                "fn_star": {"margin", "confirm", "phases"},
+                "nc1": {"window", "min_points", "r2_min", "max_horizon", "phases"},
+                "train_loss": {"window", "min_points", "r2_min", "max_horizon", "phases"}}
 
-    policy: Literal["record", "stop_at_forecast", "stop_at_onset"] = "stop_at_forecast"  # = the adapters' default
-    forecaster: Literal["conformal", "conformal_no_fn", "fn_star", "nc1", "train_loss"] = "conformal"
-    prior: Literal["corpus", "none"] = Field(
-        "corpus", description="conformal: start from ncstudy's trajectory corpus ('none': only this study's runs)")
-    alpha: float = Field(0.05, gt=0, lt=0.5, description="conformal: risk of each stop decision")
-    coverage: float = Field(0.9, gt=0, lt=1, description="conformal: level of the stated interval")
-    tolerance: float = Field(40.0, gt=0, description="conformal: widest interval (epochs) a forecast stop accepts")
-    margin: float = Field(0.0, ge=0, lt=1, description="crossing when fn <= fn*(1 + margin)")
-    confirm: int = Field(1, ge=1, description="evaluations in a row below the threshold")
-    phases: list[int] | None = Field([2], description="phases where a crossing counts (null: any)")
-    min_observations: int = Field(3, ge=1, description="runs of a group before its own calibration is trusted")
+
+class _FnStarBase(_Strict):
+    """The ``scheduler: {name: fnstar, fnstar: {...}}`` section of a study file: the stopper's
+    settings (:class:`~ncstudy.forecast.settings.StopperSettings`: the same fields, defaults and
+    help), the chosen forecaster's options as flat keys (:data:`~ncstudy.forecast.settings.
+    FORECASTER_SETTINGS`; a key no forecaster of that name takes is refused), and what only a study
+    file gives: its groups, priors and where the calibration comes from. The onset rule and terminal
+    accuracy are the study's ``base.eval`` thresholds."""
+
+    objective: str | None = Field(None, description="the metric that holds collapse time (default: the study's "
+                                  "objective when it is collapse_epoch or t_nc)")
     group_by: list[str] | None = Field(None, description="dotted config keys; default model + dataset")
     priors: dict[str, PriorConfig] = Field(default_factory=dict, description="group -> prior")
     paper_priors: bool = Field(False, description="use the paper's fn*/lead where no prior is given")
     calibration_file: str | None = Field(None, description="Calibration JSON (ncstudy replay --save-calibration)")
     prior_experiment: str | None = Field(None, description="MLflow experiment whose trial runs give priors")
     tracking_uri: str | None = Field(None, description="for prior_experiment; default MLflow's")
-    objective: str | None = Field(None, description="searcher metric that holds collapse time, e.g. t_nc")
-    learn: bool = True
-    metrics: MetricNamesConfig = Field(default_factory=MetricNamesConfig)
-    window: int = Field(5, ge=3, description="nc1/train_loss: fit window (evaluations)")
-    min_points: int = Field(3, ge=3)
-    r2_min: float = Field(0.9, ge=0, le=1)
-    max_horizon: float | None = Field(None, gt=0, description="nc1/train_loss: distrust forecasts further ahead")
+    metrics: MetricNames = Field(default_factory=MetricNames, description="your result keys for ncstudy's names")
 
-    def forecaster_options(self) -> dict[str, Any]:
-        if self.forecaster.startswith("conformal"):
-            return {"alpha": self.alpha, "coverage": self.coverage, "tolerance": self.tolerance,
-                    "window": self.window}
-        if self.forecaster == "fn_star":
-            return {"margin": self.margin, "confirm": self.confirm, "phases": self.phases}
-        return {"window": self.window, "min_points": self.min_points, "r2_min": self.r2_min,
-                "max_horizon": self.max_horizon, "phases": self.phases}
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        """An ``ncstudy_study.json`` saved before the forecaster options were defined once held every
+        option, given or not; the stopper then used only the chosen forecaster's. Keep those that
+        differ from that forecaster's default (the rest were defaults then and are now)."""
+        if isinstance(data, dict) and _LEGACY_OPTIONS <= data.keys():
+            name = str(data.get("forecaster", "conformal"))
+            used, cls = _LEGACY_USED.get(name, set()), FORECASTER_SETTINGS.get(name)
+            data = {k: v for k, v in data.items() if k not in _LEGACY_OPTIONS
+                    or (k in used and cls is not None and v != field_default(cls, k))}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _given_options_only(self, handler: Any) -> dict[str, Any]:
+        """Options the file did not give are not written (a saved study reads back the same)."""
+        return {k: v for k, v in handler(self).items() if k not in OPTION_OWNERS or k in self.model_fields_set}
+
+    @model_validator(mode="after")
+    def _options_fit_the_forecaster(self) -> "_FnStarBase":
+        given = self.options()
+        foreign = [k for k in given if k not in FORECASTER_SETTINGS[self.forecaster].model_fields]
+        if foreign:
+            raise ValueError(f"{', '.join(foreign)}: not option(s) of forecaster '{self.forecaster}' ("
+                             + "; ".join(f"{k} is for {', '.join(OPTION_OWNERS[k])}" for k in foreign)
+                             + f"); its options: {', '.join(FORECASTER_SETTINGS[self.forecaster].model_fields)}")
+        forecaster_settings(self.forecaster, given)
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """The forecaster options the file gives (the rest are the forecaster's defaults)."""
+        return {k: getattr(self, k) for k in OPTION_OWNERS if k in self.model_fields_set}
+
+    def forecaster_settings(self):
+        """The chosen forecaster's full settings (file values over its defaults)."""
+        return forecaster_settings(self.forecaster, self.options())
+
+    def fn_star_settings(self) -> FnStarSettings:
+        """The fn* crossing rule (priors from a previous experiment use it whatever the forecaster)."""
+        return FnStarSettings(**{k: v for k, v in self.options().items() if k in FnStarSettings.model_fields})
+
+    def settings(self, objective: str | None, direction: str, eval_cfg: Any) -> StopperSettings:
+        """The stopper's settings for a study whose searcher optimises ``objective`` (``direction``)."""
+        obj = self.objective or (objective if objective in COLLAPSE_TIME else None)
+        return StopperSettings(policy=self.policy, mode=self.mode or default_mode(objective, direction),
+                               forecaster=self.forecaster, prior=self.prior, objective=obj,
+                               strict=eval_cfg.strict_threshold, relaxed=eval_cfg.relaxed_threshold,
+                               phase2_only=eval_cfg.onset_phase2_only, terminal_acc=eval_cfg.terminal_acc,
+                               min_observations=self.min_observations, learn=self.learn, options=self.options())
+
+
+#: The stopper settings a study file sets (the rest come from ``base.eval`` or are study-only).
+_STOPPER_KEYS = ("policy", "mode", "forecaster", "prior", "min_observations", "learn")
+FnStarConfig = create_model(
+    "FnStarConfig", __base__=_FnStarBase, __doc__=_FnStarBase.__doc__,
+    **{k: (StopperSettings.model_fields[k].annotation, StopperSettings.model_fields[k]) for k in _STOPPER_KEYS},
+    **{k: _option_field(k) for k in OPTION_OWNERS})
 
 
 class SchedulerSpec(_Strict):

@@ -55,7 +55,7 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 MODEL_TAG, DATASET_TAG = "model", "dataset"
 STATUS_TAG = "status"  # running | completed | diverged | error | interrupted
 INTERRUPTED = "interrupted"  # status and stop reason of a trial whose study was interrupted
-STOP_REASON_TAG = STOP_REASON  # onset | forecast | no_onset_forecast | budget | diverged | error
+STOP_REASON_TAG = STOP_REASON  # ncstudy.records.STOP_REASONS
 T_NC_TAG, FN_STAR_TAG, THRESHOLD_TAG = T_NC, FN_STAR, "threshold"  # threshold: strict | none
 # The forecast: metrics at every evaluation (written into the results by the fn* stopper), and tags
 # of the finished run.
@@ -71,9 +71,9 @@ OVERVIEW_PNG, SWEEP_PNG = "overview.png", "sweep.png"
 STUDY_METRICS = {
     "trials_finished": "study/trials_finished",
     "trials_collapsed": "study/trials_collapsed",  # reached the strict onset
-    "stopped_by_forecast": "study/trials_stopped_by_forecast",  # forecast or no_onset_forecast
+    "stopped_by_forecast": "study/trials_stopped_by_forecast",  # ncstudy.records.FORECAST_STOPS
     "best_collapse_epoch": "study/best_collapse_epoch",  # min of the objective collapse_epoch
-    "epochs_saved": "study/epochs_saved",  # budget - epochs run, over the trials the forecast stopped
+    "epochs_saved": "study/epochs_saved",  # budget - epochs run, over the trials stopped early (EARLY_STOPS)
 }
 ANALYSIS_ARTIFACT_DIR = "analysis"
 

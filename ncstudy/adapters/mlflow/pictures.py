@@ -73,15 +73,15 @@ def draw_trajectory(rows: list[dict[str, Any]], path: Path, plot: dict[str, Any]
 
 def study_metrics(plots: list[dict[str, Any]]) -> dict[str, float]:
     """The study run's metrics (:data:`~.layout.STUDY_METRICS`) from its ended trials' ``plot``."""
-    from ncstudy.plots import FORECAST_STOPS
+    from ncstudy.records import EARLY_STOPS, FORECAST_STOPS
 
     collapse = [v for v in (num(p.get("collapse_epoch")) for p in plots) if v is not None]
-    stopped = [p for p in plots if p.get("stop_reason") in FORECAST_STOPS]
+    early = [p for p in plots if p.get("stop_reason") in EARLY_STOPS]
     saved = sum(max(0.0, num(p.get("budget")) - num(p.get("epochs_run")))  # type: ignore[operator]
-                for p in stopped if num(p.get("budget")) is not None and num(p.get("epochs_run")) is not None)
+                for p in early if num(p.get("budget")) is not None and num(p.get("epochs_run")) is not None)
     values = {"trials_finished": float(len(plots)),
               "trials_collapsed": float(sum(num(p.get("t_nc")) is not None for p in plots)),
-              "stopped_by_forecast": float(len(stopped)),
+              "stopped_by_forecast": float(sum(p.get("stop_reason") in FORECAST_STOPS for p in plots)),
               "best_collapse_epoch": min(collapse) if collapse else math.nan,
               "epochs_saved": float(saved)}
     return {STUDY_METRICS[k]: v for k, v in values.items()}
