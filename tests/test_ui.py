@@ -78,7 +78,7 @@ def build_study(uri: str, tmp: str | Path) -> dict[str, Any]:
     group = "mlp/mnist5k"
     prior = Calibration({group: Prior(fn_star=FN_STAR, fn_star_sd=FN_STAR_SD, lead=LEAD, lead_sd=25.0,
                                       source="test prior")})
-    stopper = FnStarStopper("stop_at_forecast", "fn_star", budget=EPOCHS, prior=prior,
+    stopper = FnStarStopper("stop_at_forecast", "fn_star", mode="sweep", budget=EPOCHS, prior=prior,
                             group_key=lambda config: group)
     cb = MLflowStudyCallback(uri, STUDY, study_params={"study.searcher": "grid"}, flush_interval_s=0.2,
                              spill_dir=str(tmp), trial_tags=lambda c: {"model": "mlp", "dataset": "mnist5k"},
@@ -238,7 +238,7 @@ def test_study_run_carries_the_overview_and_study_metrics(study):
     reasons = study["stop_reasons"]
     assert m[STUDY_METRICS["trials_finished"]] == len(TRIALS)
     assert m[STUDY_METRICS["trials_collapsed"]] == sum(r == "onset" for r in reasons.values())
-    assert m[STUDY_METRICS["stopped_by_forecast"]] == sum(r in ("forecast", "no_onset_forecast")
+    assert m[STUDY_METRICS["stopped_by_forecast"]] == sum(r in ("forecast", "no_onset_forecast", "cannot_win")
                                                           for r in reasons.values())
     assert m[STUDY_METRICS["stopped_by_forecast"]] >= 1, reasons  # the picture shows a forecast stop
     assert m[STUDY_METRICS["epochs_saved"]] > 0

@@ -50,6 +50,10 @@ def export(uri: str, experiment: str, out: Path, partial: bool = False) -> pd.Da
     reader = StudyReader(uri)
     exp = reader.experiment(experiment)
     trials = reader.trials(exp.experiment_id)
+    diverged = [t for t in trials if t.tags.get("stop_reason") == "diverged"]
+    if diverged:  # training broke down (loss not finite): no trajectory to learn from; said, not hidden
+        print(f"left out {len(diverged)} diverged run(s): {', '.join(t.name for t in diverged)}")
+        trials = [t for t in trials if t not in diverged]
     bad = [t.name for t in trials if t.status != "FINISHED"]
     if partial:  # a study still running: its finished trials only (for development, not for the corpus)
         trials, bad = [t for t in trials if t.status == "FINISHED"], []

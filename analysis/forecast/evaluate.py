@@ -1,20 +1,24 @@
-"""The forecaster evaluation: every figure of ``analysis/forecast/README.md``, measured out of sample.
+"""The stopper's evaluation: search and sweep, measured on data it was not fitted to, under shift.
 
-    .venv/bin/python analysis/forecast/evaluate.py            # ~15 min on 2 cores; writes results.md/.json
+    .venv/bin/python analysis/forecast/evaluate.py [--jobs 2]     # rewrites results.md and results.json
 
-* **Corpus, leave-one-group-out**: each run of ``analysis/corpus`` is replayed with a calibration
-  that holds every other run of the corpus except those of its own configuration (its other seed):
-  the forecaster never sees the run, nor its twin.
-* **Reference logs, leave-one-out**: the author's two-phase MLP/MNIST logs in
-  ``../shared/reference/rupa2026_logs``, each replayed with the corpus plus the *other* reference runs
-  as calibration (exactly what ``ncstudy replay LOGS --group mlp/mnist`` does at its defaults).
-  Nothing of the forecaster was tuned on these logs.
-* For ``conformal`` (the default), ``conformal_no_fn`` (does fn* add anything beyond NC1?), and the
-  baselines ``fn_star`` (the paper's crossing rule) and ``nc1`` (log-linear NC1 extrapolation), at
-  their defaults, policy ``stop_at_forecast``; scored by :func:`ncstudy.forecast.replay.summarize`
-  (strict onset only; a collapse forecast acted on in a run that never collapses is a false stop).
-* The targets of issue 13, met or missed, and fn* per (model, dataset) of the corpus (mean, SD, CV),
-  the project's own test of the paper's CV < 8 % claim; the forecaster's cost per observation.
+Every figure comes from ncstudy's own replay engines, with a calibration that never holds the run
+being replayed (nor, where said, anything of its configuration, factor level or source):
+
+* **Search** (:func:`ncstudy.forecast.search.replay_search`): searches for the fastest collapse replayed
+  over the corpus (forecasts held out by configuration, and by optimiser and by dataset) and over the
+  author's reference logs (the corpus as prior plus the other reference runs), 4 trials at a time,
+  200 random orders; every stopper of ``ncstudy replay --search``.
+* **Sweep under shift** (:func:`ncstudy.forecast.replay.replay`, policy ``stop_at_forecast``): the corpus
+  with each run's configuration held out, then with a whole level of one factor held out at a time
+  (dataset, optimiser, schedule, MSE budget, CE epochs, batch size, activation, training-set size,
+  corpus part); corpus -> reference logs (no reference run in the pool) and the reverse; the reference
+  folder replayed as a user would without a manifest (one group, budgets inferred).
+* **A study unlike the corpus**: the reference runs (group ``mlp/mnist``, which the corpus does not
+  hold) replayed as a live study, one trial after another, the stopper learning from its own finished
+  trials -- with the corpus as prior and with no prior -- in several orders: what it saves, and from
+  which trial on.
+* The stopper's cost per observation.
 """
 from __future__ import annotations
 
@@ -25,95 +29,139 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ncstudy.forecast import load_logs, read_manifest, replay  # noqa: E402
-from ncstudy.forecast.replay import calibration_from_trajectories, format_summaries  # noqa: E402
+from ncstudy.forecast import ForecastStopper, load_corpus, load_logs, read_manifest, replay  # noqa: E402
+from ncstudy.forecast.replay import calibration_from_trajectories, infer_budgets  # noqa: E402
+from ncstudy.forecast.search import SEARCH_STOPPERS, replay_search  # noqa: E402
+from ncstudy.onset import onset_of  # noqa: E402
 
 CORPUS = ROOT / "analysis" / "corpus"
 REFERENCE = ROOT.parent / "shared" / "reference" / "rupa2026_logs"
 REFERENCE_MANIFEST = ROOT / "analysis" / "rupa2026" / "runs.csv"
-FORECASTERS = ("conformal", "conformal_no_fn", "fn_star", "nc1")
+#: factors of the corpus held out one level at a time (manifest columns)
+SHIFTS = ("dataset", "optimizer", "schedule", "mse_epochs", "ce_epochs", "batch_size", "activation", "n_train",
+          "part")
+BASELINES = ("conformal_no_fn", "fn_star", "nc1")
+REPEATS, CONCURRENT = 200, 4
+ONLINE_ORDERS = 5
 
-#: issue 13's targets: (summary field, comparison, value, what it says)
-TARGETS = [
-    ("mae", "<=", 20.0, "collapsing runs: MAE of the reported T_NC (epochs)"),
-    ("interval_coverage", ">=", 0.90, "collapsing runs stopped at a forecast: true onset inside the interval"),
-    ("forecast_stop_rate", ">=", 0.70, "collapsing runs stopped by a forecast before their onset"),
-    ("n_false_stops", "==", 0, "censored runs: false stops"),
-    ("censored_saved", ">=", 0.50, "censored runs: share of their epochs saved by no-onset stops"),
-    ("false_no_onset_rate", "<=", 0.05, "collapsing runs wrongly stopped as no onset"),
-    ("saved", ">=", 0.30, "study: epochs saved vs stop-at-onset-or-budget"),
-    ("spearman", ">=", 0.90, "study: Spearman of reported vs true T_NC (collapsing runs)"),
+#: the issue's targets: (summary field, comparison, value, what it says)
+SWEEP_TARGETS = [
+    ("saved", ">=", 0.30, "study epochs saved vs stop-at-onset-or-budget"),
+    ("n_false_stops", "==", 0, "false stops (a collapse forecast on a run that never collapses)"),
+    ("false_no_onset_rate", "<=", 0.05, "collapsing runs wrongly stopped as 'no onset'"),
+    ("eval_coverage_if_onset", ">=", 0.90, "stated 90 % intervals holding the true onset"),
+    ("forecast_held_rate", ">=", 0.50, "collapsing runs cut at a forecast whose interval holds"),
 ]
 
 
-#: option variants of the default forecaster, scored on the corpus only (how the defaults were chosen)
-VARIANTS = {"confirm 1 (decide at the first evaluation)": {"confirm": 1},
-            "k 10 analogs": {"k": 10}, "k 25 analogs": {"k": 25},
-            "noisy features down-weighted": {"weights": {"noise": 0.25, "rate_old": 0.5, "grad_rate": 0.5,
-                                                         "weight_rate": 0.5, "loss_rate": 0.5}}}
-
-
-def corpus_runs(corpus: Path):
-    return load_logs([corpus / "runs"], read_manifest(corpus / "manifest.csv"))
+def corpus_runs(corpus: Path = CORPUS):
+    return load_corpus(corpus)
 
 
 def reference_runs():
+    """The author's 42 two-phase MLP/MNIST logs (the rest are other models or single-phase runs)."""
     runs = load_logs([REFERENCE], read_manifest(REFERENCE_MANIFEST))
     return [t for t in runs if t.group == "mlp/mnist" and t.meta.get("protocol") == "two-phase"]
 
 
-def _task(args):
-    kind, corpus, forecaster, options = args
-    options = dict(options)
-    label = options.pop("label", None)
+def _summary(res) -> dict[str, Any]:
+    return res.to_dict()["summary"]
+
+
+# -- tasks (each runs in its own process) ----------------------------------------------------------
+def _task(spec: tuple) -> tuple[str, dict[str, Any]]:
+    kind, name, arg, where = spec
     t0 = time.process_time()
-    if kind == "corpus":
-        res = replay(corpus_runs(Path(corpus)), forecaster, "leave-one-group-out", holdout_by="config",
-                     forecaster_options=options)
+    corpus = corpus_runs(Path(where))
+    if kind == "sweep":
+        forecaster, split = arg
+        if split == "corpus->reference":
+            res = replay(reference_runs(), forecaster, "prior", prior=calibration_from_trajectories(corpus))
+        elif split == "reference->corpus":
+            res = replay(corpus, forecaster, "prior", prior=calibration_from_trajectories(reference_runs()))
+        elif split == "reference, no manifest":
+            trajs = load_logs([REFERENCE], group=None)
+            res = replay(trajs, forecaster, "leave-one-out", prior=calibration_from_trajectories(corpus))
+        else:
+            res = replay(corpus, forecaster, "leave-one-group-out", holdout_by=split)
+        out: dict[str, Any] = {"summary": _summary(res), "runs": [r for r in res.to_dict()["runs"]]}
+    elif kind == "search":
+        if arg == "reference":
+            sums = replay_search(reference_runs(), repeats=REPEATS, concurrent=CONCURRENT,
+                                 prior=calibration_from_trajectories(corpus))
+        else:
+            sums = replay_search(corpus, repeats=REPEATS, concurrent=CONCURRENT, calibration="leave-one-group-out",
+                                 holdout_by=arg)
+        out = {"stoppers": {s.stopper: s.to_dict() for s in sums}}
+    elif kind == "online":
+        prior, mode = arg
+        out = online_study(reference_runs(), calibration_from_trajectories(corpus) if prior == "corpus" else None,
+                           mode)
     else:
-        prior = calibration_from_trajectories(corpus_runs(Path(corpus)))
-        res = replay(reference_runs(), forecaster, "leave-one-out", prior=prior, forecaster_options=options)
-    out = res.to_dict()
+        out = cost_per_observation(corpus)
     out["cpu_s"] = time.process_time() - t0
-    if label:
-        out["label"] = label
-    return kind, forecaster, out
+    return name, out
 
 
-def check(value, op: str, target: float) -> bool | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return {"<=": value <= target, ">=": value >= target, "==": value == target}[op]
+def online_study(trajs, prior, mode: str, orders: int = ONLINE_ORDERS, seed: int = 0) -> dict[str, Any]:
+    """The runs as one live study, a trial at a time in random orders, the stopper learning from its
+    own finished trials (as ``ncstudy run`` does): per position in the order, what each trial cost
+    and whether the stopper stopped it early, and rightly."""
+    budgets = infer_budgets(trajs)
+    truth = {t.run_id: onset_of(t.records, relaxed_fallback=False).t_strict for t in trajs}
+    rng = np.random.default_rng(seed)
+    per_order = []
+    for _ in range(orders):
+        cal = prior.merged(prior) if prior is not None else None  # a copy: each order learns on its own
+        s = ForecastStopper("stop_at_forecast", "conformal", cal, mode=mode, learn=True)
+        rows = []
+        for i in rng.permutation(len(trajs)):
+            t = trajs[i]
+            b, tnc = budgets[t.run_id], truth[t.run_id]
+            reason, epoch = None, None
+            for rec in t.records:
+                d = s.observe(t.run_id, rec, "mlp/mnist", b)
+                epoch = int(rec["epoch"])
+                if d.stop:
+                    reason = d.reason
+                    break
+            reason = s.complete(t.run_id, reason)
+            base = tnc if tnc is not None else b
+            early = reason not in ("onset", "budget")
+            wrong = (reason == "no_onset_forecast" and tnc is not None) or (reason == "forecast" and tnc is None)
+            rows.append({"run": t.run_id, "reason": reason, "epochs": epoch, "baseline": base, "early": early,
+                         "wrong": wrong, "saved": (base - epoch) if early and not wrong else 0})
+        per_order.append(rows)
+    n = len(trajs)
+    first = [next((k for k, r in enumerate(rows) if r["early"]), None) for rows in per_order]
+    return {"orders": per_order, "n_runs": n,
+            "first_early_stop": first,
+            "saved": float(np.mean([sum(r["saved"] for r in rows) / sum(r["baseline"] for r in rows)
+                                    for rows in per_order])),
+            "run_fraction": float(np.mean([sum(r["epochs"] for r in rows) / sum(r["baseline"] for r in rows)
+                                           for rows in per_order])),
+            "wrong": int(sum(r["wrong"] for rows in per_order for r in rows)),
+            "saved_by_half": [float(np.mean([sum(r["saved"] for r in rows[a:b]) / sum(r["baseline"] for r in rows[a:b])
+                                             for rows in per_order])) for a, b in ((0, n // 2), (n // 2, n))]}
 
 
-def fn_star_table(corpus: Path) -> list[dict]:
-    """fn* (fn at the strict onset) per (model, dataset), and per activation within it."""
-    import pandas as pd
-
-    m = pd.read_csv(corpus / "manifest.csv")
-    m = m[m["t_nc"].notna()]
-    rows = []
-    for keys, sub in [*m.groupby("group"), *m.groupby(["group", "activation"])]:
-        v = sub["fn_star"].astype(float)
-        mean = float(v.mean())
-        sd = float(v.std(ddof=1)) if len(v) > 1 else math.nan
-        rows.append({"pair": keys if isinstance(keys, str) else " / ".join(keys), "n": int(len(v)), "mean": mean,
-                     "sd": sd, "cv": sd / mean if mean else math.nan, "min": float(v.min()), "max": float(v.max())})
-    return rows
-
-
-def cost_per_observation(corpus: Path) -> dict:
-    """CPU ms per observation of the conformal forecaster over the reference runs (pool built once)."""
+def cost_per_observation(corpus) -> dict[str, Any]:
+    """CPU ms per observation of the default forecaster over the reference runs, the corpus as pool
+    (the pool and its calibration built once, timed apart)."""
     from ncstudy.forecast.forecasters import ConformalOnset
 
     t0 = time.process_time()
-    cal = calibration_from_trajectories(corpus_runs(corpus))
-    cal.analog_pool()  # built once per calibration change; timed apart from the observations
+    cal = calibration_from_trajectories(corpus)
+    f0 = ConformalOnset(cal, "mlp/mnist", 600.0)
+    f0.pool().thresholds(f0.settings)
     build = time.process_time() - t0
     n, t = 0, 0.0
     for traj in reference_runs():
@@ -123,106 +171,128 @@ def cost_per_observation(corpus: Path) -> dict:
             f.observe(r)
             n += 1
         t += time.process_time() - t0
-    return {"ms_per_observation": 1000 * t / n, "observations": n, "pool_build_s": build,
-            "pool_runs": cal.n_runs()}
+    return {"ms_per_observation": 1000 * t / n, "observations": n, "pool_build_s": build, "pool_runs": cal.n_runs()}
 
 
-def markdown(results: dict) -> str:
-    out = ["# Forecaster evaluation: results", "",
-           "Generated by `.venv/bin/python analysis/forecast/evaluate.py` "
-           f"({results['date']}; {results['n_corpus']} corpus runs, {results['n_reference']} reference runs). "
-           "Read `README.md` beside this file for what the numbers mean.", ""]
-    for kind, title in (("corpus", "Corpus, leave-one-group-out (holdout = configuration, both seeds)"),
-                        ("reference", "Reference logs (MLP/MNIST two-phase), leave-one-out, corpus as prior")):
-        from ncstudy.forecast.replay import ReplaySummary
+# -- report ----------------------------------------------------------------------------------------
+def check(value, op: str, target: float) -> bool | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return {"<=": value <= target, ">=": value >= target, "==": value == target}[op]
 
-        sums = [ReplaySummary(**results[kind][f]["summary"]) for f in FORECASTERS if f in results[kind]]
-        out += [f"## {title}", "", format_summaries(sums, markdown=True), ""]
-    out += ["## Targets (conformal, at its defaults)", "",
-            "| target | corpus | reference | |", "|---|---|---|---|"]
-    for key, op, val, text in TARGETS:
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{100 * v:.1f} %" if pct else f"{v:.3g}"
+    return str(v)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    out = ["# Stopper evaluation: results", "",
+           f"Generated by `.venv/bin/python analysis/forecast/evaluate.py` ({r['date']}; {r['n_corpus']} corpus runs, "
+           f"{r['n_reference']} reference runs). `README.md` beside this file says what the numbers mean.", ""]
+    out += ["## Search: speedup against stop-at-onset-or-budget, and how often the best is still found", "",
+            f"{CONCURRENT} trials at a time, {REPEATS} random orders per set.", ""]
+    for name, res in r["search"].items():
+        st = res["stoppers"]
+        out += [f"### {name}", "", "| stopper | speedup | vs capping | found_best | how runs ended (mean per search) |",
+                "|---|---|---|---|---|"]
+        cap = st["capping"]["speedup"]
+        for s in SEARCH_STOPPERS:
+            x = st[s]
+            ends = ", ".join(f"{k} {v:.1f}" for k, v in x["stops"].items())
+            out.append(f"| {s} | {x['speedup']:.2f}x | {x['speedup'] / cap:.2f}x | {_fmt(x['found_best'], True)} | "
+                       f"{ends} |")
+        out.append("")
+    out += ["## Sweep under shift (conformal at its defaults, policy stop_at_forecast)", "",
+            "| held out | runs | collapsing | saved | false stops | wrong 'no onset' | no-onset stops | "
+            "forecast stops (interval held) | 90 % intervals holding |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for split, res in r["sweep"]["conformal"].items():
+        s = res["summary"]
+        out.append(f"| {split} | {s['n_runs']} | {s['n_collapsing']} | {_fmt(s['saved'], True)} | "
+                   f"{s['n_false_stops']} | {s['n_false_no_onset']} ({_fmt(s['false_no_onset_rate'], True)}) | "
+                   f"{s['n_no_onset_stops']} of {s['n_censored']} | {s['n_forecast_stops']} "
+                   f"({s['n_forecast_stops_held']}) | {_fmt(s['eval_coverage_if_onset'], True)} |")
+    out += ["", "### Targets, per shift", "", "| target | " + " | ".join(r["sweep"]["conformal"]) + " |",
+            "|---|" + "---|" * len(r["sweep"]["conformal"])]
+    for key, op, val, text in SWEEP_TARGETS:
         cells = []
-        for kind in ("corpus", "reference"):
-            sm = results[kind]["conformal"]["summary"]
-            v = sm.get(key)
+        for res in r["sweep"]["conformal"].values():
+            v = res["summary"].get(key)
             ok = check(v, op, val)
-            cell = ("-" if v is None else f"{v:.3g}") + ("" if ok is None else " ✓" if ok else " ✗")
-            if key in ("mae", "spearman") and not sm["n_forecast_stops"]:
-                cell += " (trivial: no forecast stop, every collapsing run ran to its onset)"
-            cells.append(cell)
-        out.append(f"| {text} {op} {val:g} | {cells[0]} | {cells[1]} | |")
-    out += ["", "## fn* per (model, dataset) in the corpus (runs that reach NC1 < 0.01)", "",
-            "| pair | runs | mean | SD | CV | min | max |", "|---|---|---|---|---|---|---|"]
-    for r in results["fn_star"]:
-        out.append(f"| {r['pair']} | {r['n']} | {r['mean']:.3f} | {r['sd']:.3f} | {100 * r['cv']:.0f} % | "
-                   f"{r['min']:.3f} | {r['max']:.3f} |")
-    out += ["", "## Diagnostics per evaluation (conformal)", "",
-            "| | corpus | reference |", "|---|---|---|"]
-    diag = [("intervals stated before onset with a finite upper end", "evaluations", "{:.0f}"),
-            ("... share holding the true onset", "eval_interval_coverage", "{:.3f}"),
-            ("'when, if it collapses' 90 % intervals stated before onset", "evaluations_if_onset", "{:.0f}"),
-            ("... share holding the true onset (nominal 0.90)", "eval_coverage_if_onset", "{:.3f}"),
-            ("trusted evaluations with a p_onset", "p_onset_evaluations", "{:.0f}"),
-            ("Brier score of p_onset", "p_onset_brier", "{:.3f}"),
-            ("Brier score of the constant forecast (base rate)", "p_onset_brier_base", "{:.3f}")]
-    for text, key, fmt in diag:
-        cells = [results[k]["conformal"]["summary"].get(key) for k in ("corpus", "reference")]
-        out.append(f"| {text} | " + " | ".join("-" if v is None else fmt.format(v) for v in cells) + " |")
-    if results.get("variants"):
-        from ncstudy.forecast.replay import ReplaySummary
-
-        sums = []
-        for label, r in results["variants"].items():
-            sm = ReplaySummary(**r["summary"])
-            sm.forecaster = label
-            sums.append(sm)
-        out += ["", "## Option variants on the corpus (leave-one-group-out)", "",
-                format_summaries([ReplaySummary(**results["corpus"]["conformal"]["summary"]), *sums],
-                                 markdown=True)]
-    c = results["cost"]
+            cells.append(_fmt(v) + ("" if ok is None else " ✓" if ok else " ✗"))
+        out.append(f"| {text} {op} {val:g} | " + " | ".join(cells) + " |")
+    out += ["", "## Baselines, corpus with each configuration held out", "",
+            "| forecaster | saved | false stops | wrong 'no onset' | forecast stops | MAE of reported T_NC |",
+            "|---|---|---|---|---|---|"]
+    for f in ("conformal", *BASELINES):
+        s = r["sweep"][f]["config"]["summary"]
+        out.append(f"| {f} | {_fmt(s['saved'], True)} | {s['n_false_stops']} | {s['n_false_no_onset']} | "
+                   f"{s['n_forecast_stops']} | {_fmt(s['mae'])} |")
+    out += ["", "## A study unlike the corpus: the reference runs as a live study", "",
+            f"{r['n_reference']} runs of group mlp/mnist (not in the corpus), one trial at a time, "
+            f"{ONLINE_ORDERS} random orders; the stopper learns from its own finished trials.", "",
+            "| prior | mode | saved | saved, first half / second half | wrong stops | first early stop at trial |",
+            "|---|---|---|---|---|---|"]
+    for name, o in r["online"].items():
+        prior, mode = name.split("/")
+        first = ", ".join("-" if f is None else str(f + 1) for f in o["first_early_stop"])
+        out.append(f"| {prior} | {mode} | {_fmt(o['saved'], True)} | {_fmt(o['saved_by_half'][0], True)} / "
+                   f"{_fmt(o['saved_by_half'][1], True)} | {o['wrong']} | {first} |")
+    c = r["cost"]
     out += ["", "## Cost", "",
-            f"Conformal forecaster: {c['ms_per_observation']:.2f} ms CPU per observation over "
-            f"{c['observations']} observations (pool of {c['pool_runs']} runs); building the pool "
-            f"(when the calibration changes): {c['pool_build_s']:.2f} s CPU.", ""]
+            f"Conformal forecaster: {c['ms_per_observation']:.2f} ms CPU per observation over {c['observations']} "
+            f"observations (pool of {c['pool_runs']} runs); building the pool and its calibration (when the "
+            f"calibration changes): {c['pool_build_s']:.1f} s CPU.", ""]
     return "\n".join(out)
+
+
+def tasks() -> list[tuple]:
+    out: list[tuple] = [("search", f"corpus, forecasts held out by {k}", k) for k in ("config", "optimizer", "dataset")]
+    out.append(("search", "reference logs, corpus as prior", "reference"))
+    splits = ["config", *SHIFTS, "corpus->reference", "reference->corpus", "reference, no manifest"]
+    out += [("sweep", f"conformal|{s}", ("conformal", s)) for s in splits]
+    out += [("sweep", f"{f}|config", (f, "config")) for f in BASELINES]
+    out += [("online", f"{p}/{m}", (p, m)) for p in ("corpus", "none") for m in ("sweep", "search")]
+    out.append(("cost", "cost", None))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--corpus", type=Path, default=CORPUS)
     ap.add_argument("--out", type=Path, default=HERE)
-    ap.add_argument("--forecasters", default=",".join(FORECASTERS))
-    ap.add_argument("--only", choices=("corpus", "reference"), help="one of the two evaluations")
-    ap.add_argument("--options", default="{}", help="forecaster options as JSON (exploration only)")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--only", help="run the tasks whose name contains this (exploration: nothing written)")
+    ap.add_argument("--corpus", type=Path, default=CORPUS, help="the corpus folder (default analysis/corpus)")
     a = ap.parse_args(argv)
-    forecasters = [f for f in a.forecasters.split(",") if f]
-    options = json.loads(a.options)
-    kinds = [a.only] if a.only else ["corpus", "reference"]
-    full = not (a.only or options or set(forecasters) != set(FORECASTERS))
-    tasks = [(k, str(a.corpus), f, options) for k in kinds for f in forecasters]
-    if full:
-        tasks += [("corpus", str(a.corpus), "conformal", dict(opt, label=label)) for label, opt in VARIANTS.items()]
-    results: dict = {k: {} for k in ("corpus", "reference", "variants")}
+    todo = [(*t, str(a.corpus)) for t in tasks() if not a.only or a.only in t[1]]
+    results: dict[str, Any] = {"search": {}, "sweep": {}, "online": {}}
     with ProcessPoolExecutor(max_workers=a.jobs) as ex:
-        for kind, forecaster, out in ex.map(_task, tasks):
-            label = out.pop("label", None)
-            if label:
-                results["variants"][label] = out
-                continue
-            results[kind][forecaster] = out
-            s = out["summary"]
-            print(f"{kind:9s} {forecaster:16s} forecast stops {s['n_forecast_stops']}/{s['n_collapsing']}, "
-                  f"false stops {s['n_false_stops']}, no-onset {s['n_no_onset_stops']}/{s['n_censored']} "
-                  f"(false {s['n_false_no_onset']}), saved {s['saved']}, mae {s['mae']}, "
-                  f"coverage {s['interval_coverage']}, spearman {s['spearman']} [{out['cpu_s']:.0f} s]",
-                  flush=True)
-    if not full:
-        return 0  # an exploration: nothing written
+        for (kind, *_), (name, out) in zip(todo, ex.map(_task, todo)):
+            if kind == "sweep":
+                f, split = name.split("|")
+                results["sweep"].setdefault(f, {})[split] = out
+                s = out["summary"]
+                print(f"sweep {f:16s} {split:24s} saved {s['saved']}, false stops {s['n_false_stops']}, "
+                      f"wrong no-onset {s['n_false_no_onset']}/{s['n_collapsing']} [{out['cpu_s']:.0f} s]", flush=True)
+            elif kind == "search":
+                results["search"][name] = out
+                st = out["stoppers"]
+                print(f"search {name}: " + ", ".join(f"{k} {v['speedup']:.2f}x/{v['found_best']}" for k, v in
+                                                     st.items()) + f" [{out['cpu_s']:.0f} s]", flush=True)
+            elif kind == "online":
+                results["online"][name] = out
+                print(f"online {name}: saved {out['saved']:.3f}, wrong {out['wrong']}, first {out['first_early_stop']}",
+                      flush=True)
+            else:
+                results["cost"] = out
+    if a.only:
+        return 0
     results.update(date=time.strftime("%Y-%m-%d"), n_corpus=len(corpus_runs(a.corpus)),
-                   n_reference=len(reference_runs()), fn_star=fn_star_table(a.corpus),
-                   cost=cost_per_observation(a.corpus))
-    a.out.mkdir(parents=True, exist_ok=True)
+                   n_reference=len(reference_runs()))
     (a.out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     (a.out / "results.md").write_text(markdown(results))
     print(f"wrote {a.out / 'results.md'} and results.json")

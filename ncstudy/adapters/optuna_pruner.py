@@ -38,6 +38,10 @@ from ncstudy.forecast.forecasters import DEFAULT_FORECASTER
 from ncstudy.onset import OnsetRule
 from ncstudy.records import EPOCH, FORECAST_FIELDS, STOP_REASON, T_NC, finite
 
+#: A search reads the study's completed trials for their onsets at a trial's first record and every
+#: this many records after (reading all trials costs O(trials) per call).
+INCUMBENT_EVERY = 5
+
 
 class FnStarPruner(BasePruner):
     """Stop (prune) trials at a forecast onset, at the observed onset, or as "no onset".
@@ -67,6 +71,7 @@ class FnStarPruner(BasePruner):
                  rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99, learn: bool = True,
                  forecaster_options: Mapping[str, Any] | None = None, min_observations: int = 3) -> None:
         self.mode = mode  # None: decided by the first study's direction
+        self._seen: dict[str, int] = {}  # trial -> records seen (when to read the study's incumbent again)
         self.core = FnStarCore(policy, forecaster, mode=mode or "sweep", budget=budget, metrics=metrics, prior=prior,
                                group_key=group_key, objective=None, rule=rule, terminal_acc=terminal_acc, learn=learn,
                                forecaster_options=forecaster_options, min_observations=min_observations,
@@ -84,7 +89,9 @@ class FnStarPruner(BasePruner):
         if self.mode is None:  # the study minimises the value this pruner gives: a search for the fastest collapse
             self.mode = "search" if trial.study.direction == optuna.study.StudyDirection.MINIMIZE else "sweep"
             stopper.mode = self.core.mode = self.mode
-        if self.mode == "search":
+        seen = self._seen.get(tid, 0)
+        self._seen[tid] = seen + 1
+        if self.mode == "search" and seen % INCUMBENT_EVERY == 0:  # other workers' onsets, now and then
             for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
                 stopper.offer_incumbent(t.user_attrs.get(T_NC))
         result = dict(record)

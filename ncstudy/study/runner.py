@@ -69,6 +69,16 @@ def trial_plan(spec: StudySpec) -> list[str]:
     lines = [f"study {spec.name}: {spec.num_trials()} trial(s), searcher={spec.searcher}, "
              f"scheduler={spec.scheduler.name}, objective={spec.objective.metric} ({spec.objective.mode}), "
              f"resources/trial: cpu={spec.resources.cpu:g} gpu={spec.resources.gpu:g}"]
+    if spec.scheduler.name == "fnstar":
+        st = spec.scheduler.fnstar.settings(spec.objective.metric, spec.objective.mode, spec.base.eval)
+        mode = st.resolved_mode()
+        what = {"search": "stops what cannot beat the earliest onset so far (capped, cannot_win, no_onset_forecast)",
+                "sweep": "stops at a trusted forecast (forecast, no_onset_forecast) or at the onset"}[mode]
+        if st.policy != "stop_at_forecast":
+            what = "records forecasts only" if st.policy == "record" else \
+                "stops at the onset" + (", and caps at the earliest onset so far" if mode == "search" else "")
+        lines.append(f"stopper: {st.forecaster}, policy {st.policy}, {mode} mode"
+                     f"{'' if spec.scheduler.fnstar.mode else ' (from the objective)'}: {what}")
     grid = {k: p.grid for k, p in spec.space.items() if p.form == "grid"}
     sampled = {k: p for k, p in spec.space.items() if p.form != "grid"}
     combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
