@@ -20,16 +20,23 @@ def manifest() -> pd.DataFrame:
 
 
 def test_corpus_spans_the_regimes_it_promises(manifest):
-    assert len(manifest) >= 80 and manifest["file"].is_unique
+    assert len(manifest) >= 150 and manifest["file"].is_unique and manifest["config"].notna().all()
     censored = manifest["t_nc"].isna()
-    assert censored.sum() >= 15 and (~censored).sum() >= 15
+    assert censored.sum() >= 15 and (~censored).sum() >= 30
     assert set(manifest["dataset"]) == {"mnist5k", "fashion_mnist"}
-    assert set(manifest["activation"]) == {"relu", "tanh", "gelu"}
+    assert set(manifest["activation"]) == {"relu", "tanh", "gelu", "silu", "leaky_relu"}
+    assert set(manifest["optimizer"]) == {"adam", "sgd", "adamw"}
+    assert set(manifest["schedule"]) == {"cosine", "constant"}
     assert manifest["depth"].between(3, 7).all() and manifest["width"].between(64, 512).all()
     assert manifest["weight_decay"].min() <= 1e-5 and manifest["weight_decay"].max() >= 1e-3
-    # 46 configurations; the two seeds of 34 of them (analysis/corpus/README.md says why not all 46)
-    seeds = manifest.groupby("config")["seed"].apply(set)
+    assert manifest["budget"].min() <= 200 and manifest["budget"].max() >= 800  # MSE phases 170-770 epochs
+    assert set(manifest["batch_size"]) == {32, 64, 128, 256} and manifest["n_train"].nunique() >= 4
+    base, shift = manifest[manifest["part"] == "base"], manifest[manifest["part"] == "shift"]
+    # base: 46 configurations, the two seeds of 34 of them (analysis/corpus/README.md says why not all 46)
+    seeds = base.groupby("config")["seed"].apply(set)
     assert len(seeds) == 46 and all(s in ({0}, {0, 1}) for s in seeds) and (seeds == {0, 1}).sum() >= 30
+    # shift: one run per configuration (75 of the 76 drawn: one diverged)
+    assert shift["config"].is_unique and len(shift) == 75
 
 
 def test_manifest_onsets_are_those_of_the_logs(manifest):
