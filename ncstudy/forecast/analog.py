@@ -323,16 +323,17 @@ class AnalogPool:
         Each pool run is replayed through the decision rules on its held-out predictions: a rule
         fires at the first state where its predicate has held at ``confirm`` consecutive states, from
         the ``min_points``-th on, at a state no further from its analogs than the ``guard`` quantile
-        of the pool's held-out distances. "No onset" (``frac <= tau``) fires on a collapsing run iff
+        of the pool's held-out distances. "No onset" (``frac <= tau``, with NC1 at least
+        ``no_onset_margin`` times the strict threshold) fires on a collapsing run iff
         ``tau`` reaches the run's critical value; ``no_onset`` is the largest threshold that fires on
         at most ``alpha (n + 1) - 1`` of the pool's ``n`` collapsing runs -- split-conformal: on a
         new run exchangeable with the pool's, P(wrong "no onset") <= ``alpha``. "Onset" (NC1 on
         course to cross within the horizon, ``State.approach >= tau``, and the ``coverage``
         interval given onset at most ``tolerance`` epochs wide) likewise over the censored runs at
-        ``forecast_alpha``. ``-inf`` / ``inf``: too few runs for that guarantee, never decided.
+        ``forecast_alpha`` (None: never). ``-inf`` / ``inf``: too few runs for that guarantee, never decided.
         Cached per settings."""
         s = settings
-        key = (s.alpha, s.forecast_alpha, s.confirm, s.min_points, s.coverage, s.tolerance, s.guard)
+        key = (s.alpha, s.forecast_alpha, s.confirm, s.min_points, s.coverage, s.tolerance, s.guard, s.no_onset_margin)
         if key not in self._thresholds:
             _, _, edges, bins = self.calibration()
             a = (1.0 - s.coverage) / 2
@@ -341,18 +342,20 @@ class AnalogPool:
             dists = np.sort(np.concatenate([d for _, _, d in held])) if held else np.array([])
             d_max = conformal_quantile(dists[np.isfinite(dists)], s.guard) if s.guard < 1 else math.inf
             crit_no, crit_on = [], []
+            level_min = math.log(s.no_onset_margin)
             for i, (f, med, dist) in enumerate(held):
                 rows = starts[i] + np.arange(len(f))
                 near = dist <= d_max
                 if self.collapsed_run[i]:
-                    crit_no.append(_critical(np.where(near, f, math.inf), s.confirm, s.min_points, low=True))
-                else:
+                    far = np.array([self.shape[r][0] >= level_min for r in rows])  # not near the threshold
+                    crit_no.append(_critical(np.where(near & far, f, math.inf), s.confirm, s.min_points, low=True))
+                elif s.forecast_alpha is not None:
                     width = np.array([_width_if(m, edges, bins, a) for m in med]) * self.remaining[rows]
                     score = np.array([approach(*self.shape[r], s.horizon) for r in rows])
                     crit_on.append(_critical(np.where(near & (width <= s.tolerance), score, -math.inf), s.confirm,
                                              s.min_points, low=False))
-            self._thresholds[key] = Thresholds(_conformal_cut(crit_no, s.alpha, low=True),
-                                               _conformal_cut(crit_on, s.forecast_alpha, low=False), d_max)
+            onset = _conformal_cut(crit_on, s.forecast_alpha, low=False) if s.forecast_alpha is not None else math.inf
+            self._thresholds[key] = Thresholds(_conformal_cut(crit_no, s.alpha, low=True), onset, d_max, level_min)
         return self._thresholds[key]
 
 
@@ -361,8 +364,9 @@ class Thresholds:
     """A pool's run-level decision thresholds (:meth:`AnalogPool.thresholds`)."""
 
     no_onset: float  # "no onset" when the share of collapsed analogs is at most this
-    onset: float  # a collapse forecast when State.approach is at least this
+    onset: float  # a collapse forecast when State.approach is at least this (inf: never)
     distance: float  # ... and only at states at most this far from their analogs
+    level: float = -math.inf  # ... and "no onset" only where log(NC1 / strict) is at least this
 
 
 def _width_if(med: float, edges: np.ndarray, bins: list[np.ndarray], a: float) -> float:

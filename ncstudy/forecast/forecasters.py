@@ -245,7 +245,7 @@ class ConformalOnset:
         if self.ready and pred.distance <= cut.distance:
             if state.approach(s.horizon) >= cut.onset and high_if - low_if <= s.tolerance:
                 would = ONSET
-            elif pred.frac <= cut.no_onset:
+            elif pred.frac <= cut.no_onset and state.features["level"] >= cut.level:
                 would = NO_ONSET
         decision = self._streak.update(would)
         if decision == ONSET:  # it collapses: the forecast is the timing given onset

@@ -51,8 +51,12 @@ class ConformalSettings(_Settings):
 
     alpha: float = Field(0.05, gt=0, lt=0.5, description="risk of a wrong 'no onset' stop (of a collapsing run) "
                          "and of a search stop of a trial that would have won")
-    forecast_alpha: float = Field(0.01, gt=0, lt=0.5, description="risk of a collapse forecast acted on in a run "
-                                  "that never collapses (a false stop: it would report a wrong T_NC)")
+    forecast_alpha: float | None = Field(None, gt=0, lt=0.5, description="risk of a collapse forecast acted on in "
+                                         "a run that never collapses (a false stop: it would report a wrong T_NC); "
+                                         "None: collapse forecasts are stated, never acted on")
+    no_onset_margin: float = Field(2.0, ge=1, description="no 'no onset' decision while NC1 is within this factor "
+                                   "of the strict threshold (runs that will cross and runs that stall there look "
+                                   "alike)")
     coverage: float = Field(0.9, gt=0, lt=1, description="level of the stated onset interval")
     tolerance: float = Field(40.0, gt=0, description="stop at a collapse forecast only when its interval is at "
                              "most this many epochs wide, and NC1 at its recent rate would cross within half of it")
