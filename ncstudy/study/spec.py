@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from ncstudy.config import TrainConfig, flatten, format_validation_error, read_yaml, set_dotted
+from ncstudy.config import STRICT, TrainConfig, flatten, format_validation_error, read_yaml, set_dotted
 from ncstudy.errors import ConfigError
 from ncstudy.records import COLLAPSE_EPOCH, T_NC, TRIAL_METRICS
 
@@ -28,7 +28,7 @@ SHORT_NAMES = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = STRICT
 
 
 class Param(_Strict):
