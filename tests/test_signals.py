@@ -1,0 +1,227 @@
+"""SIGINT, SIGTERM and SIGHUP at start-up, mid-study and during shutdown, sent to a real `ncstudy run`
+(to its process group, as Ctrl-C, `timeout` or a closed terminal send them, or to its PID alone,
+as `kill`, Kubernetes or Docker do): a clean stop with exit status 128 + n, the study's MLflow runs
+KILLED, the resume command printed, `--resume` exact (each trial continues after its last
+checkpoint, finished trials are not run again), and no process or temp folder left behind. A second
+signal stops at once and still leaves a study `--resume` completes.
+
+Every state a signal is sent in is held by a barrier the test releases (tests/held_cli.py), never
+found by timing, so the tests pass on a machine of any speed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from study_helpers import ROOT, child_runs, kill_group, steps, synthetic_study, write_study
+
+from ncstudy.study.signals import alive, descendants
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+
+
+class Launch:
+    """One `ncstudy run` through tests/held_cli.py, in its own session; everything it started is
+    noted before a signal is sent, and checked to be gone after it exits."""
+
+    def __init__(self, tmp: Path, study: Path, uri: str, *held: str, launch: int = 1, extra: tuple = ()) -> None:
+        self.barrier = tmp / "barrier"
+        self.log = tmp / f"launch{launch}.log"
+        cmd = [sys.executable, str(ROOT / "tests" / "held_cli.py"), "--barrier", str(self.barrier),
+               "--launch", str(launch), *held, "--", "run", str(study), "--tracking-uri", uri,
+               "--storage", str(tmp / "res"), "--num-cpus", "2", "--progress-interval", "0",
+               "--tracking-flush-interval", "0.2", *extra]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.started: dict[int, str] = {}
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def reached(self, pattern: str, count: int = 1) -> list[Path]:
+        """Wait until ``count`` barrier files ``reached-<pattern>`` exist (a held state: it stays)."""
+        while True:
+            found = sorted(self.barrier.glob(f"reached-{pattern}"))
+            if len(found) >= count:
+                return found
+            assert self.proc.poll() is None, f"exited {self.proc.returncode} before {pattern}:\n{self.output()[-4000:]}"
+            time.sleep(0.1)
+
+    def release(self, name: str) -> None:
+        (self.barrier / f"release-{name}").write_text("")
+
+    def send(self, sig: int, group: bool) -> None:
+        assert self.proc.poll() is None, f"already exited {self.proc.returncode}:\n{self.output()[-4000:]}"
+        self.started.update(descendants(self.proc.pid))
+        (os.killpg if group else os.kill)(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 600) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        # nothing the driver started outlives it: no process, no private Ray temp folder
+        assert not alive(self.started), f"left running: {sorted(alive(self.started))}"
+        assert not (Path(tempfile.gettempdir()) / f"ncstudy_ray_{self.proc.pid}").exists()
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            kill_group(self.proc)
+        for pid in alive(self.started):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def launches():
+    made: list[Launch] = []
+    yield made
+    for lc in made:
+        lc.kill()
+
+
+def study_file(tmp: Path, name: str, **over) -> Path:
+    """Two trials (w16, w32) of 30 epochs, an evaluation every 5, a checkpoint every 2nd."""
+    return write_study(tmp, synthetic_study(name, mse_epochs=20, widths=(16, 32), **over))
+
+
+def reports(tmp: Path) -> list[dict]:
+    f = tmp / "barrier" / "reports.jsonl"
+    return [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
+
+
+def assert_study_complete(uri: str, name: str, n_trials: int = 2, last: int = 30) -> None:
+    client, parents, children = child_runs(uri, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", [p.info.status for p in parents]
+    assert len(children) == n_trials, sorted(c.info.run_name for c in children)
+    for c in children:
+        assert c.info.status == "FINISHED" and c.data.tags["status"] == "completed", (c.info.run_name, c.data.tags)
+        assert steps(client, c.info.run_id) == list(range(5, last + 1, 5)), c.info.run_name
+
+
+# -- start-up ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_signal_before_ray_starts_stops_at_once_writing_nothing(tmp_path, sig, launches):
+    study = study_file(tmp_path, "sig_startup")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lc = Launch(tmp_path, study, uri, "--stage", "before_ray")
+    launches.append(lc)
+    lc.reached("stage-before_ray")
+    lc.send(sig, group=True)
+    assert lc.wait() == EXIT[sig], lc.output()
+    assert f"stopped by {sig.name} before anything was written" in lc.output()
+    assert "Traceback" not in lc.output()
+    assert not (tmp_path / "res").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_sighup_while_ray_starts_waits_for_it_then_stops_it(tmp_path, launches):
+    """A signal during `ray.init` (which, interrupted, crashed or left Ray running) is acted on once
+    Ray is up: Ray is shut down, its processes and temp folder are gone, nothing was written."""
+    study = study_file(tmp_path, "sig_ray_init")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lc = Launch(tmp_path, study, uri, "--stage", "ray_init")
+    launches.append(lc)
+    lc.reached("stage-ray_init")
+    lc.send(signal.SIGHUP, group=True)
+    lc.release("stage-ray_init")
+    assert lc.wait() == 129, lc.output()
+    assert "Traceback" not in lc.output() and "logging.cc" not in lc.output()
+    assert not (tmp_path / "res" / "sig_ray_init").exists()
+
+
+def test_sigterm_before_the_first_trial_then_resume_runs_every_trial(tmp_path, launches):
+    """The study's files are written and Tune's run has started, no trial yet: SIGTERM stops it
+    (exit 143, the study run KILLED, the resume command printed), and `--resume` runs every planned
+    trial (it used to run one of three and exit 0), in the same study run."""
+    name = "sig_before_trials"
+    study = write_study(tmp_path, synthetic_study(name, mse_epochs=20, widths=(16, 32, 64)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lc = Launch(tmp_path, study, uri, "--stage", "tune_setup")
+    launches.append(lc)
+    lc.reached("stage-tune_setup")
+    assert (tmp_path / "res" / name / "ncstudy_study.json").is_file()
+    lc.send(signal.SIGTERM, group=False)
+    lc.release("stage-tune_setup")
+    assert lc.wait() == 143, lc.output()
+    out = lc.output()
+    assert "--resume" in out and "Traceback" not in out, out[-3000:]
+    _, parents, children = child_runs(uri, name)
+    assert [p.info.status for p in parents] == ["KILLED"] and children == []
+
+    lc2 = Launch(tmp_path, study, uri, launch=2, extra=("--resume",))
+    launches.append(lc2)
+    assert lc2.wait() == 0, lc2.output()
+    assert "3 complete" in lc2.output()
+    assert_study_complete(uri, name, n_trials=3)
+
+
+# -- mid-study, then a signal during the resumed study's shutdown -----------------------------------
+@pytest.mark.parametrize("sig,group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_study_then_resume_continues_each_trial_exactly(tmp_path, sig, group, launches):
+    """w16 has finished, w32 is held right after its checkpoint at epoch 20: the signal stops the
+    study cleanly (exit 128 + n, runs KILLED, resume command). `--resume` runs w32 from epoch 25
+    (its checkpoint, not epoch 5) and does not run w16 again; every step is in MLflow once. A signal
+    during that launch's shutdown (every trial done) changes nothing: exit 0."""
+    name = f"sig_mid_{sig.name.lower()}"
+    study = study_file(tmp_path, name)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lc = Launch(tmp_path, study, uri, "--hold", "mid:20:model.width=32")
+    launches.append(lc)
+    lc.reached("mid-*")
+
+    def w16_finished() -> bool:
+        _, _, ch = child_runs(uri, name)
+        return any(c.info.run_name == "w16-s0" and c.info.status == "FINISHED" for c in ch)
+
+    while not w16_finished():  # w32 is held, so this state, once reached, stays
+        assert lc.proc.poll() is None, lc.output()[-3000:]
+        time.sleep(0.2)
+    lc.send(sig, group=group)
+    assert lc.wait() == EXIT[sig], lc.output()
+    out = lc.output()
+    assert "1 complete, 1 interrupted" in out and "Resume with:" in out and "--resume" in out, out[-3000:]
+    assert "Traceback" not in out
+    client, parents, children = child_runs(uri, name)
+    assert parents[0].info.status == "KILLED"
+    by = {c.info.run_name: c for c in children}
+    assert by["w32-s0"].info.status == "KILLED" and by["w32-s0"].data.tags["status"] == "interrupted"
+    assert by["w16-s0"].info.status == "FINISHED"
+
+    lc2 = Launch(tmp_path, study, uri, "--stage", "shutdown", launch=2, extra=("--resume",))
+    launches.append(lc2)
+    lc2.reached("stage-shutdown")
+    lc2.send(sig, group=group)
+    lc2.release("stage-shutdown")
+    assert lc2.wait() == 0, lc2.output()
+    assert_study_complete(uri, name)
+    second = [r for r in reports(tmp_path) if r["launch"] == 2]
+    w32 = min(r["epoch"] for r in second if r["config"]["model.width"] == 32)
+    assert w32 == 25, second  # continued after its checkpoint at epoch 20, not from scratch
+    assert not [r for r in second if r["config"]["model.width"] == 16]  # the finished trial was not run again
+
+
+def test_a_second_sighup_stops_at_once_and_the_study_still_resumes(tmp_path, launches):
+    """SIGHUP mid-study, then SIGHUP again while the driver shuts down: it stops at once (no MLflow
+    flush, no Tune clean-up) yet leaves nothing running, and `--resume` completes the study exactly."""
+    name = "sig_forced"
+    study = study_file(tmp_path, name)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lc = Launch(tmp_path, study, uri, "--hold", "mid:10", "--stage", "shutdown")
+    launches.append(lc)
+    lc.reached("mid-*", count=2)
+    lc.send(signal.SIGHUP, group=True)
+    lc.reached("stage-shutdown")
+    lc.send(signal.SIGHUP, group=True)
+    assert lc.wait() == 129, lc.output()
+    assert "received again: stopping at once" in lc.output() and "--resume" in lc.output()
+
+    lc2 = Launch(tmp_path, study, uri, launch=2, extra=("--resume",))
+    launches.append(lc2)
+    assert lc2.wait() == 0, lc2.output()
+    assert_study_complete(uri, name)
