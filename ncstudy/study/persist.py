@@ -204,15 +204,17 @@ def saved_run(experiment_path: str) -> SavedRun:
 
 
 def check_versions(callbacks: list, saved: SavedRun) -> None:
-    """Each saved callback state is one its callback reads: a callback with ``STATE_VERSION`` reads
-    states up to that version (a state without one is version 0)."""
+    """Each saved callback state is one its callback (an instance or a class, in the order of the
+    study's callback list) reads: a callback with ``STATE_VERSION`` reads states up to that version
+    (a state without one is version 0)."""
     for i, cb in enumerate(callbacks):
         state, top = saved.callbacks.get(i), getattr(cb, "STATE_VERSION", None)
         if top is None or not isinstance(state, dict):
             continue
         v = state.get("version", 0)
         if not isinstance(v, int) or v > top:
-            raise SavedStateError(f"--resume: {type(cb).__name__}'s saved state in {saved.callbacks_file} was written "
+            name = cb.__name__ if isinstance(cb, type) else type(cb).__name__
+            raise SavedStateError(f"--resume: {name}'s saved state in {saved.callbacks_file} was written "
                                   f"by a newer ncstudy (version {v}; this one reads up to {top}); {WHAT_TO_DO}")
 
 

@@ -366,10 +366,12 @@ def _study(spec: StudySpec, opts: RunOptions, trainable: Callable[..., None] | N
 
     from ncstudy.errors import Interrupted, signal_name
     from ncstudy.study import preflight
-    from ncstudy.study.signals import descendants
+    from ncstudy.study.persist import SavedRun, check_versions, saved_run
+    from ncstudy.study.signals import children, descendants, reap
 
     t = preflight.target(opts.storage, spec.name)
-    started, ray_procs = False, {}
+    started, ray_procs, saved = False, {}, SavedRun()
+    own_before = children()
     try:
         preflight.check_storage(opts.storage)
         if opts.resume:
@@ -382,6 +384,10 @@ def _study(spec: StudySpec, opts: RunOptions, trainable: Callable[..., None] | N
                           f"URI; using {opts.tracking_uri} (give --tracking-uri if it was another)",
                           file=sys.stderr, flush=True)
                 opts = dataclasses.replace(opts, tracking_uri=uri or opts.tracking_uri)
+            # Tune's saved trials and the callbacks' states, as plain data: what this ncstudy cannot
+            # read is refused here, before anything starts
+            saved = saved_run(t.experiment_path)
+            check_versions(callback_classes(spec, opts), saved)
         if opts.address:
             preflight.check_address(opts.address)
         else:
@@ -398,7 +404,7 @@ def _study(spec: StudySpec, opts: RunOptions, trainable: Callable[..., None] | N
             ray_procs = {p: st for p, st in descendants().items() if p not in before} if started else {}
         if opts.address:
             preflight.check_resources(spec, preflight.cluster_largest_node(), f"the cluster at {opts.address}")
-        return _run(spec, opts, t, datasets, trainable, guard)
+        return _run(spec, opts, t, datasets, trainable, guard, saved)
     except Interrupted as e:
         how = "at once" if e.forced else "before the study started"
         if preflight.experiment_exists(t):
@@ -409,9 +415,12 @@ def _study(spec: StudySpec, opts: RunOptions, trainable: Callable[..., None] | N
                   f"same command again to start it", file=sys.stderr, flush=True)
         return e.exit_status
     finally:
-        if started:
-            with guard.deferred(act=False):
+        with guard.deferred(act=False):
+            if started:
                 stop_private_ray(ray_procs)
+            # anything else this study started itself (a picture process a forced stop left open)
+            reap({p: st for p, st in children().items() if p not in own_before and p not in ray_procs},
+                 RAY_EXIT_GRACE_S)
 
 
 def _as_restored(tuner) -> None:
@@ -452,13 +461,25 @@ def _tune_says_how_to_resume(record: logging.LogRecord) -> bool:
     return "Tuner.restore(" not in text and "Stop signal received" not in text
 
 
+def callback_classes(spec: StudySpec, opts: RunOptions) -> list[type]:
+    """The classes of a study's stateful Tune callbacks, in the order :func:`_run` lists them (the
+    order of their saved states)."""
+    from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
+    from ncstudy.adapters.ray_tune import FnStarStopper
+    from ncstudy.study.outcome import StudyOutcome
+    from ncstudy.study.progress import ProgressTable
+
+    return [StudyOutcome, *([FnStarStopper] if spec.scheduler.name == "fnstar" else []),
+            *([MLflowStudyCallback] if opts.tracking else []), ProgressTable]
+
+
 def _run(spec: StudySpec, opts: RunOptions, t, datasets: dict[str, Any], trial_fn: Callable[..., None] | None,
-         guard) -> int:
+         guard, saved) -> int:
     from ray import tune
 
     from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
     from ncstudy.study.outcome import StopForwarder, StudyOutcome, exit_status
-    from ncstudy.study.persist import SavedRun, check_versions, live_stopper, saved_run
+    from ncstudy.study.persist import live_stopper
     from ncstudy.study.preflight import save_study
     from ncstudy.study.progress import ProgressTable
     from ncstudy.study.trainable import run_trial
@@ -475,7 +496,6 @@ def _run(spec: StudySpec, opts: RunOptions, t, datasets: dict[str, Any], trial_f
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     # A resume reads Tune's saved trials and the callbacks' saved states as plain data; everything
     # else is built again from the study file, with the code installed now (ncstudy.study.persist).
-    saved = saved_run(t.experiment_path) if opts.resume else SavedRun()
     resuming = bool(saved.trials)  # else nothing had started: the first launch's study starts over
     stopper = build_stopper(spec)
     outcome = StudyOutcome(expect_restore=resuming)
@@ -494,8 +514,9 @@ def _run(spec: StudySpec, opts: RunOptions, t, datasets: dict[str, Any], trial_f
                              summary_note="every trial: summary.csv on the study's MLflow run"
                              if opts.tracking else None)
     # The order of the first four is the order of their saved states (index -> state): keep it.
-    callbacks = [c for c in (outcome, stopper, tracking, progress) if c is not None] + [StopForwarder(guard)]
-    check_versions(callbacks, saved)
+    callbacks = [c for c in (outcome, stopper, tracking, progress) if c is not None]
+    assert [type(c) for c in callbacks] == callback_classes(spec, opts)
+    callbacks.append(StopForwarder(guard))
     with guard.deferred():  # the study's files are written whole, or not at all
         if not opts.resume:
             save_study(t, spec, opts.tracking_uri if opts.tracking else None)
@@ -536,6 +557,8 @@ def _run(spec: StudySpec, opts: RunOptions, t, datasets: dict[str, Any], trial_f
     finally:
         tune_log.removeHandler(restore_log)
         run_log.removeFilter(_tune_says_how_to_resume)
+        if tracking is not None:  # ended by on_experiment_end, unless a forced stop skipped it
+            tracking.writer.pictures.close()
     trials = results._experiment_analysis.trials  # Tune keeps no public handle on the trial list
     outcomes = {tr.trial_id: outcome.outcome(tr) for tr in trials}
     missing = max(0, spec.num_trials() - len(trials))  # planned trials Tune never created

@@ -251,6 +251,12 @@ def descendants(pid: int | None = None) -> dict[int, str]:
     return out
 
 
+def children(pid: int | None = None) -> dict[int, str]:
+    """The processes ``pid`` (default: this one) started itself, as pid -> start time."""
+    root = os.getpid() if pid is None else pid
+    return {p: start for p, (ppid, start) in _proc_table().items() if ppid == root}
+
+
 def alive(procs: dict[int, str]) -> dict[int, str]:
     """The processes of ``procs`` (pid -> start time) still running (zombies count as gone)."""
     out = {}
@@ -276,4 +282,7 @@ def reap(procs: dict[int, str], timeout_s: float = 10.0) -> dict[int, str]:
     for pid in left:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+    end = time.monotonic() + 2.0  # SIGKILL is delivered, not waited for: see them gone
+    while alive(left) and time.monotonic() < end:
+        time.sleep(0.05)
     return left
