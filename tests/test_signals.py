@@ -225,3 +225,26 @@ def test_a_second_sighup_stops_at_once_and_the_study_still_resumes(tmp_path, lau
     launches.append(lc2)
     assert lc2.wait() == 0, lc2.output()
     assert_study_complete(uri, name)
+
+
+def test_sigterm_stops_a_train_run_with_its_log_written(tmp_path):
+    """`ncstudy train` follows the same contract: SIGTERM mid-run exits 143 after the evaluations
+    so far are in its log (rewritten at every evaluation)."""
+    import yaml
+
+    cfg = dict(synthetic_study("x")["base"], mse_epochs=100000)  # far longer than the test waits
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    log, out = tmp_path / "train.log", tmp_path / "run.csv"
+    p = subprocess.Popen([sys.executable, "-m", "ncstudy.cli", "train", str(tmp_path / "c.yaml"), "--out", str(out)],
+                         cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        while not out.exists():  # the run goes on for hours: this state holds
+            assert p.poll() is None, log.read_text()
+            time.sleep(0.1)
+        os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=120) == 143, log.read_text()
+    finally:
+        kill_group(p)
+    assert "ncstudy train: stopped by SIGTERM" in log.read_text() and "Traceback" not in log.read_text()
+    assert out.read_text().startswith("epoch,phase")
