@@ -34,6 +34,8 @@ class Launch:
 
     def __init__(self, tmp: Path, study: Path, uri: str, *held: str, launch: int = 1, extra: tuple = ()) -> None:
         self.barrier = tmp / "barrier"
+        for stale in self.barrier.glob("*-stage-*"):  # an earlier launch's stage barrier
+            stale.unlink()
         self.log = tmp / f"launch{launch}.log"
         cmd = [sys.executable, str(ROOT / "tests" / "held_cli.py"), "--barrier", str(self.barrier),
                "--launch", str(launch), *held, "--", "run", str(study), "--tracking-uri", uri,
@@ -135,12 +137,53 @@ def test_sighup_while_ray_starts_waits_for_it_then_stops_it(tmp_path, launches):
     assert not (tmp_path / "res" / "sig_ray_init").exists()
 
 
-def test_sigterm_before_the_first_trial_then_resume_runs_every_trial(tmp_path, launches):
-    """The study's files are written and Tune's run has started, no trial yet: SIGTERM stops it
-    (exit 143, the study run KILLED, the resume command printed), and `--resume` runs every planned
-    trial (it used to run one of three and exit 0), in the same study run."""
-    name = "sig_before_trials"
-    study = write_study(tmp_path, synthetic_study(name, mse_epochs=20, widths=(16, 32, 64)))
+def w16_finished(uri: str, name: str) -> bool:
+    _, _, ch = child_runs(uri, name)
+    return any(c.info.run_name == "w16-s0" and c.info.status == "FINISHED" for c in ch)
+
+
+def stop_mid_study(lc: Launch, uri: str, name: str, hold: str, sig: int, group: bool) -> None:
+    """w32 held (barrier ``hold``) right after its checkpoint, w16 finished: send ``sig``."""
+    lc.reached(f"{hold}-*")
+    while not w16_finished(uri, name):  # w32 is held, so this state, once reached, stays
+        assert lc.proc.poll() is None, lc.output()[-3000:]
+        time.sleep(0.2)
+    lc.send(sig, group=group)
+
+
+def assert_interrupted(lc: Launch, uri: str, name: str, status: int) -> None:
+    """A clean stop: the exit status, the summary and resume command, w32's run KILLED."""
+    assert lc.wait() == status, lc.output()
+    out = lc.output()
+    assert "1 complete, 1 interrupted" in out and "Resume with:" in out and "--resume" in out, out[-3000:]
+    assert "Traceback" not in out
+    _, parents, children = child_runs(uri, name)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    by = {c.info.run_name: c for c in children}
+    assert by["w32-s0"].info.status == "KILLED" and by["w32-s0"].data.tags["status"] == "interrupted"
+    assert by["w16-s0"].info.status == "FINISHED"
+
+
+def first_epochs(tmp: Path, launch: int) -> dict[int, int]:
+    """Width -> the first epoch each trial reported in ``launch``."""
+    out: dict[int, int] = {}
+    for r in reports(tmp):
+        if r["launch"] == launch:
+            w = int(r["config"]["model.width"])
+            out[w] = min(out.get(w, r["epoch"]), r["epoch"])
+    return out
+
+
+def test_sigterm_before_the_first_trial_then_sigint_mid_study_then_resume_exactly(tmp_path, launches):
+    """Launch 1: the study's files are written and Tune's run has started, no trial yet: SIGTERM
+    (to the PID) stops it, exit 143, the study run KILLED. Launch 2 (`--resume`) runs every planned
+    trial -- it used to run one of three and exit 0 -- in the same study run, until SIGINT (to the
+    process group, as Ctrl-C) stops it cleanly while w16 has finished and w32 is held after its
+    checkpoint at epoch 20: exit 130. Launch 3 (`--resume`) runs w32 from epoch 25 (not from
+    scratch), does not run w16 again, and a SIGINT during its shutdown (every trial done) changes
+    nothing: exit 0, every step in MLflow once."""
+    name = "sig_chain_a"
+    study = study_file(tmp_path, name)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     lc = Launch(tmp_path, study, uri, "--stage", "tune_setup")
     launches.append(lc)
@@ -149,82 +192,59 @@ def test_sigterm_before_the_first_trial_then_resume_runs_every_trial(tmp_path, l
     lc.send(signal.SIGTERM, group=False)
     lc.release("stage-tune_setup")
     assert lc.wait() == 143, lc.output()
-    out = lc.output()
-    assert "--resume" in out and "Traceback" not in out, out[-3000:]
+    assert "--resume" in lc.output() and "Traceback" not in lc.output(), lc.output()[-3000:]
     _, parents, children = child_runs(uri, name)
     assert [p.info.status for p in parents] == ["KILLED"] and children == []
 
-    lc2 = Launch(tmp_path, study, uri, launch=2, extra=("--resume",))
+    lc2 = Launch(tmp_path, study, uri, "--hold", "mid:20:model.width=32", launch=2, extra=("--resume",))
     launches.append(lc2)
-    assert lc2.wait() == 0, lc2.output()
-    assert "3 complete" in lc2.output()
-    assert_study_complete(uri, name, n_trials=3)
+    stop_mid_study(lc2, uri, name, "mid", signal.SIGINT, group=True)
+    assert_interrupted(lc2, uri, name, 130)
+
+    lc3 = Launch(tmp_path, study, uri, "--stage", "shutdown", launch=3, extra=("--resume",))
+    launches.append(lc3)
+    lc3.reached("stage-shutdown")
+    lc3.send(signal.SIGINT, group=True)
+    lc3.release("stage-shutdown")
+    assert lc3.wait() == 0, lc3.output()
+    assert_study_complete(uri, name)
+    assert first_epochs(tmp_path, 3) == {32: 25}  # w32 after its checkpoint at 20; w16 not again
 
 
-# -- mid-study, then a signal during the resumed study's shutdown -----------------------------------
-@pytest.mark.parametrize("sig,group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["SIGINT", "SIGTERM"])
-def test_signal_mid_study_then_resume_continues_each_trial_exactly(tmp_path, sig, group, launches):
-    """w16 has finished, w32 is held right after its checkpoint at epoch 20: the signal stops the
-    study cleanly (exit 128 + n, runs KILLED, resume command). `--resume` runs w32 from epoch 25
-    (its checkpoint, not epoch 5) and does not run w16 again; every step is in MLflow once. A signal
-    during that launch's shutdown (every trial done) changes nothing: exit 0."""
-    name = f"sig_mid_{sig.name.lower()}"
+def test_sigterm_mid_study_then_a_second_sighup_then_sigterm_in_shutdown(tmp_path, launches):
+    """Launch 1: SIGTERM (to the PID, as `kill` or Kubernetes send it) with w16 finished and w32 held
+    after its checkpoint at epoch 20: a clean stop, exit 143. Launch 2 (`--resume`): w32 goes on
+    from epoch 25 and is held again; SIGHUP (to the process group, as a closed terminal sends it)
+    stops the study cleanly, and a second SIGHUP while the driver shuts down stops it at once (no
+    MLflow flush, no Tune clean-up), still leaving nothing running: exit 129. Launch 3 (`--resume`)
+    completes the study exactly; a SIGTERM during its shutdown changes nothing (exit 0)."""
+    name = "sig_chain_b"
     study = study_file(tmp_path, name)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     lc = Launch(tmp_path, study, uri, "--hold", "mid:20:model.width=32")
     launches.append(lc)
-    lc.reached("mid-*")
+    stop_mid_study(lc, uri, name, "mid", signal.SIGTERM, group=False)
+    assert_interrupted(lc, uri, name, 143)
 
-    def w16_finished() -> bool:
-        _, _, ch = child_runs(uri, name)
-        return any(c.info.run_name == "w16-s0" and c.info.status == "FINISHED" for c in ch)
-
-    while not w16_finished():  # w32 is held, so this state, once reached, stays
-        assert lc.proc.poll() is None, lc.output()[-3000:]
-        time.sleep(0.2)
-    lc.send(sig, group=group)
-    assert lc.wait() == EXIT[sig], lc.output()
-    out = lc.output()
-    assert "1 complete, 1 interrupted" in out and "Resume with:" in out and "--resume" in out, out[-3000:]
-    assert "Traceback" not in out
-    client, parents, children = child_runs(uri, name)
-    assert parents[0].info.status == "KILLED"
-    by = {c.info.run_name: c for c in children}
-    assert by["w32-s0"].info.status == "KILLED" and by["w32-s0"].data.tags["status"] == "interrupted"
-    assert by["w16-s0"].info.status == "FINISHED"
-
-    lc2 = Launch(tmp_path, study, uri, "--stage", "shutdown", launch=2, extra=("--resume",))
+    lc2 = Launch(tmp_path, study, uri, "--hold", "again:25:model.width=32", "--stage", "shutdown", launch=2,
+                 extra=("--resume",))
     launches.append(lc2)
+    lc2.reached("again-*")
+    assert first_epochs(tmp_path, 2) == {32: 25}  # from its checkpoint, not from scratch; w16 not again
+    lc2.send(signal.SIGHUP, group=True)
     lc2.reached("stage-shutdown")
-    lc2.send(sig, group=group)
-    lc2.release("stage-shutdown")
-    assert lc2.wait() == 0, lc2.output()
+    lc2.send(signal.SIGHUP, group=True)
+    assert lc2.wait() == 129, lc2.output()
+    assert "received again: stopping at once" in lc2.output() and "--resume" in lc2.output()
+
+    lc3 = Launch(tmp_path, study, uri, "--stage", "shutdown", launch=3, extra=("--resume",))
+    launches.append(lc3)
+    lc3.reached("stage-shutdown")
+    lc3.send(signal.SIGTERM, group=False)
+    lc3.release("stage-shutdown")
+    assert lc3.wait() == 0, lc3.output()
     assert_study_complete(uri, name)
-    second = [r for r in reports(tmp_path) if r["launch"] == 2]
-    w32 = min(r["epoch"] for r in second if r["config"]["model.width"] == 32)
-    assert w32 == 25, second  # continued after its checkpoint at epoch 20, not from scratch
-    assert not [r for r in second if r["config"]["model.width"] == 16]  # the finished trial was not run again
-
-
-def test_a_second_sighup_stops_at_once_and_the_study_still_resumes(tmp_path, launches):
-    """SIGHUP mid-study, then SIGHUP again while the driver shuts down: it stops at once (no MLflow
-    flush, no Tune clean-up) yet leaves nothing running, and `--resume` completes the study exactly."""
-    name = "sig_forced"
-    study = study_file(tmp_path, name)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    lc = Launch(tmp_path, study, uri, "--hold", "mid:10", "--stage", "shutdown")
-    launches.append(lc)
-    lc.reached("mid-*", count=2)
-    lc.send(signal.SIGHUP, group=True)
-    lc.reached("stage-shutdown")
-    lc.send(signal.SIGHUP, group=True)
-    assert lc.wait() == 129, lc.output()
-    assert "received again: stopping at once" in lc.output() and "--resume" in lc.output()
-
-    lc2 = Launch(tmp_path, study, uri, launch=2, extra=("--resume",))
-    launches.append(lc2)
-    assert lc2.wait() == 0, lc2.output()
-    assert_study_complete(uri, name)
+    assert not [r for r in reports(tmp_path) if r["launch"] > 1 and r["config"]["model.width"] == 16]
 
 
 def test_sigterm_stops_a_train_run_with_its_log_written(tmp_path):
