@@ -401,6 +401,8 @@ def run_one(n: int, work: Path, timeout_s: float, baseline_state: bool = False,
     sys.path.insert(0, str(ROOT / "tests"))
     from mlflow_server import MlflowServer
 
+    from ncstudy.adapters.mlflow.server import spawn
+
     work.mkdir(parents=True, exist_ok=True)
     server = MlflowServer(work / "mlflow").start(timeout=600.0)  # a loaded machine can take minutes
     try:
@@ -409,7 +411,8 @@ def run_one(n: int, work: Path, timeout_s: float, baseline_state: bool = False,
                "--work", str(work), "--tracking-uri", server.uri] + (["--baseline-state"] if baseline_state else []) \
             + (["--check-restore"] if check_restore else []) + (["--cluster"] if cluster else [])
         with (work / "driver.log").open("w") as log:
-            p = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            # its own session, and a SIGTERM from the kernel should this process die first
+            p = spawn(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT)
             try:
                 rc = p.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -550,7 +553,16 @@ def cli(argv: list[str] | None = None) -> int:
                       check_restore=args.check_restore, cluster=args.cluster)
         Path(args.json).write_text(json.dumps(res, indent=1))
         return 0
-    res = main(tuple(args.n), args.timeout_s, tuple(args.baseline), args.keep, args.cluster)
+    from ncstudy.errors import Interrupted
+    from ncstudy.study.signals import StopSignals
+
+    # SIGTERM, SIGHUP, Ctrl-C: the `finally`s run, so every MLflow server and driver started is stopped
+    try:
+        with StopSignals():
+            res = main(tuple(args.n), args.timeout_s, tuple(args.baseline), args.keep, args.cluster)
+    except Interrupted as e:
+        print(f"[scale] stopped by {e}", file=sys.stderr)
+        return e.exit_status
     print(table(res))
     print(json.dumps(res["ratio_max_over_min_n"], indent=1))
     return 0

@@ -20,9 +20,13 @@ OptimizerName = Literal["adam", "sgd", "adamw"]
 ScheduleName = Literal["cosine", "multistep", "constant"]
 
 
+#: Every config model: unknown keys refused; strict types (a YAML `true` is not a width, "256" is not
+#: an int and 256.0 is not an epoch count); no `.inf` or `.nan` where a number is meant.
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
 class _Strict(BaseModel):
-    # strict: a YAML `true` is not a width, "256" is not an int and 256.0 is not an epoch count
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(**STRICT, validate_assignment=True)
 
 
 class DataConfig(_Strict):
@@ -128,6 +132,44 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives one key twice (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not key_node.start_mark:
+                    a, b = first.line + 1, key_node.start_mark.line + 1
+                    where = f"lines {a} and {b}" if a != b else f"twice on line {a}"
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} ({where}); keep one of them", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Parse YAML ``text`` (from ``source``, named in errors) as ncstudy reads every YAML file:
+    safe types only, a duplicate key refused with both line numbers."""
+    try:
+        loader = _UniqueKeyLoader(text)
+        loader.name = source  # marks in errors name the file, not "<unicode string>"
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a configuration") from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -138,12 +180,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the file as UTF-8 YAML") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot be read ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    except RecursionError:
-        raise ConfigError(f"{p}: nested too deeply to be a configuration") from None
+    data = load_yaml_text(text, str(p))
     if data is None:
         data = {}
     if not isinstance(data, dict):

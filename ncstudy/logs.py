@@ -72,7 +72,11 @@ def records_to_frame(records: Iterable[Mapping[str, object]]) -> pd.DataFrame:
 
 
 def write_log(records: Iterable[Mapping[str, object]], path: str | Path) -> Path:
+    """Write the log whole or not at all (a temp file renamed over it): a run stopped by a signal,
+    or killed, mid-write keeps its previous log."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    records_to_frame(records).to_csv(p, index=False)
+    tmp = p.with_name(f".{p.name}.tmp")
+    records_to_frame(records).to_csv(tmp, index=False)
+    tmp.replace(p)
     return p

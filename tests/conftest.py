@@ -1,6 +1,7 @@
 """Shared, expensive fixtures: one MLflow SQLite store and one local Ray instance per session."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,17 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"
 REFERENCE_LOGS = REFERENCE / "rupa2026_logs"
 ARTIFACTS = ROOT / "test-artifacts"  # screenshots and other outputs worth keeping
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI (``NCSTUDY_CI=1``, set by .ci/run) a test that skips for want of a system package
+    (its reason says ``apt-get install``) fails: CI must not stay green without it."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.skipped and os.environ.get("NCSTUDY_CI") == "1" and "apt-get install" in str(rep.longrepr):
+        rep.outcome = "failed"
+        rep.longrepr = f"NCSTUDY_CI=1: CI must run this test, which skipped: {rep.longrepr}"
 
 
 @pytest.fixture(scope="session")

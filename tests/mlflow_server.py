@@ -1,8 +1,9 @@
 """A real ``mlflow server`` subprocess on a free loopback port, for the cluster and fault tests.
 
-The server is its own process group (started with ``start_new_session``) and is stopped by its
-PID; :meth:`MlflowServer.stop` then :meth:`MlflowServer.start` brings it back on the same port and
-the same SQLite file, which is how the tests simulate a tracking server outage.
+The server is its own process group (:func:`ncstudy.adapters.mlflow.server.spawn`: its own
+session, ended by the kernel if this process dies) and is stopped by its PID;
+:meth:`MlflowServer.stop` then :meth:`MlflowServer.start` brings it back on the same port and the
+same SQLite file, which is how the tests simulate a tracking server outage.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from ncstudy.adapters.mlflow.server import spawn, stop
 
 
 def free_port() -> int:
@@ -56,9 +59,8 @@ class MlflowServer:
         self.starts += 1
         # MLflow 3 also starts GenAI job runners: 8 more processes, unused here
         env = dict(os.environ, PYTHONUNBUFFERED="1", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-        with (self.root / f"server{self.starts}.log").open("w") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, env=env)
+        with (self.root / f"server{self.starts}.log").open("w") as log:  # ends with us, however we end
+            self.proc = spawn(cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -74,19 +76,7 @@ class MlflowServer:
         p, self.proc = self.proc, None
         if p is None:
             return
-        try:
-            os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=timeout)
-        try:  # the group may have outlived its leader a moment
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop(p, timeout_s=timeout, sig=sig)
         end = time.monotonic() + timeout
         while port_open(self.port) and time.monotonic() < end:
             time.sleep(0.1)

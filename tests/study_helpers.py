@@ -56,10 +56,32 @@ def steps(client, run_id: str, key: str = "train") -> list[int]:
     return [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
 
 
-def spawn_cli(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+def spawn_cli(args: list[str], cwd: Path, log: Path, held: tuple[str, ...] = (),
+              barrier: Path | None = None) -> subprocess.Popen:
+    """`ncstudy ARGS` in its own session; with ``held`` (tests/held_cli.py options such as
+    ``--hold NAME:EPOCH``), through tests/held_cli.py with its barrier folder ``barrier``."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "ncstudy.cli", *args], cwd=cwd, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [sys.executable, "-m", "ncstudy.cli", *args]
+    if held:
+        cmd = [sys.executable, str(ROOT / "tests" / "held_cli.py"), "--barrier", str(barrier or cwd / "barrier"),
+               *held, "--", *args]
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def reached(barrier: Path, pattern: str, proc: subprocess.Popen, count: int = 1, log: Path | None = None) -> None:
+    """Wait for ``count`` barrier files ``reached-<pattern>`` of tests/held_cli.py: a state the
+    barrier holds (so waiting for it is no race), as long as the process runs."""
+    while len(list(barrier.glob(f"reached-{pattern}"))) < count:
+        assert proc.poll() is None, f"exited {proc.returncode}: {log.read_text()[-3000:] if log else ''}"
+        time.sleep(0.1)
+
+
+def saved_statuses(experiment: Path) -> dict[str, str]:
+    """Trial id -> status in Tune's newest saved experiment state on storage."""
+    from ncstudy.study.persist import saved_run
+
+    return {t.trial_id: t.status for t in saved_run(str(experiment)).trials}
 
 
 def wait_for(pred, timeout: float, every: float = 0.5) -> bool:

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 from mlflow_server import free_port
-from study_helpers import child_runs, kill_group, spawn_cli, steps, synthetic_study, wait_for, write_study
+from study_helpers import (
+    child_runs,
+    kill_group,
+    reached,
+    saved_statuses,
+    spawn_cli,
+    steps,
+    synthetic_study,
+    wait_for,
+    write_study,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -22,7 +32,7 @@ def study(tmp_path, cluster, mlflow_server):
         mlflow_server.start()
     procs = []
 
-    def launch(name: str, *extra: str, log: str = "driver.log", **over):
+    def launch(name: str, *extra: str, log: str = "driver.log", held: tuple[str, ...] = (), **over):
         path = tmp_path / f"{name}.yaml"
         if not path.exists():
             write_study(tmp_path, synthetic_study(name, **over))
@@ -30,7 +40,7 @@ def study(tmp_path, cluster, mlflow_server):
                 "--storage", str(tmp_path / "res"), "--progress-interval", "5",
                 # the tests poll MLflow for progress: no 5-s lag between a result and its point
                 "--tracking-flush-interval", "0.2", *extra]
-        p = spawn_cli(args, tmp_path, tmp_path / log)
+        p = spawn_cli(args, tmp_path, tmp_path / log, held=held, barrier=tmp_path / "barrier")
         procs.append(p)
         return p
 
@@ -73,18 +83,19 @@ def test_driver_killed_then_resumed(tmp_path, study, mlflow_server):
     """SIGKILL the driver's process group mid-study; `--resume` (with the tracking server at a new
     address) completes it: the same parent run, exactly one run per trial, every step once."""
     name = "fault_driver"
-    p = study(name, mse_epochs=110, widths=(16, 32), log="first.log")
-    def started():  # a trial past a checkpoint (every 2nd evaluation), Tune's experiment state saved
-        st = last_steps(mlflow_server.uri, name)
-        return max(st.values(), default=0) >= 20 and any((tmp_path / "res" / name).glob("experiment_state-*.json"))
-
-    assert wait_for(started, timeout=180, every=0.2), tail(tmp_path / "first.log")
+    # both trials held right after their checkpoint at epoch 20 (a checkpoint every 2nd evaluation)
+    p = study(name, mse_epochs=110, widths=(16, 32), log="first.log", held=("--hold", "k:20"))
+    reached(tmp_path / "barrier", "k-*", p, count=2, log=tmp_path / "first.log")
+    exp = tmp_path / "res" / name
+    # Tune's state on storage has both trials (Tune copies it every few seconds; the trials stay held)
+    assert wait_for(lambda: len(saved_statuses(exp)) == 2, timeout=300, every=0.2), tail(tmp_path / "first.log")
+    assert p.poll() is None, tail(tmp_path / "first.log")  # the driver being killed is still running
     kill_group(p, signal.SIGKILL)
     assert p.returncode == -signal.SIGKILL  # killed, not finished
     before = last_steps(mlflow_server.uri, name)
-    assert min(before.values(), default=0) < 120, before
+    assert max(before.values(), default=0) < 120, before
     # The tracking server comes back at a new address (as after a replaced head node), same store:
-    # `--resume --tracking-uri NEW` must write there, not to the address pickled at the first launch.
+    # `--resume --tracking-uri NEW` must write there, not to the address of the first launch.
     mlflow_server.stop()
     mlflow_server.port = free_port()
     mlflow_server.start()
@@ -108,23 +119,22 @@ def test_driver_killed_with_the_fnstar_stopper_restores_its_state_exactly(tmp_pa
     name = "fault_fnstar"
     over = dict(mse_epochs=110, widths=(16, 32), max_concurrent=1,
                 scheduler={"name": "fnstar", "fnstar": {"policy": "record", "prior": "none"}})
-    p = study(name, log="first.log", **over)
+    # one trial at a time: w16 runs to its end, then w32 is held after its checkpoint at epoch 20
+    p = study(name, log="first.log", held=("--hold", "w32:20:model.width=32"), **over)
+    reached(tmp_path / "barrier", "w32-*", p, log=tmp_path / "first.log")
     exp = tmp_path / "res" / name
-
-    def one_done_one_running():
-        client, _, ch = child_runs(mlflow_server.uri, name)
-        done = [c for c in ch if c.info.status == "FINISHED"]
-        running = [c for c in ch if c.info.status == "RUNNING" and max(steps(client, c.info.run_id), default=0) >= 20]
-        return done and running and any(exp.glob("callback-states-*.pkl"))
-
-    assert wait_for(one_done_one_running, timeout=300, every=0.5), tail(tmp_path / "first.log")
-    time.sleep(12)  # past Tune's next state copy (every 10 s): the saved state has the finished trial
+    # the saved state has the finished trial (Tune copies it every few seconds; w32 stays held)
+    assert wait_for(lambda: sorted(saved_statuses(exp).values()) == ["RUNNING", "TERMINATED"],
+                    timeout=300, every=0.2), (saved_statuses(exp), tail(tmp_path / "first.log"))
+    assert any(exp.glob("callback-states-*.pkl"))
+    assert p.poll() is None, tail(tmp_path / "first.log")  # the driver being killed is still running
     kill_group(p, signal.SIGKILL)
+    assert p.returncode == -signal.SIGKILL
     p2 = study(name, "--resume", log="second.log")
     assert p2.wait(timeout=300) == 0, tail(tmp_path / "second.log")
     assert_complete(mlflow_server.uri, name, 2, 120)
 
-    pkl = max(exp.glob("callback-states-*.pkl"), key=lambda f: f.stat().st_mtime)
+    pkl = max(exp.glob("callback-states-*.pkl"), key=lambda f: f.name)  # Tune's rule: the latest session's
     states = pickle.loads(pkl.read_bytes())
     state = next(s for s in (states.values() if isinstance(states, dict) else states)
                  if isinstance(s, dict) and "store" in s)
@@ -146,22 +156,22 @@ def test_mlflow_down_then_back(tmp_path, study, mlflow_server):
     on meanwhile, and what was queued is written once it is back (every step once, one run each)."""
     name = "fault_mlflow_blip"
     storage = tmp_path / "res"
-    p = study(name, mse_epochs=590, widths=(16, 32))  # 120 evaluations, a checkpoint every 2nd
-    # down as soon as the first result is in MLflow (the other trial may not have a run yet)
-    assert wait_for(lambda: max(last_steps(mlflow_server.uri, name).values(), default=0) >= 5,
-                    timeout=180, every=0.2), tail(tmp_path / "driver.log")
+    barrier = tmp_path / "barrier"
+    # 120 evaluations, a checkpoint every 2nd; both trials held after epoch 5, then after epoch 50
+    p = study(name, mse_epochs=590, widths=(16, 32), held=("--hold", "a:5", "--hold", "b:50"))
+    reached(barrier, "a-*", p, count=2, log=tmp_path / "driver.log")
     mlflow_server.stop()  # returns once the port is closed
     down_at = int(time.time() * 1000)
     at_stop = checkpoints(storage, name)
-    # trials far from done (last index: 59); polling MLflow lags on a busy machine, hence the margin
-    assert max(at_stop.values(), default=0) <= 50, at_stop
-    # training goes on without MLflow: every trial saves two more checkpoints (4 more evaluations)
-    assert wait_for(lambda: len(c := checkpoints(storage, name)) == 2
-                    and all(c[t] >= at_stop.get(t, -1) + 2 for t in c), timeout=120, every=0.2), \
-        tail(tmp_path / "driver.log")
+    (barrier / "release-a").write_text("")
+    # training goes on without MLflow: both trials reach epoch 50, several checkpoints later
+    reached(barrier, "b-*", p, count=2, log=tmp_path / "driver.log")
+    now = checkpoints(storage, name)
+    assert len(now) == 2 and all(now[t] >= at_stop.get(t, -1) + 2 for t in now), (at_stop, now)
     assert p.poll() is None
     up_at = int(time.time() * 1000)
     mlflow_server.start()
+    (barrier / "release-b").write_text("")
     assert p.wait(timeout=300) == 0, tail(tmp_path / "driver.log")
 
     assert_complete(mlflow_server.uri, name, 2, 600)
@@ -178,9 +188,11 @@ def test_mlflow_down_for_good(tmp_path, study, mlflow_server):
     there, once), and `--resume` once the server is back completes the runs."""
     name = "fault_mlflow_gone"
     storage = tmp_path / "res"
-    p = study(name, "--tracking-max-outage", "2", mse_epochs=290, widths=(16, 32))
-    assert wait_for(lambda: max(last_steps(mlflow_server.uri, name).values(), default=0) >= 10,
-                    timeout=180, every=0.2), tail(tmp_path / "driver.log")
+    # w16 held after epoch 10, so the study is still running when the outage runs out, however
+    # fast w32 trains (w32's reports and end are what the writer fails to send)
+    p = study(name, "--tracking-max-outage", "2", mse_epochs=290, widths=(16, 32),
+              held=("--hold", "h:10:model.width=16"))
+    reached(tmp_path / "barrier", "h-*", p, log=tmp_path / "driver.log")
     mlflow_server.stop()
     rc = p.wait(timeout=300)  # a hang guard, not a speed assertion (the machine may be busy)
     out = (tmp_path / "driver.log").read_text()

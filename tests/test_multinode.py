@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from study_helpers import child_runs, kill_group, spawn_cli, steps, synthetic_study, wait_for, write_study
+from study_helpers import child_runs, kill_group, reached, spawn_cli, steps, synthetic_study, wait_for, write_study
 
 from ncstudy.adapters.mlflow.reader import HTTP_ENV
 
@@ -74,21 +74,27 @@ def test_worker_node_lost_mid_trial(tmp_path, cluster, mlflow_server):
             "--storage", str(storage), "--progress-interval", "0",
             "--tracking-flush-interval", "0.2"]  # polled below: no 5-s lag in MLflow
     log = tmp_path / "driver.log"
-    p = spawn_cli(args, tmp_path, log)
+    barrier = tmp_path / "barrier"
+    # both trials held right after their checkpoint at epoch 20, one on each worker node
+    p = spawn_cli(args, tmp_path, log, held=("--hold", "n:20"), barrier=barrier)
     victim: dict = {}
     try:
-        def checkpointed_and_running():
-            client, _, ch = child_runs(mlflow_server.uri, name)
-            for c in ch:
-                done = steps(client, c.info.run_id)
-                if c.data.tags.get("ray.node_id") and 10 <= max(done, default=0) <= 60:
-                    victim.update(run_id=c.info.run_id, node=c.data.tags["ray.node_id"], step=max(done),
-                                  trial_id=c.data.tags["ncstudy.trial_id"])
-                    return True
-            return False
+        reached(barrier, "n-*", p, count=2, log=log)
 
-        assert wait_for(checkpointed_and_running, timeout=180, every=0.2), log.read_text()[-3000:]
+        def placed():  # the runs' node tags (written with their first points; the trials stay held)
+            client, _, ch = child_runs(mlflow_server.uri, name)
+            tagged = [c for c in ch if c.data.tags.get("ray.node_id")]
+            if len(tagged) < 2:
+                return False
+            c = tagged[0]
+            victim.update(run_id=c.info.run_id, node=c.data.tags["ray.node_id"], step=max(steps(client, c.info.run_id)),
+                          trial_id=c.data.tags["ncstudy.trial_id"])
+            return True
+
+        assert wait_for(placed, timeout=180, every=0.2), log.read_text()[-3000:]
+        assert p.poll() is None
         cluster.remove_worker(cluster.node_by_id(victim["node"]))
+        (barrier / "release-n").write_text("")  # the other trial goes on; the victim is not held again
         assert p.wait(timeout=240) == 0, log.read_text()[-3000:]
     finally:
         kill_group(p)

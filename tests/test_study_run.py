@@ -55,42 +55,6 @@ def test_small_study_tracks_every_trial(small_study, mlflow_uri):
     assert "summary.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
-@pytest.mark.slow
-def test_interrupted_study_resumes_same_runs(tmp_path, mlflow_uri):
-    """SIGINT a running study after some results, `--resume` it: one run per trial, no gaps."""
-    study = write_study(tmp_path, synthetic_study("study_resume", mse_epochs=390, widths=(16, 32), seeds=(0,)))
-    # polled below: no 5-s lag between a result and MLflow, and trials long enough to be mid-run
-    args = ["run", str(study), "--tracking-uri", mlflow_uri, "--storage", str(tmp_path / "res"),
-            "--num-cpus", "2", "--tracking-flush-interval", "0.2"]
-    p = spawn_cli(args, tmp_path, tmp_path / "first.log")
-    try:
-        def some_results():
-            _, _, ch = child_runs(mlflow_uri, "study_resume")
-            return len(ch) == 2 and all(len(c.data.metrics) and c.data.metrics.get("phase") == 2 for c in ch)
-        assert wait_for(some_results, timeout=180), (tmp_path / "first.log").read_text()[-3000:]
-    finally:
-        kill_group(p, signal.SIGINT)
-    # interrupted: exit 130 with the resume command; the runs and the study run end KILLED, not FINISHED
-    first = (tmp_path / "first.log").read_text()
-    assert p.returncode == 130, first[-3000:]
-    assert "did not finish" in first and "--resume" in first
-    _, parents, before = child_runs(mlflow_uri, "study_resume")
-    assert parents[0].info.status == "KILLED"
-    assert all(c.info.status == "KILLED" and c.data.tags.get("status") == "interrupted" for c in before)
-
-    p2 = spawn_cli(args + ["--resume"], tmp_path, tmp_path / "second.log")
-    try:
-        assert p2.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    finally:
-        kill_group(p2)
-    client, parents, children = child_runs(mlflow_uri, "study_resume")
-    assert len(parents) == 1 and len(children) == 2 and parents[0].info.status == "FINISHED"
-    for c in children:
-        assert c.info.status == "FINISHED" and c.data.tags["stop_reason"] == "budget"
-        assert c.data.tags["status"] == "completed"
-        assert steps(client, c.info.run_id) == list(range(5, 401, 5))
-
-
 def test_mlflow_ui_shows_trials_nested_under_study(small_study, mlflow_uri, artifacts_dir, tmp_path):
     """Headless Chromium on `ncstudy ui`: the trial runs appear nested under the study run."""
     import shutil
@@ -99,7 +63,7 @@ def test_mlflow_ui_shows_trials_nested_under_study(small_study, mlflow_uri, arti
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_bin = shutil.which("chromedriver")
     if not chromium or not driver_bin:
-        pytest.skip("Chromium/chromedriver absent (Debian packages chromium, chromium-driver; .ci/run installs them)")
+        pytest.skip("Chromium/chromedriver absent (`apt-get install chromium chromium-driver`; .ci/run installs them)")
     from mlflow.tracking import MlflowClient
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -239,3 +203,54 @@ def test_a_diverging_trial_fails_the_study(tmp_path, mlflow_uri, ray_local):
     by = {c.info.run_name: c for c in children}
     assert by["lr1e+03"].info.status == "FAILED" and by["lr1e+03"].data.tags["status"] == "diverged"
     assert by["lr0.02"].info.status == "FINISHED" and by["lr0.02"].data.tags["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_trial_failing_after_its_retries_fails_the_study(tmp_path, mlflow_uri):
+    """w32 raises at epoch 15 on every attempt: Tune retries it from its checkpoint at epoch 10
+    (failure.max_retries: 1), then gives up; the study exits 1, w32's run FAILED (status error),
+    w16's FINISHED, and the summary names the failed trial."""
+    import json
+
+    study = write_study(tmp_path, synthetic_study("study_fails", mse_epochs=20, widths=(16, 32),
+                                                  failure={"max_retries": 1}))
+    args = ["run", str(study), "--tracking-uri", mlflow_uri, "--storage", str(tmp_path / "res"), "--num-cpus", "2",
+            "--progress-interval", "0"]
+    p = spawn_cli(args, tmp_path, tmp_path / "run.log", held=("--fail", "15:model.width=32"))
+    try:
+        rc = p.wait(timeout=600)
+    finally:
+        kill_group(p)
+    out = (tmp_path / "run.log").read_text()
+    assert rc == 1, out[-3000:]
+    assert "1 complete, 1 failed" in out and "failed or diverged: w32-s0" in out, out[-3000:]
+    _, parents, children = child_runs(mlflow_uri, "study_fails")
+    assert parents[0].info.status == "FAILED"
+    by = {c.info.run_name: c for c in children}
+    assert by["w32-s0"].info.status == "FAILED" and by["w32-s0"].data.tags["status"] == "error"
+    assert by["w16-s0"].info.status == "FINISHED"
+    rows = [json.loads(line) for line in (tmp_path / "barrier" / "reports.jsonl").read_text().splitlines()]
+    w32 = [r["epoch"] for r in rows if r["config"]["model.width"] == 32]
+    assert w32 == [5, 10, 15, 15], w32  # retried once, from its checkpoint at epoch 10
+
+
+def test_asha_stops_the_worse_trials_at_its_first_rung(tmp_path, mlflow_uri, ray_local):
+    """`scheduler: asha` (grace period 1 evaluation = 5 epochs, reduction factor 2, max_t = the
+    budget): one trial at a time, the best learning rate first, so every later trial meets the
+    first rung with a worse training loss and ASHA stops it there, well before its budget."""
+    import contextlib
+    import io
+
+    data = synthetic_study("study_asha", mse_epochs=20, widths=(16,), seeds=(0,), max_concurrent=1,
+                           scheduler={"name": "asha", "asha": {"grace_period": 1, "reduction_factor": 2}},
+                           objective={"metric": "train_loss", "mode": "min"})
+    data["space"]["optimizer.lr"] = {"grid": [0.02, 1.0e-5, 2.0e-5]}
+    data["trial_name"] = "lr{optimizer.lr}"
+    spec = load_study(write_study(tmp_path, data))
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = run_study(spec, RunOptions(tracking_uri=mlflow_uri, storage=str(tmp_path / "res"), progress_interval_s=0))
+    assert rc == 0
+    client, _, children = child_runs(mlflow_uri, "study_asha")
+    ran = {c.info.run_name: steps(client, c.info.run_id) for c in children}
+    assert ran["lr0.02"] == list(range(5, 31, 5))  # the best one ran its whole budget
+    assert ran["lr1e-05"] == [5] and ran["lr2e-05"] == [5], ran  # ASHA stopped the others at its rung

@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from ncstudy.study.signals import alive, descendants
+
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "ui_study"
 CE, EPOCHS, EVERY = 30, 430, 10
@@ -157,57 +159,19 @@ class UiProcess:
         raise AssertionError(f"ncstudy ui not ready after {timeout:.0f} s:\n{self.output()}")
 
     def kill(self) -> None:
+        """Stop it as a user would (SIGTERM: it stops its server), SIGKILL if it does not go."""
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(30)
             except ProcessLookupError:
                 pass
-            self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
 
 
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, start time) of every process, from /proc."""
-    out = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[int(d.name)] = (int(fields[1]), fields[19])  # ppid, starttime
-    return out
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """Every process below ``pid`` (pid -> start time, so a reused pid is not mistaken for it)."""
-    table = _proc_table()
-    found, frontier = {}, [pid]
-    while frontier:
-        p = frontier.pop()
-        for c, (pp, start) in table.items():
-            if pp == p and c not in found:
-                found[c] = start
-                frontier.append(c)
-    return found
-
-
-def alive(procs: dict[int, str]) -> list[int]:
-    table = _proc_table()
-    return [p for p, start in procs.items() if p in table and table[p][1] == start
-            and not _zombie(p)]
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 def test_ui_stops_its_server_and_workers(study, sig):
     ui = UiProcess(study["uri"], study["tmp"])
     try:
@@ -221,7 +185,26 @@ def test_ui_stops_its_server_and_workers(study, sig):
         end = time.monotonic() + 30
         while alive(kids) and time.monotonic() < end:
             time.sleep(0.2)
-        assert alive(kids) == [], f"left running after {sig.name}: {alive(kids)}"
+        assert not alive(kids), f"left running after {sig.name}: {alive(kids)}"
+    finally:
+        ui.kill()
+
+
+def test_ui_killed_outright_takes_its_server_along(study):
+    """SIGKILL leaves `ncstudy ui` no chance to stop anything: the server, in a session of its own
+    (out of reach of the killer's process group), must still go (the kernel tells it its parent
+    died); it used to live on under PID 1 after `make test`."""
+    ui = UiProcess(study["uri"], study["tmp"])
+    try:
+        ui.wait_ready()
+        kids = descendants(ui.proc.pid)
+        assert kids, "ncstudy ui started no server process"
+        os.kill(ui.proc.pid, signal.SIGKILL)
+        ui.proc.wait(60)
+        end = time.monotonic() + 60  # the server stops on SIGTERM from the kernel; it may take a moment
+        while alive(kids) and time.monotonic() < end:
+            time.sleep(0.2)
+        assert not alive(kids), f"left running: {alive(kids)}"
     finally:
         ui.kill()
 

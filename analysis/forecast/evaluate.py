@@ -2,6 +2,10 @@
 
     .venv/bin/python analysis/forecast/evaluate.py [--jobs 2]     # rewrites results.md and results.json
 
+It takes about 40 minutes of two cores. Each finished task is kept under ``analysis/forecast/parts/``
+(ignored by git) with a fingerprint of the corpus, the code and the reference logs, so a run that is
+stopped continues where it stopped when started again; ``--fresh`` recomputes everything.
+
 Every figure comes from ncstudy's own replay engines, with a calibration that never holds the run
 being replayed (nor, where said, anything of its configuration, factor level or source):
 
@@ -23,6 +27,8 @@ being replayed (nor, where said, anything of its configuration, factor level or 
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import math
 import sys
@@ -111,6 +117,21 @@ def _task(spec: tuple) -> tuple[str, dict[str, Any]]:
     return name, out
 
 
+def _kept_or_run(spec: tuple, parts: Path, stamp: str, fresh: bool) -> tuple[str, dict[str, Any]]:
+    """A task's result from its part file when it was computed from the same inputs, else computed
+    and kept (written whole, then renamed: a stopped run leaves no half part)."""
+    f = parts / (hashlib.sha256(repr(spec[:3]).encode()).hexdigest()[:16] + ".json")
+    if not fresh and f.exists():
+        kept = json.loads(f.read_text())
+        if kept.get("fingerprint") == stamp:
+            return kept["name"], kept["out"]
+    name, out = _task(spec)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"fingerprint": stamp, "name": name, "out": out}, default=float))
+    tmp.replace(f)
+    return name, out
+
+
 def online_study(trajs, prior, mode: str, orders: int = ONLINE_ORDERS, seed: int = 0) -> dict[str, Any]:
     """The runs as one live study, a trial at a time in random orders, the stopper learning from its
     own finished trials (as ``ncstudy run`` does): per position in the order, what each trial cost
@@ -172,6 +193,20 @@ def cost_per_observation(corpus) -> dict[str, Any]:
             n += 1
         t += time.process_time() - t0
     return {"ms_per_observation": 1000 * t / n, "observations": n, "pool_build_s": build, "pool_runs": cal.n_runs()}
+
+
+def fingerprint(corpus: Path) -> str:
+    """What a task's result depends on: the corpus, the reference logs and the code of ncstudy's
+    forecaster and of this script."""
+    h = hashlib.sha256()
+    files = [*sorted(Path(corpus).rglob("*.csv")), *sorted(Path(corpus).rglob("*.jsonl")),
+             *sorted(REFERENCE.rglob("*")), REFERENCE_MANIFEST, Path(__file__),
+             *sorted((ROOT / "ncstudy" / "forecast").rglob("*.py")), ROOT / "ncstudy" / "onset.py"]
+    for f in files:
+        if f.is_file():
+            h.update(str(f.relative_to(ROOT.parent) if f.is_relative_to(ROOT.parent) else f).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -267,11 +302,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", help="run the tasks whose name contains this (exploration: nothing written)")
     ap.add_argument("--corpus", type=Path, default=CORPUS, help="the corpus folder (default analysis/corpus)")
+    ap.add_argument("--fresh", action="store_true", help="recompute every task (default: reuse finished parts)")
     a = ap.parse_args(argv)
     todo = [(*t, str(a.corpus)) for t in tasks() if not a.only or a.only in t[1]]
     results: dict[str, Any] = {"search": {}, "sweep": {}, "online": {}}
+    parts = a.out / "parts"
+    parts.mkdir(exist_ok=True)
+    work = functools.partial(_kept_or_run, parts=parts, stamp=fingerprint(a.corpus), fresh=a.fresh)
     with ProcessPoolExecutor(max_workers=a.jobs) as ex:
-        for (kind, *_), (name, out) in zip(todo, ex.map(_task, todo)):
+        for (kind, *_), (name, out) in zip(todo, ex.map(work, todo)):
             if kind == "sweep":
                 f, split = name.split("|")
                 results["sweep"].setdefault(f, {})[split] = out

@@ -49,6 +49,8 @@ from ncstudy.records import (
 
 log = logging.getLogger("ncstudy.stopper")
 
+#: the newest saved stopper state this code reads (FnStarStopper.STATE_VERSION)
+STATE_VERSION = 2
 _WARN_AFTER = 3  # results without NC1 before the stopper says why it cannot act
 #: Learnt runs join the calibration in batches of this fraction of its pool, and the pool holds at
 #: most MAX_POOL of the study's own runs (reservoir-sampled): the conformal forecaster's pool rebuild
@@ -340,6 +342,9 @@ class FnStarCore:
                 "live": self.stopper.live_dict()}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
+        if int(state.get("version", 1)) > STATE_VERSION:
+            raise ValueError(f"{self.where}: saved stopper state version {state.get('version')} is newer than this "
+                             f"ncstudy reads ({STATE_VERSION}); resume with the ncstudy that saved it")
         if "store" in state:
             self.store, self._restore = None, dict(state)  # read at attach() (or at first need)
             self.stopper.journal = None

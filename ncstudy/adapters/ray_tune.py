@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ray.tune import Callback, Stopper
 
-from ncstudy.adapters.common import DEFAULT_POLICY, LEARN_BATCH, MAX_POOL, FnStarCore, MetricNames
+from ncstudy.adapters.common import DEFAULT_POLICY, LEARN_BATCH, MAX_POOL, STATE_VERSION, FnStarCore, MetricNames
 from ncstudy.forecast import Calibration
 from ncstudy.forecast.forecasters import DEFAULT_FORECASTER
 from ncstudy.onset import OnsetRule
@@ -43,6 +43,10 @@ class FnStarStopper(Stopper, Callback):
     for the arguments shared with :class:`~ncstudy.adapters.optuna_pruner.FnStarPruner`). In a search
     (the default for the collapse-time objective) a trial that cannot beat the earliest onset seen so
     far is stopped (``capped``, ``cannot_win``); in a sweep only at a trusted forecast or its onset."""
+
+    #: the newest saved state (``get_state``) this code reads: 1, the whole stopper; 2, a journal
+    #: reference (both as plain JSON; the search mode's fields, absent in older states, default)
+    STATE_VERSION = STATE_VERSION
 
     def __init__(self, policy: str = DEFAULT_POLICY, forecaster: str = DEFAULT_FORECASTER, *, mode: str | None = None,
                  budget: int | str | Callable[[Mapping[str, Any]], int] | None = None,

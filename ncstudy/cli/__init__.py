@@ -1,7 +1,10 @@
 """``ncstudy`` command line: train, run, ui, analyze, replay.
 
-Bad input (a config or study file, a flag) exits with status 2 and a message naming the file and
-key, before any training, Ray or MLflow start.
+One exit-status contract for every command (:mod:`ncstudy.errors`): bad input (a config or study
+file, a flag, a path that cannot be written) exits with status 2 and a message naming the file
+and key, before any training, Ray or MLflow start; an MLflow server that does not answer, 3; a
+stop signal (SIGINT, SIGTERM, SIGHUP), 128 + its number after a clean stop
+(:mod:`ncstudy.study.signals`).
 """
 from __future__ import annotations
 
@@ -14,7 +17,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ncstudy.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TRACKING_UNAVAILABLE, ConfigError, InputError
+from ncstudy.adapters.mlflow.server import group_alive  # noqa: F401 - the name tests import from here
+from ncstudy.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_TRACKING_UNAVAILABLE,
+    ConfigError,
+    InputError,
+    Interrupted,
+    TrackingUnavailable,
+    signal_name,
+)
 
 
 def _fmt(v: float) -> str:
@@ -24,12 +36,15 @@ def _fmt(v: float) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from ncstudy.config import load_train_config
     from ncstudy.logs import write_log
+    from ncstudy.study.preflight import check_writable
     from ncstudy.train import Trainer, check_fits_in_memory
 
     cfg = load_train_config(args.config)
     if args.device:
         cfg = cfg.model_copy(update={"device": args.device})
     check_fits_in_memory(cfg, where=f"{args.config}: ")
+    if args.out:
+        check_writable(args.out, "--out", folder=False)
     trainer = Trainer(cfg)
     print(f"training {cfg.model.name} (depth {cfg.model.depth}, width {cfg.model.width}, {cfg.model.activation}) "
           f"on {cfg.data.name}: {cfg.ce_epochs} CE + {cfg.mse_epochs} MSE epochs, device {trainer.device}",
@@ -55,21 +70,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.status == "completed" else 1
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _seconds(value: float, flag: str, positive: bool) -> None:
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ConfigError(f"{flag} {value}: must be a finite number of seconds {'> 0' if positive else '>= 0'}")
+
+
+def cmd_run(args: argparse.Namespace, signals=None) -> int:
     from ncstudy.study.runner import DEFAULT_TRACKING_URI, RunOptions, run_study, trial_plan
     from ncstudy.study.spec import load_study
 
     spec = load_study(args.space)
     if args.max_concurrent is not None and args.max_concurrent <= 0:
         raise ConfigError("--max-concurrent: must be a positive integer")
-    if not args.tracking_max_outage > 0:
-        raise ConfigError("--tracking-max-outage: must be a positive number of seconds")
-    if not args.tracking_flush_interval >= 0:
-        raise ConfigError("--tracking-flush-interval: must be a number of seconds >= 0")
+    _seconds(args.tracking_max_outage, "--tracking-max-outage", positive=True)
+    _seconds(args.tracking_flush_interval, "--tracking-flush-interval", positive=False)
     if args.num_cpus is not None and args.num_cpus <= 0:
         raise ConfigError("--num-cpus: must be a positive integer")
-    if not args.progress_interval >= 0:
-        raise ConfigError("--progress-interval: must be a number of seconds >= 0")
+    _seconds(args.progress_interval, "--progress-interval", positive=False)
     if args.allow_changed and not args.resume:
         raise ConfigError("--allow-changed goes with --resume")
     if args.dry_run:
@@ -82,13 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                       tracking_max_outage_s=args.tracking_max_outage,
                       tracking_flush_interval_s=args.tracking_flush_interval,
                       allow_changed=args.allow_changed, study_file=args.space)
-    from ncstudy.adapters.mlflow.writer import TrackingUnavailable
-
-    try:
-        status = run_study(spec, opts)
-    except TrackingUnavailable as e:
-        print(f"ncstudy run: error: {e}", file=sys.stderr, flush=True)
-        return EXIT_TRACKING_UNAVAILABLE
+    status = run_study(spec, opts, signals=signals)
+    if status >= 128:  # stopped by a signal: the resume command was the last word
+        return status
     _print_browse_hint(spec.name, opts.tracking_uri, opts.tracking_uri_given and
                        opts.tracking_uri != DEFAULT_TRACKING_URI)
     return status
@@ -121,18 +134,24 @@ UI_BASE = "http://127.0.0.1:5000"  # `ncstudy ui`'s default address
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """The MLflow UI on 127.0.0.1 in its own process group; SIGTERM or Ctrl-C stop the whole group."""
+    """The MLflow UI on 127.0.0.1 in its own session; SIGTERM, SIGHUP or Ctrl-C stop it and every
+    process it started, and it ends with this process however this one ends
+    (:mod:`ncstudy.adapters.mlflow.server`)."""
     import signal
     import socket
-    import time
 
-    from ncstudy.adapters.mlflow.reader import check_uri, sqlite_path
+    from ncstudy.adapters.mlflow import server
+    from ncstudy.adapters.mlflow.reader import check_uri, is_server, probe_server, sqlite_path
     from ncstudy.study.runner import DEFAULT_TRACKING_URI
 
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: must be a TCP port, 1 to 65535")
     uri = args.tracking_uri or DEFAULT_TRACKING_URI
     check_uri(uri)
+    if is_server(uri):  # a tracking server serves its own UI
+        probe_server(uri)
+        raise ConfigError(f"--tracking-uri {uri}: an MLflow server serves its own UI; open {uri} in a browser "
+                          f"(`ncstudy ui` serves a local store such as sqlite:///mlflow.db)")
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise ConfigError(f"no MLflow store at {db} (tracking URI {uri}); run a study first, or pass --tracking-uri")
@@ -154,16 +173,22 @@ def cmd_ui(args: argparse.Namespace) -> int:
     # MLflow's job runner (GenAI jobs: ~7 extra processes) serves nothing a study logs.
     env = dict(os.environ)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)  # its own process group
     stopping: list[int] = []
+    procs: list[subprocess.Popen] = []
 
     def stop(signum: int, frame) -> None:
         stopping.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
 
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    # the handlers first: a signal that lands while the server starts still stops it
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
+        procs.append(server.spawn(cmd, env=env))
+        proc = procs[0]
+        if stopping:
+            stop(stopping[0], None)
         base = f"http://127.0.0.1:{args.port}"
         print(f"MLflow UI for {uri} at {base}  (Ctrl-C to stop)", flush=True)
         if studies:
@@ -177,28 +202,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        if stopping:  # the server and every worker it started, gone: wait for the group to empty
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and group_alive(proc.pid):
-                time.sleep(0.1)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            return 0
-        return rc
+        return 0 if stopping else rc
     finally:
+        for p in procs:  # the server and every worker it started, gone
+            server.stop(p, timeout_s=10.0)
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any process of process group ``pgid`` is still alive."""
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def cmd_analyze(args: argparse.Namespace, rest: list[str]) -> int:
@@ -254,8 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input of any command (:class:`~ncstudy.errors.InputError`) is reported
     here, once, with exit status 2."""
+    from ncstudy.study.signals import StopSignals
+
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = "ncstudy" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")
+    signals = StopSignals()
+    if not (argv and argv[0] == "ui"):  # `ncstudy ui` stops its server itself
+        signals.install()  # SIGINT, SIGTERM, SIGHUP: a clean stop, 128 + n (a study: see run_study)
     try:
         if argv and argv[0] in ("analyze", "replay"):  # these parse their own flags
             cmd, rest = argv[0], argv[1:]
@@ -264,13 +278,20 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as e:  # argparse: --help (0) or a usage error (2)
             return int(e.code or 0)
-        return {"train": cmd_train, "run": cmd_run, "ui": cmd_ui}[args.command](args)
+        if args.command == "run":
+            return cmd_run(args, signals)
+        return {"train": cmd_train, "ui": cmd_ui}[args.command](args)
     except InputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # Ctrl-C outside a study (a study handles it and returns 130 itself)
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except TrackingUnavailable as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_TRACKING_UNAVAILABLE
+    except Interrupted as e:  # a stop signal outside a study (a study returns its own status)
+        print(f"{prog}: stopped by {signal_name(e.signum)}", file=sys.stderr)
+        return e.exit_status
+    finally:
+        signals.restore()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """``ncstudy analyze``: statistics, figures and a Markdown report from logs or an MLflow study.
 
 Exit status (through :func:`ncstudy.cli.main`): 0 done; 2 bad input (unknown experiment, empty
-folder, CSV without the required columns, unknown preset or grouping key) with a message on
-stderr and nothing written; 1 an unexpected failure (the output folder is still left untouched),
-or the report was written but could not be logged to the MLflow parent run.
+folder, CSV without the required columns, unknown preset or grouping key, an ``--out`` that cannot
+be written) with a message on stderr and nothing written; 3 the MLflow server does not answer; 1
+an unexpected failure (the output folder is still left untouched), or the report was written but
+could not be logged to the MLflow parent run.
 """
 from __future__ import annotations
 
@@ -98,8 +99,9 @@ def analyze_main(argv: list[str] | None = None) -> int:
     if args.tracking_uri and not args.experiment:
         raise InputError("--tracking-uri needs --experiment")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
+    from ncstudy.study.preflight import check_writable
+
+    check_writable(out, "--out")  # before any work: a folder that cannot be written is bad input
     opts = AnalysisOptions(threshold=args.threshold, phase2_only=args.phase2_only,
                            group_by=_group_keys(args.group_by))
     from ncstudy.analysis.core import analyze

@@ -2,7 +2,7 @@
 after it connects to a cluster.
 
 Each check raises :class:`~ncstudy.errors.InputError` (exit 2) naming the flag or key and the fix,
-or :class:`~ncstudy.adapters.mlflow.writer.TrackingUnavailable` (exit 3) for a tracking server that
+or :class:`~ncstudy.errors.TrackingUnavailable` (exit 3) for a tracking server that
 does not answer; nothing is written before all of them pass. Network probes use short timeouts, and
 Ctrl-C interrupts any of them.
 """
@@ -17,9 +17,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ncstudy.errors import ConfigError, InputError
+from ncstudy.study.persist import STUDY_FILE, SavedStudy
 from ncstudy.study.spec import StudySpec
 
-STUDY_FILE = "ncstudy_study.json"  # the study as first launched, beside Tune's experiment state
 PROBE_TIMEOUT_S = 5.0
 
 
@@ -40,48 +40,79 @@ def target(storage: str, name: str) -> Target:
     return Target(s, f"{s.rstrip('/')}/{name}")
 
 
+# -- paths the command will write -------------------------------------------------------------------
+def check_writable(path: str | Path, what: str, folder: bool = True) -> None:
+    """``what`` (a flag, e.g. ``--storage``) at ``path`` can be written: a probe file is created and
+    removed in the folder (``folder``), or beside the file, that the command will write -- or, for
+    one that does not exist yet, in its nearest existing ancestor. Permission bits are not trusted:
+    ``os.access`` says yes to root in ``/proc``. Nothing is left behind."""
+    import tempfile
+
+    p = Path(path).expanduser()
+    target = p if folder else p.parent
+    if folder and p.exists() and not p.is_dir():
+        raise InputError(f"{what} {path}: exists and is not a folder; give a folder")
+    if not folder and p.is_dir():
+        raise InputError(f"{what} {path}: is a folder; give a file name")
+    probe_dir = target.resolve()
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise InputError(f"{what} {path}: cannot be created ({probe_dir} is not a folder)")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".ncstudy-probe-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise InputError(f"{what} {path}: cannot write there ({probe_dir}: {e.strerror or type(e).__name__}); "
+                         f"give a writable location") from None
+
+
+def check_writable_uri(uri: str, what: str) -> None:
+    """A storage URI (``s3://``, ``gs://``, ``file://`` ...): a probe object is written and deleted on
+    its file system."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    try:
+        fs, base = pafs.FileSystem.from_uri(uri)
+    except Exception as e:  # noqa: BLE001 - an unknown scheme, a malformed URI, missing credentials
+        raise InputError(f"{what} {uri}: not a storage URI this machine can use ({e})") from None
+    if isinstance(fs, pafs.LocalFileSystem):
+        check_writable(base, what)
+        return
+    probe = f"{base.rstrip('/')}/.ncstudy-probe-{uuid.uuid4().hex}"
+    try:
+        with fs.open_output_stream(probe) as f:
+            f.write(b"")
+        fs.delete_file(probe)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises OSError subclasses and its own errors
+        raise InputError(f"{what} {uri}: cannot write there ({type(e).__name__}: {e}); check the path and "
+                         f"the credentials") from None
+
+
 # -- storage and resume ----------------------------------------------------------------------------
 def check_storage(storage: str) -> None:
-    """A local ``--storage`` must be a folder that exists or can be created."""
+    """``--storage`` must be a folder (or storage URI) this process can write in."""
     if "://" in storage:
-        return
-    p = Path(storage)
-    if p.exists() and not p.is_dir():
-        raise InputError(f"--storage {storage}: exists and is not a folder; give a folder for the study results")
-    ancestor = p.resolve()
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise InputError(f"--storage {storage}: cannot create it ({ancestor} is not a writable folder)")
+        check_writable_uri(storage, "--storage")
+    else:
+        check_writable(storage, "--storage")
 
 
-def _read_text(path: str) -> str | None:
-    if "://" not in path:
-        p = Path(path)
-        return p.read_text() if p.is_file() else None
-    import pyarrow.fs as pafs
+def experiment_exists(t: Target) -> bool:
+    """Whether the study's folder holds anything of a launch (its study file or Tune's state)."""
+    from ncstudy.study.persist import EXPERIMENT_STATE, names_in
 
-    fs, p = pafs.FileSystem.from_uri(path)
-    if fs.get_file_info(p).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(p) as f:
-        return f.read().decode()
+    return any(n == STUDY_FILE or n.startswith(EXPERIMENT_STATE) for n in names_in(t.experiment_path))
 
 
-def save_study(t: Target, spec: StudySpec) -> None:
-    """Keep the study as first launched (``--resume`` compares against it)."""
-    text = spec.model_dump_json(indent=1)
-    path = f"{t.experiment_path}/{STUDY_FILE}"
-    if "://" not in path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
-        return
-    import pyarrow.fs as pafs
+def save_study(t: Target, spec: StudySpec, tracking_uri: str | None) -> None:
+    """Keep the study as first launched (``--resume`` compares against it) and its tracking URI."""
+    from ncstudy.study.persist import study_text, write_bytes
 
-    fs, p = pafs.FileSystem.from_uri(path)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(p) as f:
-        f.write(text.encode())
+    write_bytes(f"{t.experiment_path}/{STUDY_FILE}", study_text(spec, tracking_uri).encode())
 
 
 def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -94,19 +125,21 @@ def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')}: {json.dumps(a)} -> {json.dumps(b)}"]
 
 
-def resume_spec(t: Target, spec: StudySpec, allow_changed: bool) -> StudySpec:
-    """The study to resume: the one first launched. A study that changed since is refused (exit 2,
-    listing the differences) unless ``allow_changed``; then the first launch's study continues."""
-    from ray import tune
+def resume_spec(t: Target, spec: StudySpec, allow_changed: bool) -> SavedStudy:
+    """The study to resume: the one first launched, and where it was tracked. A study that changed
+    since is refused (exit 2, listing the differences) unless ``allow_changed``; then the first
+    launch's study continues."""
+    from ncstudy.study.persist import EXPERIMENT_STATE, names_in, read_bytes, read_study
 
-    saved = _read_text(f"{t.experiment_path}/{STUDY_FILE}")
+    where = f"{t.experiment_path}/{STUDY_FILE}"
+    saved = read_bytes(where)
     if saved is None:
-        if tune.Tuner.can_restore(t.experiment_path):  # a study started before ncstudy kept its file
-            return spec
+        if any(n.startswith(EXPERIMENT_STATE) for n in names_in(t.experiment_path)):
+            return SavedStudy(spec, None)  # a study started before ncstudy kept its file
         raise InputError(f"--resume: nothing to resume: no study '{spec.name}' in {t.storage} "
                          f"(start it without --resume, or give the --storage it used)")
-    first = StudySpec.model_validate_json(saved)
-    diff = differences(first.model_dump(mode="json"), spec.model_dump(mode="json"))
+    first = read_study(saved.decode("utf-8", "replace"), where)
+    diff = differences(first.spec.model_dump(mode="json"), spec.model_dump(mode="json"))
     if diff and not allow_changed:
         raise InputError("--resume: the study file changed since the first launch, and a resumed study "
                          "continues the first launch's trials:\n  " + "\n  ".join(diff[:20]) +
@@ -119,35 +152,29 @@ def resume_spec(t: Target, spec: StudySpec, allow_changed: bool) -> StudySpec:
 def check_tracking(uri: str, study: str) -> None:
     """A usable tracking URI: a known scheme, a SQLite folder that exists, a server that answers
     (exit 3 otherwise, within seconds), and no deleted experiment under the study's name."""
-    from ncstudy.adapters.mlflow.reader import check_uri, connect, sqlite_path
-    from ncstudy.adapters.mlflow.writer import TrackingUnavailable
+    from ncstudy.adapters.mlflow.reader import check_uri, connect, is_server, probe_server, sqlite_path
 
     check_uri(uri)
     db = sqlite_path(uri)
     if db is not None:
         if not db.parent.is_dir():
             raise InputError(f"--tracking-uri {uri}: folder {db.parent} does not exist")
+        check_writable(db.parent, f"--tracking-uri {uri}: the MLflow store's folder")
         if not db.exists():
+            check_writable(Path.cwd() / "mlruns", f"--tracking-uri {uri}: MLflow's artifact folder")
             return  # a new store: nothing more to check
-    elif uri.startswith(("http://", "https://")):
-        _probe_http(uri, TrackingUnavailable)
+    elif is_server(uri):
+        probe_server(uri)
     exp = connect(uri).get_experiment_by_name(study)
+    if db is not None:  # a local store: its runs' artifacts go to the experiment's folder, else ./mlruns
+        art = exp.artifact_location if exp is not None else str(Path.cwd() / "mlruns")
+        local = art[len("file://"):] if art.startswith("file://") else art if "://" not in art else None
+        if local is not None:
+            check_writable(local, f"--tracking-uri {uri}: MLflow's artifact folder")
     if exp is not None and exp.lifecycle_stage == "deleted":
         raise InputError(f"study '{study}': its MLflow experiment (id {exp.experiment_id}) was deleted at {uri}; "
                          f"restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`), "
                          f"remove it for good (`mlflow gc`), or give the study another name")
-
-
-def _probe_http(uri: str, unavailable: type[Exception]) -> None:
-    import requests
-
-    try:
-        r = requests.get(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S)
-    except requests.exceptions.RequestException as e:
-        raise unavailable(f"MLflow server at {uri} does not answer ({type(e).__name__}); start it "
-                          f"(`mlflow server --host ... --port ...`) or check --tracking-uri") from None
-    if r.status_code >= 500:
-        raise unavailable(f"MLflow server at {uri} answered {r.status_code} to a health check")
 
 
 # -- the cluster -------------------------------------------------------------------------------------

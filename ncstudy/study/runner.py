@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ncstudy.config import flatten
+from ncstudy.errors import EXIT_FAILED, EXIT_INTERRUPTED, exit_for_signal
 from ncstudy.study.spec import FnStarConfig, Param, StudySpec
 
 log = logging.getLogger(__name__)
@@ -221,13 +222,16 @@ def trial_budget(spec: StudySpec):
 
 
 def trial_namer(spec: StudySpec):
-    """``trial -> name`` for Tune's ``trial_name_creator``, MLflow run names and the progress table."""
-    def name(trial) -> str:
-        return spec.name_of_trial(trial.trial_id, trial.config)
-    return name
+    """``trial -> name`` for Tune's ``trial_name_creator``, MLflow run names and the progress table
+    (saved in Tune's state as plain data: :class:`~ncstudy.study.tune_state.TrialNamer`)."""
+    from ncstudy.study.tune_state import TrialNamer
+
+    return TrialNamer(spec)
 
 
 def _dirname_creator(trial) -> str:
+    """Kept by this name for the Tune state of studies launched before
+    :class:`~ncstudy.study.tune_state.TrialDirname` (it pickled this function by reference)."""
     return f"trial_{trial.trial_id}"
 
 
@@ -236,19 +240,49 @@ def private_temp_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"ncstudy_ray_{os.getpid()}"
 
 
-def start_ray(opts: RunOptions) -> bool:
-    """Connect to ``--address`` or start a private local instance; True when we started one."""
+def start_ray(opts: RunOptions, signals: Any = None) -> bool:
+    """Connect to ``--address`` or start a private local instance, the stop signals kept with
+    ncstudy and Ray's processes in sessions of their own (:func:`~ncstudy.study.signals.ray_start`);
+    True when we started one."""
     import ray
+
+    from ncstudy.study.signals import ray_start
 
     if ray.is_initialized():  # e.g. a caller (or a test session) already holds an instance
         return False
     if opts.address:
-        ray.init(address=opts.address, log_to_driver=False)
+        with ray_start(signals):
+            ray.init(address=opts.address, log_to_driver=False)
         return False
-    ray.init(address="local", num_cpus=opts.num_cpus or os.cpu_count(), num_gpus=opts.num_gpus,
-             include_dashboard=False, _temp_dir=str(private_temp_dir()), log_to_driver=False,
-             configure_logging=True, logging_level=logging.WARNING)
+    with ray_start(signals):
+        ray.init(address="local", num_cpus=opts.num_cpus or os.cpu_count(), num_gpus=opts.num_gpus,
+                 include_dashboard=False, _temp_dir=str(private_temp_dir()), log_to_driver=False,
+                 configure_logging=True, logging_level=logging.WARNING)
     return True
+
+
+#: Seconds the processes of the private Ray instance get to exit after ``ray.shutdown`` before
+#: they are killed (Ray's agents otherwise linger for up to a minute).
+RAY_EXIT_GRACE_S = 5.0
+
+
+def stop_private_ray(ray_procs: dict[int, str]) -> None:
+    """Shut down the local Ray instance this process started, wait for its processes
+    (``ray_procs``, the ones ``ray.init`` started, and every process below them) to exit -- killing
+    what is left after :data:`RAY_EXIT_GRACE_S` -- and remove its temp folder. Other processes of
+    the caller (a test's MLflow server) are not touched."""
+    import shutil
+
+    import ray
+
+    from ncstudy.study.signals import alive, descendants, reap
+
+    procs = dict(ray_procs)
+    for pid in alive(ray_procs):
+        procs.update(descendants(pid))
+    ray.shutdown()
+    reap(procs, RAY_EXIT_GRACE_S)
+    shutil.rmtree(private_temp_dir(), ignore_errors=True)
 
 
 def load_datasets(spec: StudySpec) -> dict[str, Any]:
@@ -275,36 +309,11 @@ def put_datasets(datasets: dict[str, Any]) -> dict[str, Any]:
 
 # Our own progress table replaces Tune's console output; frequent small checkpoints are by design.
 # Defaults a study run sets unless the user has (os.environ.setdefault): Tune's classic output,
-# no sync warning; and no "View run ... at" line from MLflow at every trial's end -- ncstudy prints
-# the study's link itself, and MLflow's line costs a runs/get request per trial.
+# no sync warning; no "View run ... at" line from MLflow at every trial's end -- ncstudy prints
+# the study's link itself, and MLflow's line costs a runs/get request per trial; and Tune's SIGINT
+# handler off: ncstudy handles SIGINT, SIGTERM and SIGHUP alike and hands them to Tune itself.
 QUIET_TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-                  "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-
-
-def _retarget_tracking(tuner, opts: RunOptions) -> None:
-    """Tune restores the callbacks pickled at the first launch; a resume may name a new server
-    (a replaced head node), outage limit or flush interval. The tracking URI is overridden only when
-    given explicitly; the outage limit and flush interval are the resumed launch's."""
-    from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
-
-    local = getattr(tuner, "_local_tuner", None)  # Tune keeps no public handle on the run config
-    if local is None:  # Ray client mode: the tuner lives on the cluster
-        log.warning("--resume through Ray client: tracking options of the first launch are kept")
-        return
-    for cb in local.get_run_config().callbacks or []:
-        if isinstance(cb, MLflowStudyCallback):
-            if opts.tracking_uri_given:
-                cb.tracking_uri = opts.tracking_uri
-            cb.max_outage_s = opts.tracking_max_outage_s
-            cb.flush_interval_s = opts.tracking_flush_interval_s
-
-
-def _callback(tuner, cls):
-    local = getattr(tuner, "_local_tuner", None)
-    for cb in (local.get_run_config().callbacks or []) if local is not None else []:
-        if isinstance(cb, cls):
-            return cb
-    return None
+                  "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "TUNE_DISABLE_SIGINT_HANDLER": "1"}
 
 
 def resume_command(opts: RunOptions, name: str) -> str:
@@ -320,55 +329,178 @@ def resume_command(opts: RunOptions, name: str) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-def run_study(spec: StudySpec, opts: RunOptions, trainable: Callable[..., None] | None = None) -> int:
-    """Run (or resume) a study. Returns the exit status of :func:`ncstudy.study.outcome.exit_status`:
-    0 when every trial completed, 1 when one failed or diverged, 130 when some did not end
-    (interrupted). Bad input raises :class:`~ncstudy.errors.InputError` before anything starts.
-    ``trainable``: a stand-in for :func:`ncstudy.study.trainable.run_trial` with its signature
-    (``benchmarks/scale.py`` replays recorded trajectories through the same machinery)."""
+def legacy_tracking_uri(t) -> str | None:
+    """The tracking URI of a study launched before ncstudy kept it in its study file: from the
+    callback Tune pickled at that launch (readable while ncstudy's modules are where they were)."""
+    from ncstudy.study.persist import read_bytes
+
+    raw = read_bytes(f"{t.experiment_path}/tuner.pkl")
+    if raw is None:
+        return None
+    try:
+        import ray.cloudpickle as pickle
+
+        state = pickle.loads(raw)
+        for cb in state["_run_config"].callbacks or []:
+            uri = getattr(getattr(cb, "writer", None), "tracking_uri", None)
+            if uri:
+                return str(uri)
+    except Exception:  # noqa: BLE001 - an unreadable pickle: the caller says what it assumes
+        return None
+    return None
+
+
+def run_study(spec: StudySpec, opts: RunOptions, trainable: Callable[..., None] | None = None,
+              signals: Any = None) -> int:
+    """Run (or resume) a study. Returns the exit status: 0 when every planned trial reached its own
+    end, 1 when one failed or diverged (or never ran), 128 + n when stop signal n ended it (130
+    SIGINT, 143 SIGTERM, 129 SIGHUP; see :mod:`ncstudy.study.signals`). Bad input raises
+    :class:`~ncstudy.errors.InputError` before anything starts. ``trainable``: a stand-in for
+    :func:`ncstudy.study.trainable.run_trial` with its signature (``benchmarks/scale.py`` replays
+    recorded trajectories through the same machinery). ``signals``: the command's
+    :class:`~ncstudy.study.signals.StopSignals` (else one is installed for the call)."""
+    from ncstudy.study.signals import StopSignals
+
     for k, v in QUIET_TUNE_ENV.items():
         os.environ.setdefault(k, v)
+    own = signals is None
+    guard = StopSignals() if own else signals
+    if own:
+        guard.install()
+    try:
+        return _study(spec, opts, trainable, guard)
+    finally:
+        if own:
+            guard.restore()
+
+
+def _study(spec: StudySpec, opts: RunOptions, trainable: Callable[..., None] | None, guard) -> int:
+    import dataclasses
+    import sys
+
+    from ncstudy.errors import Interrupted, signal_name
     from ncstudy.study import preflight
+    from ncstudy.study.persist import SavedRun, check_versions, saved_run
+    from ncstudy.study.signals import children, descendants, reap
 
     t = preflight.target(opts.storage, spec.name)
-    preflight.check_storage(opts.storage)
-    if opts.resume:
-        spec = preflight.resume_spec(t, spec, opts.allow_changed)
-    if opts.address:
-        preflight.check_address(opts.address)
-    else:
-        preflight.check_resources(spec, preflight.local_resources(opts.num_cpus, opts.num_gpus), "this machine")
-    if opts.tracking:
-        preflight.check_tracking(opts.tracking_uri, spec.name)
-    datasets = load_datasets(spec)
-    if not opts.quiet:
-        print(f"study {spec.name}: {spec.num_trials()} trial(s); tracking {opts.tracking_uri}; "
-              f"results in {t.experiment_path}", flush=True)
-    started = start_ray(opts)
+    started, ray_procs, saved = False, {}, SavedRun()
+    own_before = children()
     try:
+        preflight.check_storage(opts.storage)
+        if opts.resume:
+            first = preflight.resume_spec(t, spec, opts.allow_changed)
+            spec = first.spec
+            if not opts.tracking_uri_given:  # a resume keeps the first launch's tracking URI
+                uri = first.tracking_uri or legacy_tracking_uri(t)
+                if uri is None:
+                    print(f"--resume: {spec.name} was launched by an older ncstudy that did not keep its tracking "
+                          f"URI; using {opts.tracking_uri} (give --tracking-uri if it was another)",
+                          file=sys.stderr, flush=True)
+                opts = dataclasses.replace(opts, tracking_uri=uri or opts.tracking_uri)
+            # Tune's saved trials and the callbacks' states, as plain data: what this ncstudy cannot
+            # read is refused here, before anything starts
+            saved = saved_run(t.experiment_path)
+            check_versions(callback_classes(spec, opts), saved)
+        if opts.address:
+            preflight.check_address(opts.address)
+        else:
+            preflight.check_resources(spec, preflight.local_resources(opts.num_cpus, opts.num_gpus), "this machine")
+        if opts.tracking:
+            preflight.check_tracking(opts.tracking_uri, spec.name)
+        datasets = load_datasets(spec)
+        if not opts.quiet:
+            print(f"study {spec.name}: {spec.num_trials()} trial(s); tracking {opts.tracking_uri}; "
+                  f"results in {t.experiment_path}", flush=True)
+        before = descendants()
+        with guard.deferred():  # interrupted half-way, ray.init crashes or leaves Ray running
+            started = start_ray(opts, guard)
+            ray_procs = {p: st for p, st in descendants().items() if p not in before} if started else {}
         if opts.address:
             preflight.check_resources(spec, preflight.cluster_largest_node(), f"the cluster at {opts.address}")
-        return _run(spec, opts, t, put_datasets(datasets), trainable)
+        return _run(spec, opts, t, datasets, trainable, guard, saved)
+    except Interrupted as e:
+        how = "at once" if e.forced else "before the study started"
+        if preflight.experiment_exists(t):
+            print(f"\nStudy {spec.name}: stopped {how} by {signal_name(e.signum)}. Resume with:\n  "
+                  f"{resume_command(opts, spec.name)}", file=sys.stderr, flush=True)
+        else:
+            print(f"\nStudy {spec.name}: stopped by {signal_name(e.signum)} before anything was written; run the "
+                  f"same command again to start it", file=sys.stderr, flush=True)
+        return e.exit_status
     finally:
-        if started:
-            import shutil
+        with guard.deferred(act=False):
+            if started:
+                stop_private_ray(ray_procs)
+            # anything else this study started itself (a picture process a forced stop left open)
+            reap({p: st for p, st in children().items() if p not in own_before and p not in ray_procs},
+                 RAY_EXIT_GRACE_S)
 
-            import ray
 
-            ray.shutdown()
-            shutil.rmtree(private_temp_dir(), ignore_errors=True)
+def _as_restored(tuner) -> None:
+    """Make a freshly built Tuner continue the experiment in its folder, as ``Tuner.restore`` does,
+    without unpickling the first launch's ``tuner.pkl`` (whose objects name the modules of the
+    ncstudy that launched it)."""
+    from ray.tune import ResumeConfig
+
+    local = getattr(tuner, "_local_tuner", None)  # Tune keeps no public handle on it
+    if local is None or not hasattr(local, "_is_restored"):
+        from ncstudy.errors import InputError
+
+        raise InputError("--resume: this Ray (or Ray client mode) gives no way to continue a study without "
+                         "unpickling its first launch; run the driver on the cluster (`ray job submit`)")
+    local._is_restored = True
+    local._resume_config = ResumeConfig(unfinished=ResumeConfig.ResumeType.RESUME,
+                                        errored=ResumeConfig.ResumeType.RESUME)
 
 
-def _run(spec: StudySpec, opts: RunOptions, t, refs: dict[str, Any],
-         trial_fn: Callable[..., None] | None = None) -> int:
+class _RestoreErrors(logging.Handler):
+    """Tune logs, and then ignores, a failure to restore its saved state ("Restarting experiment"):
+    caught here, so the resume is refused instead (:class:`~ncstudy.study.outcome.StudyOutcome`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "restore" in record.getMessage().lower():
+            exc = record.exc_info[1] if record.exc_info else None
+            self.errors.append(f"{type(exc).__name__}: {exc}" if exc is not None else record.getMessage())
+
+
+def _tune_says_how_to_resume(record: logging.LogRecord) -> bool:
+    """False for Tune's own words on a stop and its resume (``Tuner.restore(...)``, "press Ctrl-C to
+    skip"): ncstudy says what happened and prints its own resume command."""
+    text = record.getMessage()
+    return "Tuner.restore(" not in text and "Stop signal received" not in text
+
+
+def callback_classes(spec: StudySpec, opts: RunOptions) -> list[type]:
+    """The classes of a study's stateful Tune callbacks, in the order :func:`_run` lists them (the
+    order of their saved states)."""
+    from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
+    from ncstudy.adapters.ray_tune import FnStarStopper
+    from ncstudy.study.outcome import StudyOutcome
+    from ncstudy.study.progress import ProgressTable
+
+    return [StudyOutcome, *([FnStarStopper] if spec.scheduler.name == "fnstar" else []),
+            *([MLflowStudyCallback] if opts.tracking else []), ProgressTable]
+
+
+def _run(spec: StudySpec, opts: RunOptions, t, datasets: dict[str, Any], trial_fn: Callable[..., None] | None,
+         guard, saved) -> int:
     from ray import tune
 
     from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
-    from ncstudy.study.outcome import StudyOutcome, exit_status
+    from ncstudy.study.outcome import StopForwarder, StudyOutcome, exit_status
+    from ncstudy.study.persist import live_stopper
     from ncstudy.study.preflight import save_study
     from ncstudy.study.progress import ProgressTable
     from ncstudy.study.trainable import run_trial
+    from ncstudy.study.tune_state import StudyStopper, TrialDirname
 
+    with guard.deferred():
+        refs = put_datasets(datasets)
     storage = t.storage
     # Local (or NFS) storage keeps the scheduler's state file beside Tune's; with remote storage it
     # goes to Tune's driver directory, which Tune syncs.
@@ -376,29 +508,33 @@ def _run(spec: StudySpec, opts: RunOptions, t, refs: dict[str, Any],
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn or run_trial, spec_json=spec.model_dump_json(), data_refs=refs),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    path = t.experiment_path
-    if opts.resume and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        _retarget_tracking(tuner, opts)
-    else:
-        save_study(t, spec)
-        stopper = build_stopper(spec)
-        tracking = None if not opts.tracking else MLflowStudyCallback(
-            opts.tracking_uri, spec.name,
-            study_params={"study.searcher": spec.searcher, "study.scheduler": spec.scheduler.name,
-                          "study.num_trials": spec.num_trials(), "study.objective": spec.objective.metric,
-                          "study.space": json.dumps({k: p.model_dump(exclude_none=True)
-                                                     for k, p in spec.space.items()})},
-            trial_params=trial_params(spec), trial_tags=trial_tags(spec),
-            trial_label=trial_namer(spec),
-            max_outage_s=opts.tracking_max_outage_s, flush_interval_s=opts.tracking_flush_interval_s,
-            spill_dir=str(experiment_dir) if experiment_dir else None)
-        outcome = StudyOutcome()
-        progress = ProgressTable(trial_namer(spec), interval_s=opts.progress_interval_s, quiet=opts.quiet,
-                                 outcome=outcome, metric=spec.objective.metric, mode=spec.objective.mode,
-                                 summary_note="every trial: summary.csv on the study's MLflow run"
-                                 if opts.tracking else None,
-                                 budget_of=trial_budget(spec) if spec.scheduler.name == "fnstar" else None)
+    # A resume reads Tune's saved trials and the callbacks' saved states as plain data; everything
+    # else is built again from the study file, with the code installed now (ncstudy.study.persist).
+    resuming = bool(saved.trials)  # else nothing had started: the first launch's study starts over
+    stopper = build_stopper(spec)
+    outcome = StudyOutcome(expect_restore=resuming)
+    tracking = None if not opts.tracking else MLflowStudyCallback(
+        opts.tracking_uri, spec.name,
+        study_params={"study.searcher": spec.searcher, "study.scheduler": spec.scheduler.name,
+                      "study.num_trials": spec.num_trials(), "study.objective": spec.objective.metric,
+                      "study.space": json.dumps({k: p.model_dump(exclude_none=True)
+                                                 for k, p in spec.space.items()})},
+        trial_params=trial_params(spec), trial_tags=trial_tags(spec),
+        trial_label=trial_namer(spec),
+        max_outage_s=opts.tracking_max_outage_s, flush_interval_s=opts.tracking_flush_interval_s,
+        spill_dir=str(experiment_dir) if experiment_dir else None, planned_trials=spec.num_trials())
+    progress = ProgressTable(trial_namer(spec), interval_s=opts.progress_interval_s, quiet=opts.quiet,
+                             outcome=outcome, metric=spec.objective.metric, mode=spec.objective.mode,
+                             summary_note="every trial: summary.csv on the study's MLflow run"
+                             if opts.tracking else None,
+                             budget_of=trial_budget(spec) if spec.scheduler.name == "fnstar" else None)
+    # The order of the first four is the order of their saved states (index -> state): keep it.
+    callbacks = [c for c in (outcome, stopper, tracking, progress) if c is not None]
+    assert [type(c) for c in callbacks] == callback_classes(spec, opts)
+    callbacks.append(StopForwarder(guard))
+    with guard.deferred():  # the study's files are written whole, or not at all
+        if not opts.resume:
+            save_study(t, spec, opts.tracking_uri if opts.tracking else None)
         tuner = tune.Tuner(
             trainable,
             param_space={k: tune_domain(p) for k, p in spec.space.items()},
@@ -408,40 +544,75 @@ def _run(spec: StudySpec, opts: RunOptions, t, refs: dict[str, Any],
                 scheduler=build_scheduler(spec), num_samples=spec.num_samples,
                 max_concurrent_trials=opts.max_concurrent or spec.max_concurrent,
                 reuse_actors=spec.reuse_actors,
-                trial_name_creator=trial_namer(spec), trial_dirname_creator=_dirname_creator),
+                trial_name_creator=trial_namer(spec), trial_dirname_creator=TrialDirname()),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=storage, verbose=0,
-                stop=stopper,  # writes each trial's forecast into its results (before the callbacks see them)
-                callbacks=[c for c in (outcome, stopper, tracking, progress) if c is not None],
+                # writes each trial's forecast into its results (before the callbacks see them)
+                stop=StudyStopper(stopper) if stopper is not None else None,
+                callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
                 sync_config=tune.SyncConfig(sync_period=STATE_SYNC_PERIOD_S)),
         )
-    outcome = _callback(tuner, StudyOutcome)
-    results = tuner.fit()
+        if resuming:
+            _as_restored(tuner)
+        else:  # an earlier launch that started no trial: its callbacks' state (e.g. the MLflow study run) goes on
+            for i, cb in enumerate(callbacks):
+                if saved.callbacks.get(i):
+                    cb.set_state(saved.callbacks[i])
+    restore_log = _RestoreErrors()
+    outcome.restore_errors = restore_log.errors
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    tune_log.addHandler(restore_log)
+    run_log = logging.getLogger("ray.tune.tune")
+    run_log.addFilter(_tune_says_how_to_resume)
+    try:
+        with guard.tune_loop(), live_stopper(stopper):
+            results = tuner.fit()
+    finally:
+        tune_log.removeHandler(restore_log)
+        run_log.removeFilter(_tune_says_how_to_resume)
+        if tracking is not None:  # ended by on_experiment_end, unless a forced stop skipped it
+            tracking.writer.pictures.close()
     trials = results._experiment_analysis.trials  # Tune keeps no public handle on the trial list
-    if outcome is None:  # a study first launched by an older ncstudy: Tune's view is all there is
-        outcomes = {tr.trial_id: "failed" if tr.status == "ERROR" else "complete" for tr in trials}
-    else:
-        outcomes = {tr.trial_id: outcome.outcome(tr) for tr in trials}
-    status = exit_status(list(outcomes.values()))
+    outcomes = {tr.trial_id: outcome.outcome(tr) for tr in trials}
+    missing = max(0, spec.num_trials() - len(trials))  # planned trials Tune never created
+    status = exit_status(list(outcomes.values()) + ["not started"] * missing)
+    if status == EXIT_INTERRUPTED:
+        if guard.first is not None:
+            status = exit_for_signal(guard.first)
+        elif "interrupted" not in outcomes.values():  # nothing stopped the study, yet trials never ran
+            status = EXIT_FAILED
     if not opts.quiet:
-        _report(outcomes, trials, opts, spec.name, status)
+        _report(outcomes, trials, opts, spec.name, status, missing, guard.first)
     return status
 
 
-def _report(outcomes: dict[str, str], trials: list, opts: RunOptions, name: str, status: int) -> None:
+def _report(outcomes: dict[str, str], trials: list, opts: RunOptions, name: str, status: int, missing: int,
+            signum: int | None) -> None:
     import sys
+
+    from ncstudy.errors import signal_name
 
     counts: dict[str, int] = {}
     for o in outcomes.values():
         counts[o] = counts.get(o, 0) + 1
+    if missing:
+        counts["not started"] = counts.get("not started", 0) + missing
     names = {tr.trial_id: str(tr) for tr in trials}
-    print(f"\nStudy {name}: " + ", ".join(f"{n} {o}" for o, n in counts.items()), flush=True)
+    how = f" (stopped by {signal_name(signum)})" if signum is not None else ""
+    print(f"\nStudy {name}{how}: " + (", ".join(f"{n} {o}" for o, n in counts.items()) or "no trial started"),
+          flush=True)
     left = sorted(names[t] for t, o in outcomes.items() if o in ("interrupted", "not started"))
-    if left:
-        print(f"{len(left)} trial(s) did not finish ({', '.join(left[:10])}{' ...' if len(left) > 10 else ''}). "
-              f"Resume with:\n  {resume_command(opts, name)}", file=sys.stderr, flush=True)
+    if left or missing:
+        listed = ", ".join(left[:10]) + (" ..." if len(left) > 10 else "")
+        more = f"{' and ' if left else ''}{missing} planned trial(s) never created" if missing else ""
+        if status == EXIT_FAILED and signum is None and "interrupted" not in outcomes.values():
+            print(f"{len(left) + missing} planned trial(s) never ran ({listed}{more}), although nothing stopped "
+                  f"the study; run:\n  {resume_command(opts, name)}", file=sys.stderr, flush=True)
+        else:
+            print(f"{len(left) + missing} trial(s) did not finish ({listed}{more}). Resume with:\n  "
+                  f"{resume_command(opts, name)}", file=sys.stderr, flush=True)
     bad = sorted(names[t] for t, o in outcomes.items() if o in ("failed", "diverged"))
     if bad:
         print(f"failed or diverged: {', '.join(bad[:10])} (see their runs in MLflow)", file=sys.stderr, flush=True)

@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_serializer, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_serializer, model_validator
 
 from ncstudy.adapters.common import MetricNames
-from ncstudy.config import TrainConfig, flatten, format_validation_error, read_yaml, set_dotted
+from ncstudy.config import STRICT, TrainConfig, flatten, format_validation_error, read_yaml, set_dotted
 from ncstudy.errors import ConfigError
 from ncstudy.forecast.settings import (
     COLLAPSE_TIME,
@@ -40,7 +40,7 @@ SHORT_NAMES = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = STRICT
 
 
 class Param(_Strict):

@@ -74,12 +74,14 @@ class MLflowStudyCallback(Callback):
         flush_interval_s: float = 5.0,
         max_outage_s: float = 600.0,
         spill_dir: str | None = None,
+        planned_trials: int | None = None,
     ) -> None:
         self.study_name = study_name
         self.study_params = study_params or {}
         self.trial_params = trial_params
         self.trial_tags = trial_tags
         self.trial_label = trial_label
+        self.planned_trials = planned_trials  # fewer trials than planned at the end: the study run ends KILLED
         self.writer = StudyWriter(tracking_uri, study_name, flush_interval_s, max_outage_s, spill_dir,
                                   plotter=draw_trajectory, overview=functools.partial(draw_overview, study_name))
         self._stopper: Any = None  # the fn* stopper Tune hands setup(): each group's fn* and its spread
@@ -120,6 +122,8 @@ class MLflowStudyCallback(Callback):
         return d
 
     # -- Tune's saved state ---------------------------------------------------------------------
+    STATE_VERSION = StudyWriter.STATE_VERSION
+
     def get_state(self) -> dict[str, Any]:
         return self.writer.get_state()
 
@@ -153,6 +157,10 @@ class MLflowStudyCallback(Callback):
             w.blocking(w.resync)
             self._resync = False
         w.start()
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        # an outage past max_outage_s stops the study even while no trial reports (a long epoch)
+        self.writer.raise_if_failed()
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.writer.raise_if_failed()
@@ -204,6 +212,8 @@ class MLflowStudyCallback(Callback):
                 interrupted += 1
             elif q is None:  # never started: no run
                 interrupted += 1
+        if self.planned_trials is not None:  # planned trials Tune never created (stopped before they were)
+            interrupted += max(0, self.planned_trials - len(trials))
         w.stop()  # sends everything queued, finishes every ended trial (or gives up)
         w.raise_if_failed()
         w.blocking(w.write_overview, True)  # the last overview, with every ended trial

@@ -10,8 +10,9 @@ that would stall Tune's event loop and the stopper. :class:`PictureProcess` draw
 child process instead (``python -m ncstudy.adapters.mlflow.pictures``), fed over a pipe by the
 MLflow writer thread, which waits for the answer without holding the GIL. The child ends when the
 driver closes it, when the driver dies (its stdin reaches end of file) or after ``idle_s`` seconds
-without work (a later picture starts a new one); Ctrl-C in the terminal does not kill it mid-picture
-(the driver decides). If no child can be started, pictures are drawn in the calling thread and a
+without work (a later picture starts a new one); it runs in a session of its own and ignores
+SIGINT and SIGHUP, so Ctrl-C in the terminal or a signal to the driver's process group does not
+kill it mid-picture (the driver decides). If no child can be started, pictures are drawn in the calling thread and a
 warning says so once. No Ray import here: the child starts in about a second.
 """
 from __future__ import annotations
@@ -155,8 +156,9 @@ class PictureProcess:
 
     def _start(self) -> subprocess.Popen:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # its own session: a signal to the driver's process group is the driver's to act on
         proc = subprocess.Popen([sys.executable, "-m", __name__, str(self.idle_s)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env=env, close_fds=True)
+                                stdout=subprocess.PIPE, env=env, close_fds=True, start_new_session=True)
         self.started += 1
         return proc
 
@@ -214,7 +216,8 @@ class PictureProcess:
 
 def _serve(idle_s: float) -> None:
     """The child: answer ``(fn, args)`` messages on stdin until end of file or ``idle_s`` idle."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver ends this process, not a terminal's Ctrl-C
+    for s in (signal.SIGINT, signal.SIGHUP):  # the driver ends this process, not a terminal's Ctrl-C or hang-up
+        signal.signal(s, signal.SIG_IGN)
     inp = os.fdopen(os.dup(0), "rb")
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # print() and warnings from drawing code go to stderr, not into the answers

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from ncstudy.errors import InputError, LogFormatError
+from ncstudy.errors import InputError, LogFormatError, TrackingUnavailable
 from ncstudy.records import EPOCH, REFERENCE_COLUMNS
 
 from .layout import (
@@ -36,6 +36,7 @@ from .layout import (
 # backs off), so every request fails fast -- unless the user set these variables.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 SCHEMES = ("sqlite", "http", "https", "databricks", "postgresql", "mysql", "mssql")
+PROBE_TIMEOUT_S = 5.0  # one health check of a tracking server before a command relies on it
 
 
 def default_uri() -> str:
@@ -60,9 +61,28 @@ def check_uri(uri: str) -> None:
                          f"server); MLflow 3 refuses plain folders such as ./mlruns")
 
 
-def connect(uri: str | None = None, *, must_exist: bool = True):
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def probe_server(uri: str) -> None:
+    """One health check of the MLflow server at ``uri`` (:data:`PROBE_TIMEOUT_S`); a server that
+    does not answer, or answers with an error, raises :class:`TrackingUnavailable` (exit status 3)."""
+    import requests
+
+    try:
+        r = requests.get(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S)
+    except requests.exceptions.RequestException as e:
+        raise TrackingUnavailable(f"MLflow server at {uri} does not answer ({type(e).__name__}); start it "
+                                  f"(`mlflow server --host ... --port ...`) or check --tracking-uri") from None
+    if r.status_code >= 500:
+        raise TrackingUnavailable(f"MLflow server at {uri} answered {r.status_code} to a health check")
+
+
+def connect(uri: str | None = None, *, must_exist: bool = True, probe: bool = False):
     """An ``MlflowClient`` with fail-fast HTTP settings. ``must_exist``: a SQLite store that is not
-    there is an :class:`InputError` (readers never create one)."""
+    there is an :class:`InputError` (readers never create one). ``probe``: a tracking server is
+    health-checked first (:func:`probe_server`: exit status 3 within seconds when it is down)."""
     from mlflow.tracking import MlflowClient
 
     uri = uri or default_uri()
@@ -71,6 +91,8 @@ def connect(uri: str | None = None, *, must_exist: bool = True):
     if must_exist and db is not None and not db.is_file():
         raise InputError(f"no MLflow store at {db} (tracking URI {uri}); run a study first, or pass "
                          f"--tracking-uri with the store it used")
+    if probe and is_server(uri):
+        probe_server(uri)
     for k, v in HTTP_ENV.items():
         os.environ.setdefault(k, v)
     return MlflowClient(tracking_uri=uri)
@@ -94,11 +116,12 @@ class TrialRun:
 
 
 class StudyReader:
-    """Reads one tracking store. ``client`` lets a writer share its own connection."""
+    """Reads one tracking store. ``client`` lets a writer share its own connection; without one, a
+    tracking server is health-checked first (:class:`TrackingUnavailable` when it does not answer)."""
 
     def __init__(self, uri: str | None = None, client: Any = None, must_exist: bool = True) -> None:
         self.uri = uri or default_uri()
-        self.client = client if client is not None else connect(self.uri, must_exist=must_exist)
+        self.client = client if client is not None else connect(self.uri, must_exist=must_exist, probe=True)
 
     # -- experiments and runs ------------------------------------------------------------------
     def experiment(self, name: str):
@@ -108,8 +131,14 @@ class StudyReader:
         try:
             exp = self.client.get_experiment_by_name(name)
         except MlflowException as e:
+            if is_server(self.uri) and "API request" in e.message:  # MLflow's words for a failed request
+                raise TrackingUnavailable(f"MLflow server at {self.uri} did not answer: {e.message}") from None
             raise InputError(f"cannot read MLflow tracking URI {self.uri}: {e.message}") from None
-        except Exception as e:  # noqa: BLE001 - unreachable server, unusable database path, ...
+        except OSError as e:  # requests' connection errors are OSErrors
+            if is_server(self.uri):
+                raise TrackingUnavailable(f"MLflow server at {self.uri} did not answer: {type(e).__name__}") from None
+            raise InputError(f"cannot read MLflow tracking URI {self.uri}: {type(e).__name__}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - unusable database path, ...
             raise InputError(f"cannot read MLflow tracking URI {self.uri}: {type(e).__name__}: {e}") from None
         if exp is None or getattr(exp, "lifecycle_stage", "active") != "active":
             try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ncstudy.errors import TrackingUnavailable
 from ncstudy.records import FORECAST_FIELDS, num
 
 from .layout import (
@@ -46,10 +47,6 @@ log = logging.getLogger(__name__)
 # Longest wait between two tries while MLflow is down: a refused connection costs nothing, and
 # the queue is written soon after the server is back.
 MAX_RETRY_DELAY_S = 10.0
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking server stayed unreachable past the configured limit."""
 
 
 @dataclass
@@ -171,12 +168,19 @@ class StudyWriter:
         return StudyReader(self.tracking_uri, client=self.client)
 
     # -- state saved by Tune -------------------------------------------------------------------
+    #: Version of :meth:`get_state`'s plain dict (Tune saves it; a newer ncstudy must read it).
+    STATE_VERSION = 1
+
     def get_state(self) -> dict[str, Any]:
         with self._lock:  # a consistent copy: the thread may be sending part of the queue
-            return {"parent_run_id": self.parent_run_id, "experiment_id": self.experiment_id,
+            return {"version": self.STATE_VERSION, "parent_run_id": self.parent_run_id,
+                    "experiment_id": self.experiment_id, "tracking_uri": self.tracking_uri,
                     "trials": {t: s.to_state() for t, s in self.trials.items()}}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        if int(state.get("version", 0)) > self.STATE_VERSION:
+            raise ValueError(f"MLflow writer state version {state.get('version')} is newer than this ncstudy's "
+                             f"({self.STATE_VERSION})")
         self.parent_run_id = state.get("parent_run_id")
         self.experiment_id = state.get("experiment_id")
         self.trials = {t: TrialQueue.from_state(s) for t, s in state.get("trials", {}).items()}
