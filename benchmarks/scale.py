@@ -78,7 +78,8 @@ def trajectories(limit_epoch: int = BUDGET) -> tuple[list[list[dict[str, Any]]],
     if CORPUS.is_dir() and any(CORPUS.glob("*.csv.gz")):
         trajs, source = load_logs([CORPUS]), f"corpus ({CORPUS.relative_to(ROOT)})"
     else:
-        manifest = read_manifest(ROOT / "analysis" / "rupa2026" / "runs.csv")  # what each reference file is
+        # what each reference file is: the rupa2026 preset's file map
+        manifest = read_manifest(ROOT / "ncstudy" / "analyze" / "presets" / "rupa2026_runs.csv")
         trajs = [t for t in load_logs([reference_dir()], manifest)
                  if (t.meta.get("model"), t.meta.get("dataset"), t.meta.get("depth"), t.meta.get("protocol"))
                  == ("mlp", "mnist", 5, "two-phase")]

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ncstudy.analysis import AnalysisOptions, analyze
+from ncstudy.analyze import AnalysisOptions, analyze
 from ncstudy.cli import main
 from ncstudy.errors import InputError
 from ncstudy.logs import read_log, write_log
@@ -372,7 +372,7 @@ def test_api_error_type():
 
 
 def test_rupa2026_run_attrs_from_its_table():
-    from ncstudy.analysis.presets import load_preset_module
+    from ncstudy.analyze.presets import load_preset_module
 
     run_attrs = load_preset_module("rupa2026").run_attrs
     assert run_attrs("mnist_twophase.csv") == {"model": "mlp", "dataset": "mnist", "depth": 5, "width": 512,
