@@ -3,6 +3,7 @@ names the new one (issue 26, item 7).
 
 * :func:`alias_module` -- an old module path (a file that calls it) becomes the new module itself,
   so ``from old.path import X`` returns the very objects of the new module;
+* :class:`RenamedKeys` -- a result dict whose renamed keys still read (``d["fn"]``), with a warning;
 * :func:`warn_renamed` -- the one message format every alias uses.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
+from typing import Any, ClassVar, Mapping
 
 
 def warn_renamed(old: str, new: str, stacklevel: int = 2) -> None:
@@ -30,3 +32,30 @@ def alias_module(old: str, new: str) -> None:
     # frames: warn_renamed <- alias_module <- the alias module's body <- (importlib) <- the importer
     warn_renamed(f"module {old}", f"{new}", stacklevel=3)
     sys.modules[old] = module
+
+
+class RenamedKeys(dict):
+    """A dict whose renamed keys (``renamed``: old key -> new key, set by a subclass) still read:
+    ``d[old]`` and ``d.get(old)`` return ``d[new]`` with a :class:`DeprecationWarning` naming the new
+    key. The old keys are not stored: iteration, ``in``, ``len`` and ``json.dumps`` see the new keys
+    only, and ``{**d}`` is the plain record."""
+
+    renamed: ClassVar[Mapping[str, str]] = {}
+
+    def _new_key(self, key: Any) -> str | None:
+        new = self.renamed.get(key) if isinstance(key, str) else None
+        return new if new is not None and dict.__contains__(self, new) else None
+
+    def __missing__(self, key: Any) -> Any:
+        new = self._new_key(key)
+        if new is None:
+            raise KeyError(key)
+        warn_renamed(f"key {key!r}", repr(new), stacklevel=2)  # frames: __missing__ <- the caller
+        return dict.__getitem__(self, new)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        new = None if dict.__contains__(self, key) else self._new_key(key)
+        if new is None:
+            return dict.get(self, key, default)
+        warn_renamed(f"key {key!r}", repr(new), stacklevel=2)
+        return dict.__getitem__(self, new)

@@ -62,3 +62,31 @@ def test_the_warning_points_at_the_import_statement():
         exec(compile(source, "old_script.py", "exec"), {})
     # both warnings (package, module) name the script's import line, not ncstudy's alias files
     assert [(w.filename, w.lineno) for w in record] == [("old_script.py", 3), ("old_script.py", 3)]
+
+
+def test_nc_metrics_read_the_old_fn_key_with_a_warning():
+    import json
+
+    import torch
+
+    from ncstudy.metrics import NCAccumulator, nc_metrics
+
+    torch.manual_seed(0)
+    feats, labels = torch.randn(60, 8), torch.arange(60) % 3
+    w = torch.randn(3, 8)
+    acc = NCAccumulator(3)
+    acc.update(feats, labels)
+    m = acc.compute(w)
+    expected = float(feats.to(torch.float64).norm(dim=1).mean())  # fn: mean uncentred feature norm
+    assert m["feat_norm"] == pytest.approx(expected, rel=1e-12)
+    with pytest.warns(DeprecationWarning, match=r"key 'fn' is deprecated .*; use 'feat_norm'") as record:
+        old = m["fn"]
+    assert old == m["feat_norm"] and record[0].filename == __file__
+    with pytest.warns(DeprecationWarning, match="use 'feat_norm'"):
+        assert m.get("fn") == m["feat_norm"]
+    assert nc_metrics(feats, labels, w)["feat_norm"] == pytest.approx(expected, rel=1e-12)
+    # the old key is read, never stored: the record a caller writes has the new key only
+    assert "fn" not in m and "fn" not in dict(m) and "fn" not in json.loads(json.dumps(m))
+    with pytest.raises(KeyError):
+        m["no_such_metric"]
+    assert m.get("no_such_metric", -1.0) == -1.0
