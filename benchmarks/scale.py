@@ -226,7 +226,7 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
     from ray.tune.execution.tune_controller import TuneController
 
     from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
-    from ncstudy.adapters.ray_tune import FnStarStopper
+    from ncstudy.adapters.ray_tune import OnsetStopper
     from ncstudy.study import runner
     from ncstudy.study.progress import ProgressTable
     from ncstudy.study.spec import StudySpec
@@ -266,8 +266,8 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
 
     for name in ("__call__", "on_trial_start", "on_trial_restore", "on_trial_complete", "on_trial_error",
                  "on_experiment_end"):
-        meter.wrap(FnStarStopper, name, "stopper", count_call if name == "__call__" else None)
-    meter.wrap(FnStarStopper, "get_state", "stopper", count_state)
+        meter.wrap(OnsetStopper, name, "stopper", count_call if name == "__call__" else None)
+    meter.wrap(OnsetStopper, "get_state", "stopper", count_state)
     for name in ("setup", "on_trial_start", "on_trial_restore", "on_trial_result", "on_trial_complete",
                  "on_trial_error", "on_experiment_end"):
         meter.wrap(MLflowStudyCallback, name, "tracking_hooks",

@@ -3,6 +3,7 @@ names the new one (issue 26, item 7).
 
 * :func:`alias_module` -- an old module path (a file that calls it) becomes the new module itself,
   so ``from old.path import X`` returns the very objects of the new module;
+* :func:`renamed_class` -- an old class name: a subclass of the new class whose construction warns;
 * :class:`RenamedKeys` -- a result dict whose renamed keys still read (``d["fn"]``), with a warning;
 * :func:`warn_renamed` -- the one message format every alias uses.
 """
@@ -10,8 +11,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 import warnings
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, TypeVar
+
+T = TypeVar("T")
 
 
 def warn_renamed(old: str, new: str, stacklevel: int = 2) -> None:
@@ -32,6 +36,24 @@ def alias_module(old: str, new: str) -> None:
     # frames: warn_renamed <- alias_module <- the alias module's body <- (importlib) <- the importer
     warn_renamed(f"module {old}", f"{new}", stacklevel=3)
     sys.modules[old] = module
+
+
+
+def renamed_class(new: type[T], old: str) -> type[T]:
+    """The class ``old`` that ``new`` replaces: a subclass of ``new`` (so its instances are ``new``'s,
+    pickles of it load) whose construction warns, naming ``new``. Bind it in ``new``'s module under
+    ``old``: ``OldName = renamed_class(NewName, "OldName")``."""
+    target = f"{new.__module__}.{new.__qualname__}"
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        warn_renamed(old, target, stacklevel=2)  # frames: __init__ <- the caller constructing it
+        new.__init__(self, *args, **kwargs)
+
+    def body(ns: dict[str, Any]) -> None:
+        ns.update(__init__=__init__, __module__=new.__module__,
+                  __doc__=f"Deprecated name of :class:`{target}` (constructing it warns); use that class.")
+
+    return types.new_class(old, (new,), exec_body=body)
 
 
 class RenamedKeys(dict):

@@ -90,3 +90,41 @@ def test_nc_metrics_read_the_old_fn_key_with_a_warning():
     with pytest.raises(KeyError):
         m["no_such_metric"]
     assert m.get("no_such_metric", -1.0) == -1.0
+
+
+def test_the_former_stopper_name_constructs_the_onset_stopper_with_a_warning():
+    from ncstudy.adapters.ray_tune import FnStarStopper, OnsetStopper
+    from ncstudy.forecast import Calibration, Prior, synthetic_trajectory
+
+    def stop_epoch(stopper) -> int | None:
+        for rec in synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0):
+            result = dict(rec, trial_id="a", config={"model": {"name": "mlp"}, "data": {"name": "synthetic"}})
+            if stopper("a", result):
+                return rec["epoch"]
+        return None
+
+    prior = Calibration({"mlp/synthetic": Prior(fn_star=1.1, lead=50.0)})
+    with pytest.warns(DeprecationWarning, match=r"^FnStarStopper is deprecated .*; use "
+                                                r"ncstudy\.adapters\.ray_tune\.OnsetStopper$") as record:
+        old = FnStarStopper(forecaster="fn_star", mode="sweep", prior=prior)
+    assert record[0].filename == __file__
+    assert isinstance(old, OnsetStopper)
+    # the same stopper: fn = 1 + 2 exp(-(t-200)/30) <= 1.1 first at epoch 290 (tests/test_ray_tune.py)
+    assert stop_epoch(old) == stop_epoch(OnsetStopper(forecaster="fn_star", mode="sweep", prior=prior)) == 290
+
+
+def test_the_former_pruner_and_core_names_warn_and_name_themselves_in_errors():
+    from ncstudy.adapters.common import FnStarCore, OnsetStopperCore
+    from ncstudy.adapters.optuna_pruner import FnStarPruner, OnsetPruner
+
+    with pytest.warns(DeprecationWarning, match=r"use ncstudy\.adapters\.optuna_pruner\.OnsetPruner$"):
+        pruner = FnStarPruner(forecaster="fn_star", prior="none", budget=600)
+    assert isinstance(pruner, OnsetPruner) and pruner.core.where == "FnStarPruner"
+    with pytest.warns(DeprecationWarning, match=r"use ncstudy\.adapters\.common\.OnsetStopperCore$"):
+        core = FnStarCore(budget=100)
+    assert isinstance(core, OnsetStopperCore)
+    # a bad argument is reported under the name the caller used
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match=r"^FnStarPruner: metrics: unknown"):
+        FnStarPruner(metrics={"feature_norm": "fn"})
+    with pytest.raises(ValueError, match=r"^OnsetPruner: metrics: unknown"):
+        OnsetPruner(metrics={"feature_norm": "fn"})

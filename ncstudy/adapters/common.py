@@ -3,7 +3,7 @@ decisions, the same result fields and the same warnings.
 
 A trial reports a record per evaluation in ncstudy's vocabulary (:mod:`ncstudy.records`; other
 names are mapped with ``metrics=`` or recognised as aliases, e.g. ``fn`` or ``train_acc``).
-:class:`FnStarCore` forecasts its onset, decides by policy, and gives the fields a result carries
+:class:`OnsetStopperCore` forecasts its onset, decides by policy, and gives the fields a result carries
 (:data:`ncstudy.records.FORECAST_FIELDS` and, when it stops the trial, ``stop_reason`` and the
 collapse-time objective). When it cannot do its job it says so, once: a trial that reports no NC1,
 one that only ever reports phase 1, a group with no calibration yet, priors that match no group.
@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ncstudy.config import flatten
+from ncstudy.deprecation import renamed_class
 from ncstudy.forecast import Calibration, ForecastStopper, default_group_key, group_key_from
 from ncstudy.forecast.calibration import default_prior
 from ncstudy.forecast.settings import (
@@ -49,7 +50,7 @@ from ncstudy.records import (
 
 log = logging.getLogger("ncstudy.stopper")
 
-#: the newest saved stopper state this code reads (FnStarStopper.STATE_VERSION)
+#: the newest saved stopper state this code reads (OnsetStopper.STATE_VERSION)
 STATE_VERSION = 2
 _WARN_AFTER = 3  # results without NC1 before the stopper says why it cannot act
 #: Learnt runs join the calibration in batches of this fraction of its pool, and the pool holds at
@@ -87,7 +88,7 @@ class MetricNames(BaseModel):
                              f"result key or None") from None
 
 
-class FnStarCore:
+class OnsetStopperCore:
     """One stopper over many trials (see the adapters for the arguments).
 
     ``learn_batch``, ``max_pool``: how learnt runs join the calibration
@@ -108,7 +109,7 @@ class FnStarCore:
                  objective: str | None = COLLAPSE_EPOCH, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
                  learn: bool = True, forecaster_options: Mapping[str, Any] | None = None,
                  min_observations: int = 3, learn_batch: float = LEARN_BATCH, max_pool: int | None = MAX_POOL,
-                 where: str = "FnStarStopper") -> None:
+                 where: str = "OnsetStopper") -> None:
         if policy not in POLICIES:
             raise ValueError(f"{where}: policy {policy!r}: choose from {', '.join(POLICIES)}")
         if forecaster not in FORECASTER_NAMES:
@@ -391,6 +392,10 @@ class FnStarCore:
             reasons[r] = reasons.get(r, 0) + 1
         return (f"{self.where}(policy={self.stopper.policy}, forecaster={self.stopper.forecaster}): trials {reasons}; "
                 f"calibration: {self.stopper.calibration!r}")
+
+
+#: The former name (constructing it warns, naming :class:`OnsetStopperCore`).
+FnStarCore = renamed_class(OnsetStopperCore, "FnStarCore")
 
 
 def _plain(o: Any) -> Any:
