@@ -3,6 +3,8 @@ names the new one (issue 26, item 7).
 
 * :func:`alias_module` -- an old module path (a file that calls it) becomes the new module itself,
   so ``from old.path import X`` returns the very objects of the new module;
+* :func:`moved_names` -- a module whose names moved elsewhere: its ``__getattr__`` finds each one
+  where it lives now;
 * :func:`renamed_class` -- an old class name: a subclass of the new class whose construction warns;
 * :class:`RenamedKeys` -- a result dict whose renamed keys still read (``d["fn"]``), with a warning;
 * :func:`warn_renamed` -- the one message format every alias uses.
@@ -13,7 +15,7 @@ import importlib
 import sys
 import types
 import warnings
-from typing import Any, ClassVar, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -37,6 +39,20 @@ def alias_module(old: str, new: str) -> None:
     warn_renamed(f"module {old}", f"{new}", stacklevel=3)
     sys.modules[old] = module
 
+
+def moved_names(old_module: str, moved: Mapping[str, str]) -> Callable[[str], Any]:
+    """The module ``__getattr__`` (PEP 562) of ``old_module``, whose names moved: ``moved`` maps each
+    name to the module it lives in now. ``from old_module import X`` (and a pickle naming
+    ``old_module.X``) returns that object, with a warning naming its new place."""
+
+    def __getattr__(name: str) -> Any:
+        new = moved.get(name)
+        if new is None:
+            raise AttributeError(f"module {old_module!r} has no attribute {name!r}")
+        warn_renamed(f"{old_module}.{name}", f"{new}.{name}", stacklevel=2)  # frames: __getattr__ <- the importer
+        return getattr(importlib.import_module(new), name)
+
+    return __getattr__
 
 
 def renamed_class(new: type[T], old: str) -> type[T]:

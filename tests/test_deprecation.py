@@ -114,13 +114,13 @@ def test_the_former_stopper_name_constructs_the_onset_stopper_with_a_warning():
 
 
 def test_the_former_pruner_and_core_names_warn_and_name_themselves_in_errors():
-    from ncstudy.adapters.common import FnStarCore, OnsetStopperCore
     from ncstudy.adapters.optuna_pruner import FnStarPruner, OnsetPruner
+    from ncstudy.adapters.stopper_core import FnStarCore, OnsetStopperCore
 
     with pytest.warns(DeprecationWarning, match=r"use ncstudy\.adapters\.optuna_pruner\.OnsetPruner$"):
         pruner = FnStarPruner(forecaster="fn_star", prior="none", budget=600)
     assert isinstance(pruner, OnsetPruner) and pruner.core.where == "FnStarPruner"
-    with pytest.warns(DeprecationWarning, match=r"use ncstudy\.adapters\.common\.OnsetStopperCore$"):
+    with pytest.warns(DeprecationWarning, match=r"use ncstudy\.adapters\.stopper_core\.OnsetStopperCore$"):
         core = FnStarCore(budget=100)
     assert isinstance(core, OnsetStopperCore)
     # a bad argument is reported under the name the caller used
@@ -128,3 +128,22 @@ def test_the_former_pruner_and_core_names_warn_and_name_themselves_in_errors():
         FnStarPruner(metrics={"feature_norm": "fn"})
     with pytest.raises(ValueError, match=r"^OnsetPruner: metrics: unknown"):
         OnsetPruner(metrics={"feature_norm": "fn"})
+
+
+def test_the_split_common_module_still_gives_every_name_with_a_warning():
+    import ncstudy.adapters.common as common
+    from ncstudy.adapters import metric_names, state_store, stopper_core
+    from ncstudy.forecast import settings
+
+    for name, home in [("OnsetStopperCore", stopper_core), ("STATE_VERSION", stopper_core),
+                       ("MetricNames", metric_names), ("LocalStore", state_store), ("StateStore", state_store),
+                       ("DEFAULT_POLICY", settings)]:
+        with pytest.warns(DeprecationWarning, match=rf"^ncstudy\.adapters\.common\.{name} is deprecated .*; use "
+                                                    rf"{home.__name__}\.{name}$") as record:
+            obj = getattr(common, name)
+        assert obj is getattr(home, name) and record[0].filename == __file__
+    with pytest.warns(DeprecationWarning, match=r"use ncstudy\.adapters\.stopper_core\.FnStarCore$"):
+        from ncstudy.adapters.common import FnStarCore
+    assert issubclass(FnStarCore, stopper_core.OnsetStopperCore)
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        common.nothing_here  # noqa: B018

@@ -1,5 +1,5 @@
 """OnsetStopper (ncstudy.adapters.ray_tune) and the core it shares with the Optuna pruner
-(ncstudy.adapters.common): decisions and result fields on synthetic trajectories, the messages a
+(ncstudy.adapters.stopper_core): decisions and result fields on synthetic trajectories, the messages a
 user gets for each mistake, state round trips, the study file's stopper -- and a real Tune run with
 ASHA, OptunaSearch and Ray's stock MLflowLoggerCallback, where every consumer sees the forecast."""
 from __future__ import annotations
@@ -330,7 +330,7 @@ def test_incremental_state_restores_exactly_after_a_driver_kill(tmp_path):
 
 
 def test_saved_state_and_journal_bytes_do_not_grow_with_finished_trials(tmp_path):
-    from ncstudy.adapters.common import LocalStore
+    from ncstudy.adapters.state_store import LocalStore
 
     s = OnsetStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior())
     s.core.attach(LocalStore(tmp_path / "st"))

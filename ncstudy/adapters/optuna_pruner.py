@@ -32,10 +32,12 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial
 
-from ncstudy.adapters.common import DEFAULT_POLICY, MetricNames, OnsetStopperCore
+from ncstudy.adapters.metric_names import MetricNames
+from ncstudy.adapters.stopper_core import OnsetStopperCore
 from ncstudy.deprecation import renamed_class
 from ncstudy.forecast import Calibration
 from ncstudy.forecast.forecasters import DEFAULT_FORECASTER
+from ncstudy.forecast.settings import DEFAULT_POLICY
 from ncstudy.onset import OnsetRule
 from ncstudy.records import EPOCH, FORECAST_FIELDS, STOP_REASON, T_NC, finite
 

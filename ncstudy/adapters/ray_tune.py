@@ -21,7 +21,7 @@ experiment state (a ``Tuner.restore`` continues with what it learnt) and learns 
 end on their own at once. That state is incremental: what does not change once written -- a
 finished trial, a run learnt -- goes once into journal files under ``<experiment>/fnstar_state/``
 on Tune's storage, and Tune's saved state carries only the running trials and how much of the
-journal counts (see :meth:`OnsetStopperCore.get_state <ncstudy.adapters.common.OnsetStopperCore.get_state>`),
+journal counts (see :meth:`OnsetStopperCore.get_state <ncstudy.adapters.stopper_core.OnsetStopperCore.get_state>`),
 so a save costs the same at trial 10 and trial 10,000.
 """
 from __future__ import annotations
@@ -31,10 +31,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ray.tune import Callback, Stopper
 
-from ncstudy.adapters.common import DEFAULT_POLICY, LEARN_BATCH, MAX_POOL, STATE_VERSION, MetricNames, OnsetStopperCore
+from ncstudy.adapters.metric_names import MetricNames
+from ncstudy.adapters.stopper_core import LEARN_BATCH, MAX_POOL, STATE_VERSION, OnsetStopperCore
 from ncstudy.deprecation import renamed_class
 from ncstudy.forecast import Calibration
 from ncstudy.forecast.forecasters import DEFAULT_FORECASTER
+from ncstudy.forecast.settings import DEFAULT_POLICY
 from ncstudy.onset import OnsetRule
 from ncstudy.records import COLLAPSE_EPOCH
 
@@ -116,7 +118,7 @@ STATE_DIR = "fnstar_state"
 
 
 class FsStore:
-    """A :class:`~ncstudy.adapters.common.StateStore` on Tune's storage (a local folder, NFS, S3, GCS):
+    """A :class:`~ncstudy.adapters.state_store.StateStore` on Tune's storage (a local folder, NFS, S3, GCS):
     ``<experiment>/fnstar_state/`` through the storage's pyarrow file system."""
 
     def __init__(self, fs, path: str, location: str) -> None:
