@@ -19,6 +19,16 @@ def _forget_old_package() -> None:
         del sys.modules[name]
 
 
+def test_the_forecast_protocol_module_under_its_former_name():
+    sys.modules.pop("ncstudy.forecast.core", None)
+    with pytest.warns(DeprecationWarning, match=r"^module ncstudy\.forecast\.core is deprecated .*; use "
+                                                r"ncstudy\.forecast\.protocol$"):
+        from ncstudy.forecast.core import Forecast, first_crossing
+    import ncstudy.forecast.protocol as protocol
+
+    assert Forecast is protocol.Forecast and first_crossing is protocol.first_crossing
+
+
 @pytest.mark.parametrize("old, new", [
     ("ncstudy.analysis.engine", "ncstudy.analyze.experiments"),
     ("ncstudy.analysis.core", "ncstudy.analyze.pipeline"),
