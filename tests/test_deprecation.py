@@ -157,3 +157,27 @@ def test_the_split_common_module_still_gives_every_name_with_a_warning():
     assert issubclass(FnStarCore, stopper_core.OnsetStopperCore)
     with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
         common.nothing_here  # noqa: B018
+
+
+def test_ncstudy_itself_uses_no_deprecated_name():
+    """Every module of the package imports without one of ncstudy's own deprecation warnings (the
+    alias modules themselves excepted): the package uses the new names only."""
+    import subprocess
+
+    code = """
+import importlib, warnings
+from pathlib import Path
+import ncstudy
+warnings.filterwarnings("error", message=r".* is deprecated and will be removed in a future release; use ")
+ALIASES = ("ncstudy.analysis", "ncstudy.forecast.core", "ncstudy.adapters.common")
+root = Path(ncstudy.__file__).parent
+names = [".".join(("ncstudy",) + p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+         for p in sorted(root.rglob("*.py"))]
+names = [n for n in names if not n.startswith(ALIASES) and not n.endswith("__main__")]
+for name in names:
+    importlib.import_module(name)
+print(len(names))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split()[-1]) > 50  # every module was imported, not a handful

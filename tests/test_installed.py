@@ -52,11 +52,12 @@ def installed(tmp_path_factory) -> dict[str, Path]:
     wheels = list(dist.glob("ncstudy-*.whl"))
     assert len(wheels) == 1, wheels
     venv = base / "venv"
-    # with pip (ensurepip, offline); the wheel goes in before the dependencies are on the path, so
-    # pip never sees this checkout's editable ncstudy
-    _run([sys.executable, "-m", "venv", str(venv)], cwd=base)
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=base)
     py = venv / "bin" / "python"
-    _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-compile", str(wheels[0])], cwd=base)
+    # this environment's pip, run by the fresh interpreter (--python): the wheel goes in before the
+    # dependencies are on its path, so pip never sees this checkout's editable ncstudy
+    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index",
+          "--no-compile", str(wheels[0])], cwd=base)
     fresh_site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                            cwd=base).stdout.strip())
     (fresh_site / "ncstudy_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
