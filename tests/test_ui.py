@@ -67,7 +67,7 @@ def trajectory(width: int) -> list[dict[str, Any]]:
 
 
 def build_study(uri: str, tmp: str | Path) -> dict[str, Any]:
-    """Write the study into ``uri`` through MLflowStudyCallback, a OnsetStopper deciding; returns
+    """Write the study into ``uri`` through MLflowStudyCallback, an OnsetStopper deciding; returns
     the experiment id, the study run id and the trial names."""
     from mlflow.tracking import MlflowClient
 
