@@ -446,7 +446,8 @@ def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = ""
              Line2D([], [], ls="", marker="o", color="0.7", mec="black", label="onset T_NC (NC1 < strict)"),
              Line2D([], [], ls="-", marker="D", color="0.7", mec="black", label="forecast onset [interval]\n"
                     "(trial stopped by it)"),
-             Line2D([], [], ls="", marker="X", color="0.7", mec="black", label="stopped: no onset expected"),
+             Line2D([], [], ls="", marker="X", color="0.7", mec="black", label="stopped early, no onset\n"
+                    "(cannot win / capped / none expected)"),
              Line2D([], [], color="0.6", label="CE \u2192 MSE switch")]
     leg1 = ax_fn.legend(handles=handles, title=key or "trial", loc="upper left", bbox_to_anchor=(1.01, 1.0),
                         fontsize=8, title_fontsize=8.5, frameon=False)
@@ -505,9 +506,9 @@ def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", k
                 hi = fc.high - fc.onset if fc.high is not None else 0.0
                 ax_t.errorbar([x], [fc.onset], yerr=[[max(lo, 0.0)], [max(hi, 0.0)]], fmt="D", mfc="white",
                               color=FORECAST_COLOUR, ms=6, capsize=3, zorder=3)
-            else:
+            else:  # no onset observed: where the trial ended, cut by the stopper (X) or at its budget (^)
                 last = max(t.series(NC1)[0] or [0.0])
-                ax_t.plot([x], [last], "^", color="0.5", ms=6, zorder=3)
+                ax_t.plot([x], [last], "X" if t.stop_reason in EARLY_STOPS else "^", color="0.5", ms=6, zorder=3)
             if t.fn_star is not None:
                 ax_f.plot([x], [t.fn_star], "o", color="tab:blue", ms=6, zorder=3)
         for i, (g, b) in enumerate(sorted(bands.items())):
@@ -543,6 +544,7 @@ def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", k
                Line2D([], [], ls="-", marker="D", mfc="white", color=FORECAST_COLOUR,
                       label="forecast onset [interval] (stopped by it)"),
                Line2D([], [], ls="", marker="^", color="0.5", label="no onset: last epoch run"),
+               Line2D([], [], ls="", marker="X", color="0.5", label="stopped early by the stopper: last epoch run"),
                Line2D([], [], ls="--", color=BAND_COLOUR, label="fn* of the group (band: spread)")]
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(f"{title + ': ' if title else ''}onset and fn* against the searched keys", fontsize=11)

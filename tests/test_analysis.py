@@ -186,6 +186,30 @@ def test_phase_inference_for_files_without_phase(tmp_path):
     assert read_log(p, phase1_epochs=200)["phase"].tolist() == [1, 1, 2]
 
 
+def test_a_run_the_stopper_ended_early_is_censored_not_given_the_relaxed_onset():
+    """A search stops trials that cannot win while NC1 is still above 0.01: their relaxed onset
+    (NC1 < 0.05, reached early) must not rank them as collapsing first; a run that sat above 0.01 to
+    its budget keeps the relaxed fallback of its cell."""
+    from ncstudy.analyze.experiments import group_stats, no_onset_text, onset_table
+    from ncstudy.analyze.sources import RunInput
+
+    def traj(last: int) -> pd.DataFrame:  # NC1 0.2 -> 0.03: crosses 0.05 at epoch 60, never 0.01
+        return pd.DataFrame([{"epoch": e, "phase": 2, "nc1": max(0.03, 0.2 - 0.003 * e), "feat_norm": 1.0,
+                              "test": 0.9} for e in range(10, last + 1, 10)])
+
+    runs = [RunInput("cut", "mlflow:cut", {"width": 128}, traj(140), origin="mlflow-artifact", cell="a",
+                     tags={"stop_reason": "cannot_win"}),
+            RunInput("budget", "mlflow:budget", {"width": 256}, traj(400), origin="mlflow-artifact", cell="b",
+                     tags={"stop_reason": "budget"})]
+    t = onset_table(runs, AnalysisOptions()).set_index("run_id")
+    assert t.loc["budget", "t_relaxed"] == 60 and t.loc["cut", "t_relaxed"] == 60
+    assert t.loc["budget", "t_nc"] == 60 and t.loc["budget", "threshold"] == "relaxed"
+    assert pd.isna(t.loc["cut", "t_nc"]) and not t.loc["cut", "collapsed"]
+    g = group_stats(t.reset_index(), ["width"]).set_index("width")
+    assert g.loc[128, "n_cut"] == 1 and no_onset_text(g.loc[128]) == "stopped early"
+    assert g.loc[256, "n_cut"] == 0 and g.loc[256, "t_nc_mean"] == 60
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: exit 2, a message naming what is missing, nothing written
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from scipy import stats
 from ncstudy.analyze.sources import ATTR_KEYS, RunInput
 from ncstudy.forecast.insample import crossing_epoch, loglog_fit
 from ncstudy.onset import OnsetRule, onset_of
-from ncstudy.records import FORECAST_EPOCH, num
+from ncstudy.records import EARLY_STOPS, FORECAST_EPOCH, num
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,11 @@ def onset_table(runs: Sequence[RunInput], opts: AnalysisOptions) -> pd.DataFrame
         return df
     # Choose the threshold per run. "relaxed-fallback" works per cell, as the README defines it:
     # "cells that never reach 0.01 use nc1 < 0.05".
+    # A run a stopper ended early (cannot win, no onset expected, capped, a forecast) never had the
+    # chance to reach the strict threshold: it is censored there, never given the relaxed onset of a
+    # run that sat above 0.01 to its budget (that would rank a run cut at NC1 0.04 as collapsing first).
     has_traj = df["origin"].isin(["log", "mlflow-artifact", "mlflow-metrics"])
+    cut = df["stop_reason"].isin(EARLY_STOPS)
     cell_strict = df[has_traj].groupby("cell")["t_strict"].apply(lambda s: s.notna().any()).to_dict()
     t_nc, fn, thr = [], [], []
     for i, row in df.iterrows():
@@ -135,7 +139,7 @@ def onset_table(runs: Sequence[RunInput], opts: AnalysisOptions) -> pd.DataFrame
             continue
         use = row["rule"]
         if use == "relaxed-fallback":
-            use = "strict" if cell_strict.get(row["cell"], False) else "relaxed"
+            use = "strict" if cell_strict.get(row["cell"], False) or cut.iloc[i] else "relaxed"
         key = "strict" if use == "strict" else "relaxed"
         t = row[f"t_{key}"]
         t = None if t is None or (isinstance(t, float) and math.isnan(t)) else int(t)
@@ -222,6 +226,12 @@ def describe(values: Iterable[float], ci: float = 0.95) -> dict[str, float | int
     return out
 
 
+def no_onset_text(g: Any) -> str:
+    """What a group's T_NC reads when none of its runs collapsed: ``never`` when they ran to their
+    budgets, ``stopped early`` when a stopper ended them before they could (no onset observed)."""
+    return "stopped early" if g["n_cut"] and g["n_cut"] == g["N"] else "never"
+
+
 def group_stats(df: pd.DataFrame, keys: Sequence[str], order: Sequence[Any] | None = None,
                 ci: float = 0.95) -> pd.DataFrame:
     d = add_group_column(df, keys, order)
@@ -235,6 +245,7 @@ def group_stats(df: pd.DataFrame, keys: Sequence[str], order: Sequence[Any] | No
         rows.append({
             "group": label, **{k: _py(first[k]) for k in keys}, "_sort": first["_sort"],
             "N": len(g), "n_collapsed": int(len(col)),
+            "n_cut": int((~g["collapsed"] & g["stop_reason"].isin(EARLY_STOPS)).sum()) if "stop_reason" in g else 0,
             "threshold": ", ".join(f"{t}" if c == len(col) else f"{t} x{c}" for t, c in thr.items()) or "none",
             "fn_mean": fn["mean"], "fn_sd": fn["sd"], "fn_ci_low": fn["ci_low"], "fn_ci_high": fn["ci_high"],
             "fn_cv": fn["cv"], "t_nc_mean": tn["mean"], "t_nc_sd": tn["sd"],
@@ -395,7 +406,8 @@ def intervention_tests(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame | 
 def wd_regimes(groups: pd.DataFrame, runs: pd.DataFrame, keys: Sequence[str], margin: float) -> pd.DataFrame | None:
     """Weight-decay levels labelled fastest / slow / near-fastest / partial / no collapse.
 
-    Per stratum of the other keys: "no collapse" when no run collapsed; "fastest" = lowest mean
+    Per stratum of the other keys: "no collapse" when no run collapsed ("stopped early" when a
+    stopper ended every run of the level before an onset could be observed); "fastest" = lowest mean
     T_NC; "slow" when the mean T_NC exceeds the fastest by more than ``margin``; Student t-test of
     T_NC against the fastest level.
     """
@@ -413,11 +425,11 @@ def wd_regimes(groups: pd.DataFrame, runs: pd.DataFrame, keys: Sequence[str], ma
         for _, row in s.iterrows():
             t_run = runs[(runs["group"] == row["group"]) & runs["collapsed"]]["t_nc"].astype(float)
             rec = {"group": row["group"], "weight_decay": row["weight_decay"], "N": row["N"],
-                   "n_collapsed": row["n_collapsed"], "t_nc_mean": row["t_nc_mean"], "t_nc_sd": row["t_nc_sd"],
-                   "min_nc1_mean": row["min_nc1_mean"], "vs_fastest_pct": None, "t_vs_fastest": None,
-                   "p_vs_fastest": None}
+                   "n_collapsed": row["n_collapsed"], "n_cut": row["n_cut"], "t_nc_mean": row["t_nc_mean"],
+                   "t_nc_sd": row["t_nc_sd"], "min_nc1_mean": row["min_nc1_mean"], "vs_fastest_pct": None,
+                   "t_vs_fastest": None, "p_vs_fastest": None}
             if row["n_collapsed"] == 0:
-                rec["regime"] = "no collapse"
+                rec["regime"] = "no collapse" if no_onset_text(row) == "never" else "stopped early"
             elif fastest is not None and row["group"] == fastest["group"]:
                 rec["regime"] = "fastest"
             else:
@@ -521,8 +533,9 @@ def analyze_experiment(spec: ExperimentSpec, table: pd.DataFrame, trajectories: 
     res.lead = lead_times(runs, trajectories, fit_key)
     never = groups[groups["n_collapsed"] == 0]
     for _, g in never.iterrows():
+        cut = f"; {g['n_cut']} of {g['N']} ended early by the stopper" if g["n_cut"] else ""
         res.notes.append(f"{g['group']}: no run reached the threshold (mean min nc1 "
-                         f"{fmt_value(g['min_nc1_mean']) if g['min_nc1_mean'] is not None else 'n/a'})")
+                         f"{fmt_value(g['min_nc1_mean']) if g['min_nc1_mean'] is not None else 'n/a'}{cut})")
     return res
 
 

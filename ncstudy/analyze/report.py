@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ncstudy.analyze.experiments import ExperimentResult
-from ncstudy.records import finite
+from ncstudy.analyze.experiments import ExperimentResult, no_onset_text
+from ncstudy.records import EARLY_STOPS, finite
 
 if TYPE_CHECKING:  # pragma: no cover
     from ncstudy.analyze.pipeline import Analysis
@@ -66,7 +66,7 @@ def groups_md(res: ExperimentResult) -> str:
         ci = f"[{f3(g['fn_ci_low'])}, {f3(g['fn_ci_high'])}]" if finite(g["fn_ci_low"]) else "–"
         rows.append([g["group"], g["N"], g["n_collapsed"], g["threshold"], pm(g["fn_mean"], g["fn_sd"]), ci,
                      f"{100 * g['fn_cv']:.1f} %" if finite(g["fn_cv"]) else "–",
-                     pm(g["t_nc_mean"], g["t_nc_sd"], 1) if finite(g["t_nc_mean"]) else "never",
+                     pm(g["t_nc_mean"], g["t_nc_sd"], 1) if finite(g["t_nc_mean"]) else no_onset_text(g),
                      f3(g["test_acc_mean"], 4), f3(g["min_nc1_mean"], 4)])
     return md_table(["group", "N", "collapsed", "threshold", "fn* mean ± SD", "95 % CI", "CV",
                      "T_NC mean ± SD", "test acc", "min nc1"], rows)
@@ -129,7 +129,7 @@ def wd_md(df: pd.DataFrame) -> str:
     return md_table(["weight decay", "N", "collapsed", "T_NC mean ± SD", "vs fastest", "t-test vs fastest",
                      "min nc1", "regime"],
                     [[_sv(r["weight_decay"]), r["N"], r["n_collapsed"],
-                      pm(r["t_nc_mean"], r["t_nc_sd"], 1) if finite(r["t_nc_mean"]) else "never",
+                      pm(r["t_nc_mean"], r["t_nc_sd"], 1) if finite(r["t_nc_mean"]) else no_onset_text(r),
                       f"{r['vs_fastest_pct']:+.1f} %" if finite(r["vs_fastest_pct"]) else "–",
                       f"t = {r['t_vs_fastest']:.2f}, p = {fp(r['p_vs_fastest'])}" if finite(r["t_vs_fastest"]) else "–",
                       f3(r["min_nc1_mean"], 4), r["regime"]] for _, r in df.iterrows()])
@@ -192,7 +192,8 @@ def build_markdown(a: "Analysis", figures: Sequence[str], command: str | None = 
     L.append(f"- Onset rule: T_NC = first logged epoch with nc1 < {o.strict:g} (strict) or < {o.relaxed:g} "
              f"(relaxed); threshold rule: {rule}; onset phase: {phase}. fn* = feat_norm at T_NC. "
              "relaxed-fallback works per cell: a cell in which no run reaches the strict threshold uses "
-             "the relaxed one.")
+             "the relaxed one; a run a stopper ended early (stop reason "
+             + ", ".join(f"`{r}`" for r in EARLY_STOPS) + ") is censored at the strict threshold.")
     for w in src.warnings:
         L.append(f"- Warning: {w}")
     L.append("")
@@ -217,7 +218,8 @@ def build_markdown(a: "Analysis", figures: Sequence[str], command: str | None = 
         if res.wd_regimes is not None:
             L += ["### Weight-decay regimes", "",
                   f"fastest = lowest mean T_NC; slow = mean T_NC more than {100 * o.slow_margin:.0f} % above it; "
-                  "no collapse = no run reached the threshold.", "", wd_md(res.wd_regimes), ""]
+                  "no collapse = no run reached the threshold; stopped early = a stopper ended every run before "
+                  "an onset could be observed.", "", wd_md(res.wd_regimes), ""]
         if res.intervention is not None:
             L += ["### Intervention against control (Student t-tests)", "", intervention_md(res.intervention), ""]
         L += ["### Lead time of the fn crossing", "", lead_md(res.lead), ""]

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ncstudy.analyze.experiments import AnalysisOptions
+from ncstudy.analyze.experiments import AnalysisOptions, no_onset_text
 from ncstudy.errors import InputError
 
 PROG = "ncstudy analyze"
@@ -85,7 +85,7 @@ def _summary(a) -> str:
             for _, g in r.groups.iterrows():
                 fn = f"fn* {g['fn_mean']:.3f}" if g["fn_mean"] is not None and g["fn_mean"] == g["fn_mean"] else "fn* -"
                 tn = (f"T_NC {g['t_nc_mean']:.0f}" if g["t_nc_mean"] is not None and g["t_nc_mean"] == g["t_nc_mean"]
-                      else "T_NC never")
+                      else f"T_NC {no_onset_text(g)}")
                 lines.append(f"  {g['group']}: N={g['N']} collapsed={g['n_collapsed']} {tn} {fn}")
     return "\n".join(lines)
 
