@@ -78,7 +78,8 @@ def trajectories(limit_epoch: int = BUDGET) -> tuple[list[list[dict[str, Any]]],
     if CORPUS.is_dir() and any(CORPUS.glob("*.csv.gz")):
         trajs, source = load_logs([CORPUS]), f"corpus ({CORPUS.relative_to(ROOT)})"
     else:
-        manifest = read_manifest(ROOT / "analysis" / "rupa2026" / "runs.csv")  # what each reference file is
+        # what each reference file is: the rupa2026 preset's file map
+        manifest = read_manifest(ROOT / "ncstudy" / "analyze" / "presets" / "rupa2026_runs.csv")
         trajs = [t for t in load_logs([reference_dir()], manifest)
                  if (t.meta.get("model"), t.meta.get("dataset"), t.meta.get("depth"), t.meta.get("protocol"))
                  == ("mlp", "mnist", 5, "two-phase")]
@@ -225,7 +226,7 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
     from ray.tune.execution.tune_controller import TuneController
 
     from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
-    from ncstudy.adapters.ray_tune import FnStarStopper
+    from ncstudy.adapters.ray_tune import OnsetStopper
     from ncstudy.study import runner
     from ncstudy.study.progress import ProgressTable
     from ncstudy.study.spec import StudySpec
@@ -265,8 +266,8 @@ def measure(n: int, work: Path, tracking_uri: str, num_cpus: int = 2, baseline_s
 
     for name in ("__call__", "on_trial_start", "on_trial_restore", "on_trial_complete", "on_trial_error",
                  "on_experiment_end"):
-        meter.wrap(FnStarStopper, name, "stopper", count_call if name == "__call__" else None)
-    meter.wrap(FnStarStopper, "get_state", "stopper", count_state)
+        meter.wrap(OnsetStopper, name, "stopper", count_call if name == "__call__" else None)
+    meter.wrap(OnsetStopper, "get_state", "stopper", count_state)
     for name in ("setup", "on_trial_start", "on_trial_restore", "on_trial_result", "on_trial_complete",
                  "on_trial_error", "on_experiment_end"):
         meter.wrap(MLflowStudyCallback, name, "tracking_hooks",

@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _mnist import CE_EPOCHS, EPOCHS, EVAL_EVERY, mlp, mnist_1000, train_epoch  # noqa: E402
 
-from ncstudy.adapters.optuna_pruner import FnStarPruner  # noqa: E402
+from ncstudy.adapters.optuna_pruner import OnsetPruner  # noqa: E402
 from ncstudy.metrics import measure  # noqa: E402
 
-pruner = FnStarPruner(budget=EPOCHS)  # ncstudy
+pruner = OnsetPruner(budget=EPOCHS)  # ncstudy
 
 
 def objective(trial: optuna.Trial) -> float:

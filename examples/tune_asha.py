@@ -23,7 +23,7 @@ if __name__ == "__main__":
     asha = ASHAScheduler(metric="nc1", mode="min", time_attr="epoch", max_t=EPOCHS,
                          grace_period=4 * EVAL_EVERY, reduction_factor=2)
     with tempfile.TemporaryDirectory(prefix="ncstudy-example-") as d:
-        grid = run(Path(d), name="asha", scheduler=asha)  # FnStarStopper + ASHA (see tune_own_loop.run)
+        grid = run(Path(d), name="asha", scheduler=asha)  # OnsetStopper + ASHA (see tune_own_loop.run)
         show(grid)
         check(grid, f"sqlite:///{Path(d) / 'mlflow.db'}", "asha")
         cut = [r for r in grid if r.metrics["epoch"] < EPOCHS and not r.metrics.get("stop_reason")]

@@ -10,7 +10,7 @@ objective. The stopper runs a *search* here (its default for the collapse-time o
 that cannot beat the earliest onset seen so far is stopped (``capped`` once it reaches that epoch,
 ``cannot_win`` earlier on the forecast) and reports a collapse time after the best one; one stopped
 because no onset is expected within its budget reports the censored ``2 x budget``; with
-``FnStarStopper(mode="sweep")`` every trial runs to its onset or a trusted forecast of it instead.
+``OnsetStopper(mode="sweep")`` every trial runs to its onset or a trusted forecast of it instead.
 Ray's ``MLflowLoggerCallback``,
 ``result.json`` and ``ResultGrid.get_best_result`` see the same numbers, which the end of this
 script checks.
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _mnist import CE_EPOCHS, EPOCHS, EVAL_EVERY, mlp, mnist_1000, train_epoch  # noqa: E402
 
-from ncstudy.adapters.ray_tune import FnStarStopper  # noqa: E402  # ncstudy
+from ncstudy.adapters.ray_tune import OnsetStopper  # noqa: E402  # ncstudy
 from ncstudy.metrics import measure  # noqa: E402  # ncstudy
 
 
@@ -58,7 +58,7 @@ def run(root: Path, name: str = "own_loop", scheduler=None):
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        stopper = FnStarStopper(budget=EPOCHS)  # ncstudy
+        stopper = OnsetStopper(budget=EPOCHS)  # ncstudy
         tuner = tune.Tuner(
             train_fn,
             param_space={"lr": tune.grid_search([1e-3, 2e-3]), "width": tune.grid_search([64, 128]), "seed": 0},

@@ -66,10 +66,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ncstudy.deprecation import RenamedKeys
 from ncstudy.records import FN, NC_KEYS, TRAIN
 
 __all__ = [
     "METRIC_KEYS",
+    "NCMetrics",
     "NCStats",
     "NCAccumulator",
     "batch_stats",
@@ -86,6 +88,15 @@ __all__ = [
 METRIC_KEYS: tuple[str, ...] = NC_KEYS
 
 NCCMode = Literal["cached", "online", "off"]
+
+
+class NCMetrics(RenamedKeys):
+    """The metrics :meth:`NCAccumulator.compute`, :func:`nc_metrics` and :func:`measure` return: a
+    ``dict`` of floats in which the former key ``fn`` (now ``feat_norm``) still reads, with a
+    :class:`DeprecationWarning`, for a release."""
+
+    renamed = {"fn": FN}
+
 
 _F64 = torch.float64
 # Rows per internal chunk: bounds the float64 temporaries to ~32 MB whatever the caller's batch.
@@ -563,8 +574,9 @@ class NCAccumulator:
         return self
 
     # -- result -------------------------------------------------------------------------------
-    def compute(self, W: Tensor) -> dict[str, float]:
-        """All metrics as plain floats; ValueError naming any class without a sample."""
+    def compute(self, W: Tensor) -> NCMetrics:
+        """All metrics as plain floats (:data:`METRIC_KEYS`; the former key ``fn`` still reads, with a
+        warning); ValueError naming any class without a sample."""
         s = self.stats
         n = s.num_samples
         w = torch.as_tensor(W).detach().to(device=s.sums.device, dtype=_F64)
@@ -579,11 +591,11 @@ class NCAccumulator:
             out["nc4"] = mism / n
         elif self.ncc == "online" and self._online_complete:
             out["nc4"] = self._online_mismatch / n
-        return out
+        return NCMetrics(out)
 
 
 def nc_metrics(features: Tensor, labels: Tensor, W: Tensor,
-               logits: Tensor | None = None) -> dict[str, float]:
+               logits: Tensor | None = None) -> NCMetrics:
     """One-shot metrics of a full feature set (K = W.shape[0])."""
     acc = NCAccumulator(int(W.shape[0]))
     acc.update(features, labels, logits)
@@ -592,7 +604,7 @@ def nc_metrics(features: Tensor, labels: Tensor, W: Tensor,
 
 @torch.no_grad()
 def measure(model: nn.Module, loader, head: nn.Linear | None = None, num_classes: int | None = None,
-            device: torch.device | str | None = None) -> dict[str, float]:
+            device: torch.device | str | None = None) -> NCMetrics:
     """The NC part of a record for any classifier: training accuracy (``train``), ``feat_norm`` and
     every NC metric (:data:`METRIC_KEYS`), over the batches ``(x, y)`` of ``loader`` (pass the
     training set).
@@ -630,4 +642,4 @@ def measure(model: nn.Module, loader, head: nn.Linear | None = None, num_classes
         model.train(was_training)
     if seen == 0:
         raise ValueError("measure: the loader gave no samples")
-    return {TRAIN: correct / seen, **acc.compute(head.weight)}
+    return NCMetrics({TRAIN: correct / seen, **acc.compute(head.weight)})

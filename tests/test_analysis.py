@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ncstudy.analysis import AnalysisOptions, analyze
+from ncstudy.analyze import AnalysisOptions, analyze
 from ncstudy.cli import main
 from ncstudy.errors import InputError
 from ncstudy.logs import read_log, write_log
@@ -190,8 +190,8 @@ def test_a_run_the_stopper_ended_early_is_censored_not_given_the_relaxed_onset()
     """A search stops trials that cannot win while NC1 is still above 0.01: their relaxed onset
     (NC1 < 0.05, reached early) must not rank them as collapsing first; a run that sat above 0.01 to
     its budget keeps the relaxed fallback of its cell."""
-    from ncstudy.analysis.engine import group_stats, no_onset_text, onset_table
-    from ncstudy.analysis.sources import RunInput
+    from ncstudy.analyze.experiments import group_stats, no_onset_text, onset_table
+    from ncstudy.analyze.sources import RunInput
 
     def traj(last: int) -> pd.DataFrame:  # NC1 0.2 -> 0.03: crosses 0.05 at epoch 60, never 0.01
         return pd.DataFrame([{"epoch": e, "phase": 2, "nc1": max(0.03, 0.2 - 0.003 * e), "feat_norm": 1.0,
@@ -396,7 +396,7 @@ def test_api_error_type():
 
 
 def test_rupa2026_run_attrs_from_its_table():
-    from ncstudy.analysis.presets import load_preset_module
+    from ncstudy.analyze.presets import load_preset_module
 
     run_attrs = load_preset_module("rupa2026").run_attrs
     assert run_attrs("mnist_twophase.csv") == {"model": "mlp", "dataset": "mnist", "depth": 5, "width": 512,
@@ -409,3 +409,33 @@ def test_rupa2026_run_attrs_from_its_table():
     with pytest.raises(ValueError, match="sweep_width.csv: not a file of the reference logs"):
         run_attrs("sweep_width.csv")
 
+
+
+def test_a_preset_file_given_by_path(tmp_path, capsys):
+    """``--preset path/to/file.py``: a plug-in preset outside the package, with the shipped machinery."""
+    d = tmp_path / "logs"
+    d.mkdir()
+    for name, (t, fn) in {"a_s0.csv": (300, 1.10), "a_s1.csv": (320, 1.20), "b_s0.csv": (250, 0.90)}.items():
+        write_log(synthetic_rows(t, fn, last=400), d / name)
+    (tmp_path / "my_preset.py").write_text('''
+from ncstudy.analyze import ExperimentSpec
+from ncstudy.analyze.presets import FileRun, Preset
+
+PRESET = Preset(
+    name="mine", description="two cells", table_rows=[], checks=[],
+    files=[FileRun(f, {"model": "mlp", "dataset": "toy", "width": w}, f"w{w}", "strict", ("width",))
+           for f, w in (("a_s0.csv", 128), ("a_s1.csv", 128), ("b_s0.csv", 256))],
+    experiments=[ExperimentSpec("width", "T_NC by width", ("width",), x="width")])
+''')
+    out = tmp_path / "out"
+    assert main(["analyze", "--logs", str(d), "--preset", str(tmp_path / "my_preset.py"), "--out", str(out),
+                 "--no-figures", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["source"]["preset"] == "mine"
+    groups = {g["group"]: g for g in res["experiments"]["width"]["groups"]}
+    assert groups["128"]["N"] == 2 and groups["128"]["t_nc_mean"] == 310.0
+    assert groups["128"]["fn_mean"] == pytest.approx(1.15)
+    assert groups["256"]["t_nc_mean"] == 250.0 and groups["256"]["fn_mean"] == pytest.approx(0.90)
+    assert main(["analyze", "--logs", str(d), "--preset", str(tmp_path / "nope.py"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "preset file" in err and "nope.py not found" in err and "rupa2026" in err

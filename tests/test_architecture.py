@@ -18,13 +18,13 @@ PKG = Path(__file__).resolve().parents[1] / "ncstudy"
 # Layer of each module (first matching prefix), lowest first; a module may import its own layer
 # and the ones listed for it.
 LAYERS = {
-    "base": ("ncstudy.errors", "ncstudy.records"),
+    "base": ("ncstudy.errors", "ncstudy.records", "ncstudy.deprecation"),
     "format": ("ncstudy.config", "ncstudy.logs", "ncstudy.onset", "ncstudy.plots"),
     "data": ("ncstudy.data", "ncstudy.models", "ncstudy.metrics"),
     "train": ("ncstudy.train",),
     "forecast": ("ncstudy.forecast",),
     "adapters": ("ncstudy.adapters",),
-    "analysis": ("ncstudy.analysis",),
+    "analyze": ("ncstudy.analyze", "ncstudy.analysis"),  # ncstudy.analysis: the deprecated alias
     "study": ("ncstudy.study",),
     "cli": ("ncstudy.cli",),
 }
@@ -35,7 +35,7 @@ MAY_IMPORT = {
     "train": {"base", "format", "data"},
     "forecast": {"base", "format"},
     "adapters": {"base", "format", "forecast"},
-    "analysis": {"base", "format", "forecast", "adapters"},
+    "analyze": {"base", "format", "forecast", "adapters"},
     "study": {"base", "format", "data", "train", "forecast", "adapters"},
     "cli": set(LAYERS),
 }

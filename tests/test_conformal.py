@@ -10,8 +10,8 @@ import pytest
 from ncstudy.forecast import Calibration, Trajectory, replay, synthetic_trajectory
 from ncstudy.forecast.analog import AnalogPool, PoolRun, conformal_quantile, isotonic
 from ncstudy.forecast.calibration import RunRecord
-from ncstudy.forecast.core import NO_ONSET, ONSET
 from ncstudy.forecast.forecasters import ConformalOnset
+from ncstudy.forecast.protocol import NO_ONSET, ONSET
 from ncstudy.forecast.state import FEATURES, State, trajectory_states
 
 

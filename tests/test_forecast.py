@@ -41,7 +41,7 @@ _CANDIDATES = [os.environ.get("NCSTUDY_REFERENCE_LOGS"), _ROOT.parent / "shared"
                _ROOT / "shared" / "reference" / "rupa2026_logs", "/work/shared/reference/rupa2026_logs"]
 REF = next((Path(p) for p in _CANDIDATES if p and Path(p).is_dir()), Path("/nonexistent"))
 needs_ref = pytest.mark.skipif(not REF.is_dir(), reason="reference logs not available")
-RUNS = _ROOT / "analysis" / "rupa2026" / "runs.csv"  # what each reference file is
+RUNS = _ROOT / "ncstudy" / "analyze" / "presets" / "rupa2026_runs.csv"  # what each reference file is
 
 
 def _mnist_mlp5(t: Trajectory) -> bool:

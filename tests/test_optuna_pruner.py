@@ -1,4 +1,4 @@
-"""FnStarPruner in real Optuna studies: the three-line loop, the forecast on the trial, learning
+"""OnsetPruner in real Optuna studies: the three-line loop, the forecast on the trial, learning
 online, Optuna's own should_prune, and the messages for mistakes."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import optuna
 import pytest
 
-from ncstudy.adapters.optuna_pruner import FnStarPruner
+from ncstudy.adapters.optuna_pruner import OnsetPruner
 from ncstudy.forecast import Calibration, Prior, synthetic_trajectory
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -16,7 +16,7 @@ GROUP = "mlp/synthetic"
 SPEC = [(330, 1.0), (350, 1.0), (340, 1.2), (360, 0.97), (380, 0.97)]
 
 
-def objective_for(pruner: FnStarPruner, rename: dict[str, str] | None = None):
+def objective_for(pruner: OnsetPruner, rename: dict[str, str] | None = None):
     def objective(trial: optuna.Trial) -> float:
         trial.suggest_categorical("model", ["mlp"])
         trial.suggest_categorical("dataset", ["synthetic"])
@@ -33,7 +33,7 @@ def objective_for(pruner: FnStarPruner, rename: dict[str, str] | None = None):
 def test_three_lines_learn_online_and_report_the_forecast():
     # a sweep: every trial's onset is wanted (in a search -- the default when minimising -- trials that
     # cannot beat the first onset would be capped instead: tests/test_search_mode.py)
-    pruner = FnStarPruner(forecaster="fn_star", mode="sweep", prior="none", budget=600, min_observations=2)
+    pruner = OnsetPruner(forecaster="fn_star", mode="sweep", prior="none", budget=600, min_observations=2)
     study = optuna.create_study(direction="minimize", pruner=pruner, sampler=optuna.samplers.TPESampler(seed=0))
     study.optimize(objective_for(pruner), n_trials=5)
     trials = study.trials
@@ -51,7 +51,7 @@ def test_three_lines_learn_online_and_report_the_forecast():
 
 def test_custom_names_prior_and_optunas_own_should_prune():
     cal = Calibration({GROUP: Prior(fn_star=1.1, lead=50.0)})
-    pruner = FnStarPruner(forecaster="fn_star", mode="sweep", prior=cal, metrics={"nc1": "within_class"})
+    pruner = OnsetPruner(forecaster="fn_star", mode="sweep", prior=cal, metrics={"nc1": "within_class"})
     study = optuna.create_study(pruner=pruner)
 
     def objective(trial: optuna.Trial) -> float:
@@ -72,7 +72,7 @@ def test_custom_names_prior_and_optunas_own_should_prune():
 
 
 def test_record_policy_never_stops_and_values_the_observed_onset():
-    pruner = FnStarPruner("record", forecaster="fn_star", prior=Calibration({GROUP: Prior(1.1, 50.0)}))
+    pruner = OnsetPruner("record", forecaster="fn_star", prior=Calibration({GROUP: Prior(1.1, 50.0)}))
     study = optuna.create_study(pruner=pruner)
 
     def objective(trial: optuna.Trial) -> float:
@@ -91,7 +91,7 @@ def test_record_policy_never_stops_and_values_the_observed_onset():
 
 
 def test_no_onset_is_the_censored_penalty():
-    pruner = FnStarPruner("record", forecaster="fn_star", prior="none", budget="epochs")
+    pruner = OnsetPruner("record", forecaster="fn_star", prior="none", budget="epochs")
     study = optuna.create_study(pruner=pruner)
 
     def objective(trial: optuna.Trial) -> float:
@@ -107,13 +107,13 @@ def test_no_onset_is_the_censored_penalty():
 
 def test_mistakes_name_the_fix():
     with pytest.raises(ValueError) as e:
-        FnStarPruner(metrics={"feature_norm": "fn"})
-    assert "FnStarPruner" in str(e.value) and "feature_norm" in str(e.value) and "feat_norm" in str(e.value)
-    pruner = FnStarPruner()  # conformal: needs each trial's budget
+        OnsetPruner(metrics={"feature_norm": "fn"})
+    assert "OnsetPruner" in str(e.value) and "feature_norm" in str(e.value) and "feat_norm" in str(e.value)
+    pruner = OnsetPruner()  # conformal: needs each trial's budget
     trial = optuna.create_study(pruner=pruner).ask()
     with pytest.raises(ValueError, match="budget="):
         pruner.should_stop(trial, {"epoch": 10, "nc1": 0.5, "feat_norm": 2.0})
-    pruner = FnStarPruner(budget=100)
+    pruner = OnsetPruner(budget=100)
     with pytest.raises(ValueError, match="no epoch"):
         pruner.should_stop(trial, {"nc1": 0.5})
-    assert math.isnan(FnStarPruner(forecaster="fn_star").value(trial))  # nothing known, no budget
+    assert math.isnan(OnsetPruner(forecaster="fn_star").value(trial))  # nothing known, no budget

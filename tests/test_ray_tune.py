@@ -1,5 +1,5 @@
-"""FnStarStopper (ncstudy.adapters.ray_tune) and the core it shares with the Optuna pruner
-(ncstudy.adapters.common): decisions and result fields on synthetic trajectories, the messages a
+"""OnsetStopper (ncstudy.adapters.ray_tune) and the core it shares with the Optuna pruner
+(ncstudy.adapters.stopper_core): decisions and result fields on synthetic trajectories, the messages a
 user gets for each mistake, state round trips, the study file's stopper -- and a real Tune run with
 ASHA, OptunaSearch and Ray's stock MLflowLoggerCallback, where every consumer sees the forecast."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ncstudy.adapters.ray_tune import FnStarStopper
+from ncstudy.adapters.ray_tune import OnsetStopper
 from ncstudy.forecast import Calibration, Prior, synthetic_trajectory
 from ncstudy.study.runner import build_stopper
 from ncstudy.study.spec import StudySpec
@@ -25,7 +25,7 @@ def fn_star_prior() -> Calibration:
     return Calibration({GROUP: Prior(fn_star=1.1, lead=50.0)})
 
 
-def feed(stopper: FnStarStopper, trial_id: str, traj, config=CONFIG):
+def feed(stopper: OnsetStopper, trial_id: str, traj, config=CONFIG):
     """Hand results to the stopper as Tune does; returns (stop epoch or None, the results)."""
     results = []
     for rec in traj:
@@ -37,7 +37,7 @@ def feed(stopper: FnStarStopper, trial_id: str, traj, config=CONFIG):
 
 
 def test_stops_at_forecast_and_writes_it_into_the_result():
-    stopper = FnStarStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior())
+    stopper = OnsetStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior())
     stop, results = feed(stopper, "a", synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0))
     # fn = 1 + 2 exp(-(t-200)/30) <= 1.1 first at epoch 290; forecast = 290 + lead 50
     assert stop == 290
@@ -51,7 +51,7 @@ def test_stops_at_forecast_and_writes_it_into_the_result():
 
 
 def test_record_policy_forecasts_without_stopping_and_the_observed_onset_wins():
-    stopper = FnStarStopper("record", forecaster="fn_star", mode="sweep", prior=fn_star_prior())
+    stopper = OnsetStopper("record", forecaster="fn_star", mode="sweep", prior=fn_star_prior())
     stop, results = feed(stopper, "a", synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0))
     assert stop is None
     est = [(r["epoch"], r["t_nc_estimate"]) for r in results]
@@ -62,7 +62,7 @@ def test_record_policy_forecasts_without_stopping_and_the_observed_onset_wins():
 
 
 def test_no_crossing_stops_at_onset_and_the_trial_keeps_its_own_objective():
-    stopper = FnStarStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior(), objective="t_nc")
+    stopper = OnsetStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior(), objective="t_nc")
     traj = [dict(r, t_nc=350.0 if r["epoch"] >= 330 else math.nan)
             for r in synthetic_trajectory(t_nc=330, fn_end=1.3, tau=30.0)]
     stop, results = feed(stopper, "a", traj)
@@ -73,7 +73,7 @@ def test_no_crossing_stops_at_onset_and_the_trial_keeps_its_own_objective():
 
 def test_the_same_result_again_is_not_a_new_evaluation():
     """Tune hands a finished trial's last result back (done=True); nothing may change."""
-    stopper = FnStarStopper("record", forecaster="fn_star", mode="sweep", prior=fn_star_prior())
+    stopper = OnsetStopper("record", forecaster="fn_star", mode="sweep", prior=fn_star_prior())
     _, results = feed(stopper, "a", synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0)[:30])
     before = dict(results[-1])
     again = dict(results[-1], done=True)
@@ -83,38 +83,38 @@ def test_the_same_result_again_is_not_a_new_evaluation():
 
 
 def test_fn_alias_needs_no_mapping_and_misspelt_metric_names_list_the_valid_ones():
-    stopper = FnStarStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior())
+    stopper = OnsetStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior())
     traj = synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0)
     for r in traj:
         r["fn"] = r.pop("feat_norm")  # NCAccumulator's short name
     assert feed(stopper, "a", traj)[0] == 290
     with pytest.raises(ValueError) as e:
-        FnStarStopper(metrics={"feat_nrm": "fn"})
+        OnsetStopper(metrics={"feat_nrm": "fn"})
     msg = str(e.value)
-    assert "feat_nrm" in msg and "feat_norm" in msg and "nc1" in msg and "FnStarStopper" in msg
+    assert "feat_nrm" in msg and "feat_norm" in msg and "nc1" in msg and "OnsetStopper" in msg
     with pytest.raises(ValueError, match="policy 'stop_early': choose from record, stop_at_forecast"):
-        FnStarStopper("stop_early")
+        OnsetStopper("stop_early")
     with pytest.raises(ValueError, match="prior 'paper'"):
-        FnStarStopper(prior="paper")
+        OnsetStopper(prior="paper")
 
 
 def test_conformal_needs_a_budget_and_says_how_to_give_it():
-    stopper = FnStarStopper()
+    stopper = OnsetStopper()
     with pytest.raises(ValueError, match=r"budget=<int>, budget='<config key>'"):
         stopper("a", {"epoch": 10, "nc1": 0.5, "feat_norm": 3.0, "config": {}})
-    stopper = FnStarStopper(budget="train.epochs")
+    stopper = OnsetStopper(budget="train.epochs")
     with pytest.raises(ValueError, match=r"budget='train.epochs' is not a key of trial a's config \(lr\)"):
         stopper("a", {"epoch": 10, "nc1": 0.5, "feat_norm": 3.0, "config": {"lr": 0.1}})
-    stopper = FnStarStopper(budget="train.epochs")
+    stopper = OnsetStopper(budget="train.epochs")
     assert stopper("a", {"epoch": 10, "nc1": 0.5, "feat_norm": 3.0, "config": {"train": {"epochs": 300}}}) is False
     assert stopper.core.stopper.monitors["a"].budget == 300.0
     with pytest.raises(ValueError, match="has no epoch"):
-        FnStarStopper(budget=100)("b", {"nc1": 0.5, "config": {}})
+        OnsetStopper(budget=100)("b", {"nc1": 0.5, "config": {}})
 
 
 def test_it_says_why_it_is_not_stopping_once(caplog):
     caplog.set_level(logging.WARNING, logger="ncstudy.stopper")
-    stopper = FnStarStopper(budget=600, prior="none")
+    stopper = OnsetStopper(budget=600, prior="none")
     for e in range(10, 110, 10):  # no NC1 at all
         stopper("t1", {"epoch": e, "feat_norm": 2.0, "train_loss": 0.1, "config": {}})
     no_nc1 = [r for r in caplog.records if "reports no 'nc1'" in r.message]
@@ -123,7 +123,7 @@ def test_it_says_why_it_is_not_stopping_once(caplog):
     pool = [r for r in caplog.records if "calibration pool has 0 completed run(s)" in r.message]
     assert len(pool) == 1
     caplog.clear()
-    stopper = FnStarStopper(budget=100, prior="none")
+    stopper = OnsetStopper(budget=100, prior="none")
     for e in range(10, 110, 10):  # a cross-entropy-only run reporting phase 1: said when it reaches its budget
         assert not any("only phase 1" in r.message for r in caplog.records)
         stopper("t2", {"epoch": e, "phase": 1, "nc1": 0.5, "feat_norm": 2.0, "config": {}})
@@ -132,7 +132,7 @@ def test_it_says_why_it_is_not_stopping_once(caplog):
     assert len(phase) == 1 and "metrics={'phase': None}" in phase[0].message
     caplog.clear()
     # priors that match no group of the search
-    stopper = FnStarStopper(forecaster="fn_star", mode="sweep", prior=Calibration({"mlp/mnist": Prior(1.05, 60.0)}))
+    stopper = OnsetStopper(forecaster="fn_star", mode="sweep", prior=Calibration({"mlp/mnist": Prior(1.05, 60.0)}))
     stopper("t", {"epoch": 10, "nc1": 0.5, "feat_norm": 2.0, "config": {"model": "mlp", "dataset": "mnist5k"}})
     stopper("u", {"epoch": 10, "nc1": 0.5, "feat_norm": 2.0, "config": {"model": "mlp", "dataset": "mnist5k"}})
     prior = [r for r in caplog.records if "has no prior" in r.message]
@@ -141,7 +141,7 @@ def test_it_says_why_it_is_not_stopping_once(caplog):
 
 
 def test_single_phase_runs_are_forecast_when_phase_is_not_reported():
-    stopper = FnStarStopper("record", forecaster="fn_star", mode="sweep", prior=fn_star_prior(),
+    stopper = OnsetStopper("record", forecaster="fn_star", mode="sweep", prior=fn_star_prior(),
                             metrics={"phase": None})
     traj = synthetic_trajectory(t_nc=350, fn_end=1.0, tau=30.0)
     for r in traj:
@@ -151,7 +151,7 @@ def test_single_phase_runs_are_forecast_when_phase_is_not_reported():
 
 
 def test_learns_online_and_never_trusts_a_lead_from_fewer_runs_than_its_minimum():
-    stopper = FnStarStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
+    stopper = OnsetStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
     spec = [(330, 1.0), (350, 1.0), (340, 1.2), (360, 0.97)]
     stops, trusted = [], []
     for i, (t, f) in enumerate(spec):
@@ -167,14 +167,14 @@ def test_learns_online_and_never_trusts_a_lead_from_fewer_runs_than_its_minimum(
 def test_state_round_trip_continues_identically():
     spec = [(330, 1.0), (350, 1.0), (340, 1.2), (360, 0.97)]
     trajs = [synthetic_trajectory(t_nc=t, fn_end=f, tau=20.0, seed=i) for i, (t, f) in enumerate(spec)]
-    ref = FnStarStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
+    ref = OnsetStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
     ref_out = [feed(ref, f"t{i}", tr)[1][-1] for i, tr in enumerate(trajs)]
-    a = FnStarStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
+    a = OnsetStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
     for i in range(3):
         feed(a, f"t{i}", trajs[i])
     feed(a, "t3", [r for r in trajs[3] if r["epoch"] <= 250])  # the driver dies at epoch 250
     state = json.loads(json.dumps(a.get_state()))  # what Tune's experiment state keeps
-    b = FnStarStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
+    b = OnsetStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
     b.set_state(state)
     stop, out = feed(b, "t3", [r for r in trajs[3] if r["epoch"] >= 240])  # restored from its epoch-240 checkpoint
     assert stop == 270 and out[-1]["collapse_epoch"] == 340.0
@@ -231,7 +231,7 @@ def test_real_tune_run_with_asha_optuna_and_stock_mlflow(ray_local, tmp_path):  
     from ray.tune.search.optuna import OptunaSearch
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    stopper = FnStarStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior())
+    stopper = OnsetStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior())
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     searcher = OptunaSearch(seed=0, metric="collapse_epoch", mode="min")
     tuner = tune.Tuner(
@@ -285,10 +285,10 @@ def test_incremental_state_restores_exactly_after_a_driver_kill(tmp_path):
     spec = [(330, 1.0), (350, 1.0), (340, 1.2), (360, 0.97), (345, 1.05)]
     trajs = [synthetic_trajectory(t_nc=t, fn_end=f, tau=20.0, seed=i) for i, (t, f) in enumerate(spec)]
 
-    def make() -> FnStarStopper:
-        return FnStarStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
+    def make() -> OnsetStopper:
+        return OnsetStopper(forecaster="fn_star", mode="sweep", prior="none", min_observations=2)
 
-    def run(s: FnStarStopper, tid: str, traj) -> list[dict]:
+    def run(s: OnsetStopper, tid: str, traj) -> list[dict]:
         stop, out = feed(s, tid, traj)
         s.on_trial_complete(0, [], _Trial(tid, out[-1]))
         return out
@@ -330,9 +330,9 @@ def test_incremental_state_restores_exactly_after_a_driver_kill(tmp_path):
 
 
 def test_saved_state_and_journal_bytes_do_not_grow_with_finished_trials(tmp_path):
-    from ncstudy.adapters.common import LocalStore
+    from ncstudy.adapters.state_store import LocalStore
 
-    s = FnStarStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior())
+    s = OnsetStopper(forecaster="fn_star", mode="sweep", prior=fn_star_prior())
     s.core.attach(LocalStore(tmp_path / "st"))
     sizes, journal = [], []
     for i in range(24):

@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from ncstudy.adapters.optuna_pruner import FnStarPruner
-from ncstudy.adapters.ray_tune import FnStarStopper
+from ncstudy.adapters.optuna_pruner import OnsetPruner
+from ncstudy.adapters.ray_tune import OnsetStopper
 from ncstudy.forecast import ForecastStopper, load_corpus
 from ncstudy.forecast.calibration import default_prior
 
@@ -115,7 +115,7 @@ def test_tune_search_stops_what_cannot_win_and_get_best_result_is_the_true_best(
     from ray import cloudpickle, tune
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    stopper = FnStarStopper(budget=BUDGET, prior=held_out_prior())  # the default mode: search (collapse_epoch)
+    stopper = OnsetStopper(budget=BUDGET, prior=held_out_prior())  # the default mode: search (collapse_epoch)
     assert stopper.core.mode == "search"
     logs = [str(CORPUS / "runs" / f"{r}.csv.gz") for r in (FAST, SLOW, NEVER)]
     tuner = tune.Tuner(
@@ -140,7 +140,7 @@ def test_tune_search_stops_what_cannot_win_and_get_best_result_is_the_true_best(
 
 
 # -- Optuna -----------------------------------------------------------------------------------------
-def _objective(pruner: FnStarPruner):
+def _objective(pruner: OnsetPruner):
     def objective(trial: optuna.Trial) -> float:
         run = trial.suggest_categorical("run", [FAST, SLOW, NEVER])
         trial.suggest_categorical("model", ["mlp"])
@@ -158,7 +158,7 @@ def test_optuna_search_and_a_second_worker_reads_the_incumbent_from_the_study():
     study = optuna.create_study(direction="minimize")  # minimise the pruner's value: a search
     for run in (FAST, SLOW):
         study.enqueue_trial({"run": run, "model": "mlp", "dataset": "mnist5k"})
-    pruner = FnStarPruner(budget=BUDGET, prior=held_out_prior())
+    pruner = OnsetPruner(budget=BUDGET, prior=held_out_prior())
     study.optimize(_objective(pruner), n_trials=2)
     assert pruner.mode == "search"
     fast, slow = study.trials
@@ -166,7 +166,7 @@ def test_optuna_search_and_a_second_worker_reads_the_incumbent_from_the_study():
     assert slow.user_attrs["stop_reason"] == "cannot_win" and slow.value > 110.0
     assert study.best_trial.number == fast.number
     # another worker: a fresh pruner on the same study knows the incumbent from its completed trials
-    other = FnStarPruner(budget=BUDGET, prior=held_out_prior())
+    other = OnsetPruner(budget=BUDGET, prior=held_out_prior())
     study.enqueue_trial({"run": NEVER, "model": "mlp", "dataset": "mnist5k"})
     study.optimize(_objective(other), n_trials=1)
     never = study.trials[-1]
@@ -176,7 +176,7 @@ def test_optuna_search_and_a_second_worker_reads_the_incumbent_from_the_study():
 
 def test_optuna_maximising_study_is_a_sweep():
     study = optuna.create_study(direction="maximize")
-    pruner = FnStarPruner(budget=BUDGET, prior=held_out_prior())
+    pruner = OnsetPruner(budget=BUDGET, prior=held_out_prior())
     study.enqueue_trial({"run": FAST, "model": "mlp", "dataset": "mnist5k"})
     study.optimize(_objective(pruner), n_trials=1)
     assert pruner.mode == "sweep"
@@ -184,7 +184,7 @@ def test_optuna_maximising_study_is_a_sweep():
 
 @pytest.mark.parametrize("mode", ["search", "sweep"])
 def test_mode_is_explicit_and_checked(mode):
-    assert FnStarStopper(mode=mode, budget=BUDGET).core.mode == mode
-    assert FnStarStopper(objective=None, budget=BUDGET).core.mode == "sweep"  # no collapse-time objective
+    assert OnsetStopper(mode=mode, budget=BUDGET).core.mode == mode
+    assert OnsetStopper(objective=None, budget=BUDGET).core.mode == "sweep"  # no collapse-time objective
     with pytest.raises(ValueError, match="mode 'fastest': choose from search, sweep"):
-        FnStarStopper(mode="fastest")
+        OnsetStopper(mode="fastest")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ncstudy.adapters.optuna_pruner import FnStarPruner
-from ncstudy.adapters.ray_tune import FnStarStopper
+from ncstudy.adapters.optuna_pruner import OnsetPruner
+from ncstudy.adapters.ray_tune import OnsetStopper
 from ncstudy.cli import main
 from ncstudy.config import EvalConfig
 from ncstudy.forecast.settings import (
@@ -36,14 +36,14 @@ def _default(cls, name):
     return inspect.signature(cls.__init__).parameters[name].default
 
 
-@pytest.mark.parametrize("adapter", [FnStarStopper, FnStarPruner])
+@pytest.mark.parametrize("adapter", [OnsetStopper, OnsetPruner])
 def test_the_adapters_defaults_are_the_settings(adapter):
     s = StopperSettings()
     for name in SHARED:
         assert _default(adapter, name) == getattr(s, name), name
     assert _default(adapter, "mode") is None  # derived: default_mode
     assert _default(adapter, "rule") == OnsetRule(s.strict, s.relaxed, s.phase2_only)
-    assert _default(FnStarStopper, "objective") == s.objective
+    assert _default(OnsetStopper, "objective") == s.objective
 
 
 def test_the_study_file_section_is_the_settings():

@@ -67,12 +67,12 @@ def trajectory(width: int) -> list[dict[str, Any]]:
 
 
 def build_study(uri: str, tmp: str | Path) -> dict[str, Any]:
-    """Write the study into ``uri`` through MLflowStudyCallback, a FnStarStopper deciding; returns
+    """Write the study into ``uri`` through MLflowStudyCallback, an OnsetStopper deciding; returns
     the experiment id, the study run id and the trial names."""
     from mlflow.tracking import MlflowClient
 
     from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
-    from ncstudy.adapters.ray_tune import FnStarStopper
+    from ncstudy.adapters.ray_tune import OnsetStopper
     from ncstudy.forecast import Calibration, Prior
 
     MlflowClient(uri).create_experiment(STUDY, artifact_location=str(Path(tmp) / "artifacts"),
@@ -80,7 +80,7 @@ def build_study(uri: str, tmp: str | Path) -> dict[str, Any]:
     group = "mlp/mnist5k"
     prior = Calibration({group: Prior(fn_star=FN_STAR, fn_star_sd=FN_STAR_SD, lead=LEAD, lead_sd=25.0,
                                       source="test prior")})
-    stopper = FnStarStopper("stop_at_forecast", "fn_star", mode="sweep", budget=EPOCHS, prior=prior,
+    stopper = OnsetStopper("stop_at_forecast", "fn_star", mode="sweep", budget=EPOCHS, prior=prior,
                             group_key=lambda config: group)
     cb = MLflowStudyCallback(uri, STUDY, study_params={"study.searcher": "grid"}, flush_interval_s=0.2,
                              spill_dir=str(tmp), trial_tags=lambda c: {"model": "mlp", "dataset": "mnist5k"},

@@ -50,7 +50,7 @@ from ncstudy.onset import onset_of  # noqa: E402
 
 CORPUS = ROOT / "analysis" / "corpus"
 REFERENCE = ROOT.parent / "shared" / "reference" / "rupa2026_logs"
-REFERENCE_MANIFEST = ROOT / "analysis" / "rupa2026" / "runs.csv"
+REFERENCE_MANIFEST = ROOT / "ncstudy" / "analyze" / "presets" / "rupa2026_runs.csv"  # the rupa2026 preset's file map
 #: factors of the corpus held out one level at a time (manifest columns)
 SHIFTS = ("dataset", "optimizer", "schedule", "mse_epochs", "ce_epochs", "batch_size", "activation", "n_train",
           "part")

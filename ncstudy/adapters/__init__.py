@@ -1,3 +1,3 @@
 """Adapters of :mod:`ncstudy.forecast` to the frameworks: Ray Tune (:mod:`.ray_tune`,
-``FnStarStopper``), Optuna (:mod:`.optuna_pruner`, ``FnStarPruner``), their shared core
-(:mod:`.common`) and MLflow (:mod:`.mlflow`)."""
+``OnsetStopper``), Optuna (:mod:`.optuna_pruner`, ``OnsetPruner``), their shared core
+(:mod:`.stopper_core`, :mod:`.metric_names`, :mod:`.state_store`) and MLflow (:mod:`.mlflow`)."""

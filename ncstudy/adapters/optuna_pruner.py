@@ -1,6 +1,6 @@
-"""``FnStarPruner``: the collapse-onset stopper in an Optuna search, in three lines.
+"""``OnsetPruner``: the collapse-onset stopper in an Optuna search, in three lines.
 
-    pruner = FnStarPruner(budget=EPOCHS)
+    pruner = OnsetPruner(budget=EPOCHS)
     study = optuna.create_study(direction="minimize", pruner=pruner)
 
     def objective(trial):
@@ -12,7 +12,7 @@
         return pruner.value(trial)                                 # forecast, observed onset, or censored
 
 ``should_stop`` forecasts the trial's onset from the record and decides by policy and mode (the
-same core, defaults and decisions as :class:`~ncstudy.adapters.ray_tune.FnStarStopper`); ``value`` is
+same core, defaults and decisions as :class:`~ncstudy.adapters.ray_tune.OnsetStopper`); ``value`` is
 the collapse-time objective -- the observed onset, the forecast for a trial stopped at one, the
 censored value of a search stop (it ranks after the incumbent), else ``2 x budget``. In a
 *search* (the default when the study minimises: ``value`` is then the objective) the incumbent is the
@@ -32,9 +32,12 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial
 
-from ncstudy.adapters.common import DEFAULT_POLICY, FnStarCore, MetricNames
+from ncstudy.adapters.metric_names import MetricNames
+from ncstudy.adapters.stopper_core import OnsetStopperCore
+from ncstudy.deprecation import renamed_class
 from ncstudy.forecast import Calibration
 from ncstudy.forecast.forecasters import DEFAULT_FORECASTER
+from ncstudy.forecast.settings import DEFAULT_POLICY
 from ncstudy.onset import OnsetRule
 from ncstudy.records import EPOCH, FORECAST_FIELDS, STOP_REASON, T_NC, finite
 
@@ -43,7 +46,7 @@ from ncstudy.records import EPOCH, FORECAST_FIELDS, STOP_REASON, T_NC, finite
 INCUMBENT_EVERY = 5
 
 
-class FnStarPruner(BasePruner):
+class OnsetPruner(BasePruner):
     """Stop (prune) trials at a forecast onset, at the observed onset, or as "no onset".
 
     Args:
@@ -72,10 +75,10 @@ class FnStarPruner(BasePruner):
                  forecaster_options: Mapping[str, Any] | None = None, min_observations: int = 3) -> None:
         self.mode = mode  # None: decided by the first study's direction
         self._seen: dict[str, int] = {}  # trial -> records seen (when to read the study's incumbent again)
-        self.core = FnStarCore(policy, forecaster, mode=mode or "sweep", budget=budget, metrics=metrics, prior=prior,
-                               group_key=group_key, objective=None, rule=rule, terminal_acc=terminal_acc, learn=learn,
-                               forecaster_options=forecaster_options, min_observations=min_observations,
-                               where="FnStarPruner")
+        self.core = OnsetStopperCore(policy, forecaster, mode=mode or "sweep", budget=budget, metrics=metrics,
+                                     prior=prior, group_key=group_key, objective=None, rule=rule,
+                                     terminal_acc=terminal_acc, learn=learn, forecaster_options=forecaster_options,
+                                     min_observations=min_observations, where=type(self).__name__)
 
     @property
     def calibration(self) -> Calibration:
@@ -130,3 +133,7 @@ class FnStarPruner(BasePruner):
         """``trial.should_prune()`` after :meth:`should_stop`: whether the policy stopped the trial."""
         m = self.core.stopper.monitors.get(str(trial.number))
         return m is not None and m.stop_reason is not None
+
+
+#: The former name (constructing it warns, naming :class:`OnsetPruner`).
+FnStarPruner = renamed_class(OnsetPruner, "FnStarPruner")

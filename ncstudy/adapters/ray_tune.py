@@ -1,9 +1,9 @@
-"""``FnStarStopper``: the collapse-onset stopper as a ``ray.tune.Stopper``, composable with any
+"""``OnsetStopper``: the collapse-onset stopper as a ``ray.tune.Stopper``, composable with any
 scheduler (ASHA, median stopping, FIFO) and any searcher.
 
-    from ncstudy.adapters.ray_tune import FnStarStopper
+    from ncstudy.adapters.ray_tune import OnsetStopper
 
-    stopper = FnStarStopper(budget="epochs")          # each trial's budget: its config key `epochs`
+    stopper = OnsetStopper(budget="epochs")          # each trial's budget: its config key `epochs`
     tuner = tune.Tuner(train_fn, run_config=tune.RunConfig(stop=stopper, callbacks=[stopper]))
 
 The trial reports its NC metrics at every evaluation (``ncstudy.metrics.measure(model, loader)``
@@ -21,7 +21,7 @@ experiment state (a ``Tuner.restore`` continues with what it learnt) and learns 
 end on their own at once. That state is incremental: what does not change once written -- a
 finished trial, a run learnt -- goes once into journal files under ``<experiment>/fnstar_state/``
 on Tune's storage, and Tune's saved state carries only the running trials and how much of the
-journal counts (see :meth:`FnStarCore.get_state <ncstudy.adapters.common.FnStarCore.get_state>`),
+journal counts (see :meth:`OnsetStopperCore.get_state <ncstudy.adapters.stopper_core.OnsetStopperCore.get_state>`),
 so a save costs the same at trial 10 and trial 10,000.
 """
 from __future__ import annotations
@@ -31,16 +31,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ray.tune import Callback, Stopper
 
-from ncstudy.adapters.common import DEFAULT_POLICY, LEARN_BATCH, MAX_POOL, STATE_VERSION, FnStarCore, MetricNames
+from ncstudy.adapters.metric_names import MetricNames
+from ncstudy.adapters.stopper_core import LEARN_BATCH, MAX_POOL, STATE_VERSION, OnsetStopperCore
+from ncstudy.deprecation import renamed_class
 from ncstudy.forecast import Calibration
 from ncstudy.forecast.forecasters import DEFAULT_FORECASTER
+from ncstudy.forecast.settings import DEFAULT_POLICY
 from ncstudy.onset import OnsetRule
 from ncstudy.records import COLLAPSE_EPOCH
 
 
-class FnStarStopper(Stopper, Callback):
-    """Forecast every trial's collapse onset; stop by ``policy`` and ``mode`` (see :class:`FnStarCore`
-    for the arguments shared with :class:`~ncstudy.adapters.optuna_pruner.FnStarPruner`). In a search
+class OnsetStopper(Stopper, Callback):
+    """Forecast every trial's collapse onset; stop by ``policy`` and ``mode`` (see :class:`OnsetStopperCore`
+    for the arguments shared with :class:`~ncstudy.adapters.optuna_pruner.OnsetPruner`). In a search
     (the default for the collapse-time objective) a trial that cannot beat the earliest onset seen so
     far is stopped (``capped``, ``cannot_win``); in a sweep only at a trusted forecast or its onset."""
 
@@ -55,11 +58,11 @@ class FnStarStopper(Stopper, Callback):
                  objective: str | None = COLLAPSE_EPOCH, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
                  learn: bool = True, forecaster_options: Mapping[str, Any] | None = None,
                  min_observations: int = 3, learn_batch: float = LEARN_BATCH, max_pool: int | None = MAX_POOL) -> None:
-        self.core = FnStarCore(policy, forecaster, mode=mode, budget=budget, metrics=metrics, prior=prior,
-                               group_key=group_key,
-                               objective=objective, rule=rule, terminal_acc=terminal_acc, learn=learn,
-                               forecaster_options=forecaster_options, min_observations=min_observations,
-                               learn_batch=learn_batch, max_pool=max_pool, where="FnStarStopper")
+        self.core = OnsetStopperCore(policy, forecaster, mode=mode, budget=budget, metrics=metrics, prior=prior,
+                                     group_key=group_key, objective=objective, rule=rule, terminal_acc=terminal_acc,
+                                     learn=learn, forecaster_options=forecaster_options,
+                                     min_observations=min_observations, learn_batch=learn_batch, max_pool=max_pool,
+                                     where=type(self).__name__)
         self.core.open_store = FsStore.at
 
     # -- Stopper ----------------------------------------------------------------------------------
@@ -108,11 +111,14 @@ class FnStarStopper(Stopper, Callback):
         return self.core.describe()
 
 
+#: The former name (constructing it warns, naming :class:`OnsetStopper`).
+FnStarStopper = renamed_class(OnsetStopper, "FnStarStopper")
+
 STATE_DIR = "fnstar_state"
 
 
 class FsStore:
-    """A :class:`~ncstudy.adapters.common.StateStore` on Tune's storage (a local folder, NFS, S3, GCS):
+    """A :class:`~ncstudy.adapters.state_store.StateStore` on Tune's storage (a local folder, NFS, S3, GCS):
     ``<experiment>/fnstar_state/`` through the storage's pyarrow file system."""
 
     def __init__(self, fs, path: str, location: str) -> None:

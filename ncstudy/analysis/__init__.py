@@ -1,10 +1,13 @@
-"""``ncstudy analyze``: the paper's statistics, figures and report from logs or an MLflow study.
+"""Deprecated: the ``ncstudy analyze`` engine is :mod:`ncstudy.analyze` (renamed so that the
+repository's top-level ``analysis/`` folder means only the project's research).
 
-Entry points: :func:`analyze` (returns an :class:`Analysis`) and the command line
-(:mod:`ncstudy.cli.analyze`). See ``docs/analysis.md``.
+``import ncstudy.analysis`` and the old submodules (``engine`` -> :mod:`ncstudy.analyze.experiments`,
+``core`` -> :mod:`ncstudy.analyze.pipeline`, ``presets``, ``sources``, ``figures``, ``report``) still
+work for a release, each with a :class:`DeprecationWarning` that names its new module.
 """
-from ncstudy.analysis.core import Analysis, analyze, analyze_runs
-from ncstudy.analysis.engine import AnalysisOptions, ExperimentSpec
-from ncstudy.analysis.sources import RunInput
+from ncstudy.analyze import Analysis, AnalysisOptions, ExperimentSpec, RunInput, analyze, analyze_runs
+from ncstudy.deprecation import warn_renamed
+
+warn_renamed("module ncstudy.analysis", "ncstudy.analyze")
 
 __all__ = ["Analysis", "AnalysisOptions", "ExperimentSpec", "RunInput", "analyze", "analyze_runs"]

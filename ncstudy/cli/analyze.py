@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ncstudy.analysis.engine import AnalysisOptions, no_onset_text
+from ncstudy.analyze.experiments import AnalysisOptions, no_onset_text
 from ncstudy.errors import InputError
 
 PROG = "ncstudy analyze"
@@ -104,7 +104,7 @@ def analyze_main(argv: list[str] | None = None) -> int:
     check_writable(out, "--out")  # before any work: a folder that cannot be written is bad input
     opts = AnalysisOptions(threshold=args.threshold, phase2_only=args.phase2_only,
                            group_by=_group_keys(args.group_by))
-    from ncstudy.analysis.core import analyze
+    from ncstudy.analyze.pipeline import analyze
 
     a = analyze(logs=args.logs, experiment=args.experiment, tracking_uri=args.tracking_uri,
                 preset=args.preset, options=opts, phase1_epochs=args.phase1_epochs)
@@ -114,11 +114,11 @@ def analyze_main(argv: list[str] | None = None) -> int:
     try:
         figures = []
         if not args.no_figures:
-            from ncstudy.analysis.figures import make_figures
+            from ncstudy.analyze.figures import make_figures
 
             figures = make_figures(a, tmp / "figures")
         a.figures = [f"figures/{Path(f).name}" for f in figures]
-        from ncstudy.analysis.report import write_outputs
+        from ncstudy.analyze.report import write_outputs
 
         results = write_outputs(a, tmp, figures, command)
         written = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())

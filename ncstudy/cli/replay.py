@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="MLflow experiment name (its trial runs' trajectories)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's)")
     p.add_argument("--manifest", help="CSV with a 'file' column and run attributes (model, dataset, budget, ...), "
-                                      "e.g. analysis/rupa2026/runs.csv; groups come from it")
+                                      "e.g. ncstudy/analyze/presets/rupa2026_runs.csv for the author's logs; groups "
+                                      "come from it")
     p.add_argument("--group", help="put every run in this calibration group (e.g. mlp/mnist)")
     p.add_argument("--group-by", choices=GROUP_BY, default="model-dataset",
                    help="grouping of logs with a manifest (default model-dataset)")

@@ -21,9 +21,9 @@ from .calibration import (
                           group_key_from,
                           observation_from_records,
 )
-from .core import Forecast, Forecaster, MissingMetricError, TerminalGate, first_crossing
 from .forecasters import FORECASTERS, FnStarCrossing, NC1Extrapolation, TrainLossExtrapolation, make_forecaster
 from .insample import InSampleRun, LogLogFit, crossing_epoch, lead_statistics, loglog_fit, paper_insample_rule
+from .protocol import Forecast, Forecaster, MissingMetricError, TerminalGate, first_crossing
 from .replay import (
                           CALIBRATION_MODES,
                           ReplayResult,

@@ -123,7 +123,7 @@ class Predictive:
 @dataclass(frozen=True)
 class EpochDistribution:
     """A :class:`Predictive` of one state (made at epoch ``t`` with ``remaining`` epochs of budget
-    left) in global epochs: the :class:`~ncstudy.forecast.core.OnsetDistribution` a forecast carries."""
+    left) in global epochs: the :class:`~ncstudy.forecast.protocol.OnsetDistribution` a forecast carries."""
 
     predictive: Predictive
     t: float

@@ -30,7 +30,7 @@ from ncstudy.config import flatten
 from ncstudy.onset import OnsetRule, onset_of
 from ncstudy.records import EPOCH, FN, GRAD_NORM, LOSS, NC1, PHASE, TERMINAL, WEIGHT_NORM, finite
 
-from .core import TerminalGate, first_crossing, phase_of
+from .protocol import TerminalGate, first_crossing, phase_of
 
 #: ncstudy's trajectory corpus as a calibration: the conformal forecaster's default prior. Written
 #: by ``analysis/corpus/export.py`` from ``analysis/corpus/`` (a test checks they agree).

@@ -19,7 +19,7 @@ from ncstudy.records import EPOCH, FN, LOSS, NC1, finite, num
 
 from .analog import EpochDistribution
 from .calibration import Calibration
-from .core import NO_ONSET, ONSET, Forecast, Streak, TerminalGate, first_crossing, phase_of, phase_ok
+from .protocol import NO_ONSET, ONSET, Forecast, Streak, TerminalGate, first_crossing, phase_of, phase_ok
 from .settings import (
     DEFAULT_FORECASTER,
     FORECASTER_NAMES,

@@ -19,7 +19,7 @@ from scipy import stats
 from ncstudy.onset import OnsetRule, onset_of
 from ncstudy.records import EPOCH, FN, finite
 
-from .core import first_crossing, phase_of
+from .protocol import first_crossing, phase_of
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def loglog_fit(sweep: Iterable[tuple[float, float]], fit_on: str = "means") -> L
 
 def crossing_epoch(records: Iterable[Mapping[str, Any]], threshold: float,
                    phases: Sequence[int] | None = None) -> int | None:
-    """The crossing rule (:func:`~ncstudy.forecast.core.first_crossing`) over logged records, in the
+    """The crossing rule (:func:`~ncstudy.forecast.protocol.first_crossing`) over logged records, in the
     given order: every record with a finite fn counts (the reference logs leave fn empty before
     terminal)."""
     points = [(int(r[EPOCH]), phase_of(r), float(r[FN])) for r in records if finite(r.get(FN))]

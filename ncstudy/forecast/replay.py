@@ -40,7 +40,7 @@ from scipy import stats
 from ncstudy.onset import OnsetRule, onset_of
 
 from .calibration import Calibration, Prior, RunRecord, observation_from_records
-from .core import Forecast, first_crossing
+from .protocol import Forecast, first_crossing
 from .settings import DEFAULT_FORECASTER, POLICIES
 from .stopper import FORECAST_STOP, NO_ONSET_STOP, ONSET_STOP, TrialMonitor
 from .trajectories import Trajectory

@@ -53,8 +53,8 @@ from ncstudy.onset import OnsetRule, onset_of
 from ncstudy.records import EPOCH, NC1, finite
 
 from .calibration import Calibration, Prior
-from .core import Forecast
 from .forecasters import make_forecaster
+from .protocol import Forecast
 from .replay import held_out_calibrations, infer_budgets
 from .settings import DEFAULT_FORECASTER
 from .stopper import ONSET_STOP, ForecastStopper

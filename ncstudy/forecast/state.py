@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ncstudy.records import EPOCH, FN, GRAD_NORM, LOSS, NC1, WEIGHT_NORM, finite, num
 
-from .core import TerminalGate, phase_of
+from .protocol import TerminalGate, phase_of
 
 FEATURES = ("level", "rate", "rate_old", "noise", "dip", "progress", "fn", "fn_rate", "loss_rate", "grad_rate",
             "weight_rate")

@@ -68,8 +68,8 @@ from ncstudy.records import (
 )
 
 from .calibration import Calibration, Observation, RunRecord
-from .core import NO_ONSET, ONSET, Forecast, Streak, TerminalGate, phase_of
 from .forecasters import make_forecaster
+from .protocol import NO_ONSET, ONSET, Forecast, Streak, TerminalGate, phase_of
 from .settings import DEFAULT_FORECASTER, FORECASTER_NAMES, MODES, POLICIES, ConformalSettings
 
 #: Stop reasons of the stopper (:data:`ncstudy.records.STOP_REASONS`; a trial's own reasons --

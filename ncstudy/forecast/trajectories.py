@@ -4,9 +4,9 @@ Logs are reference-format CSVs (:mod:`ncstudy.logs`; ``.csv.gz`` too). What a fi
 dataset, seed, protocol -- comes from a **manifest**: a CSV with a ``file`` column (the log's file
 name) and one column per attribute (``model``, ``dataset``, ``depth``, ``width``, ``activation``,
 ``weight_decay``, ``lr``, ``seed``, ``ce_epochs``, ``budget``, ...). ncstudy's trajectory corpus
-carries one (``analysis/corpus/manifest.csv``), and so does the paper reproduction for the
-author's logs (``analysis/rupa2026/runs.csv``). Without a manifest a log's group is
-``--group`` or ``default``.
+carries one (``analysis/corpus/manifest.csv``), and so does the ``rupa2026`` preset for the
+author's logs (``ncstudy/analyze/presets/rupa2026_runs.csv``, shipped with the package). Without a
+manifest a log's group is ``--group`` or ``default``.
 """
 from __future__ import annotations
 

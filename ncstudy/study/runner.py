@@ -182,17 +182,17 @@ def study_groups(spec: StudySpec, key: Callable[[Mapping[str, Any]], str]) -> li
 
 
 def build_stopper(spec: StudySpec):
-    """The study's :class:`~ncstudy.adapters.ray_tune.FnStarStopper` (``scheduler: {name: fnstar}``),
+    """The study's :class:`~ncstudy.adapters.ray_tune.OnsetStopper` (``scheduler: {name: fnstar}``),
     or None."""
     if spec.scheduler.name != "fnstar":
         return None
-    from ncstudy.adapters.ray_tune import FnStarStopper
+    from ncstudy.adapters.ray_tune import OnsetStopper
     from ncstudy.forecast import default_group_key, group_key_from
 
     cfg = spec.scheduler.fnstar
     st = cfg.settings(spec.objective.metric, spec.objective.mode, spec.base.eval)
     inner = group_key_from(cfg.group_by) if cfg.group_by else default_group_key
-    return FnStarStopper(
+    return OnsetStopper(
         st.policy, st.forecaster, mode=st.mode, budget=lambda config: spec.resolve(config).total_epochs,
         metrics=cfg.metrics, prior=build_calibration(cfg, study_groups(spec, inner)),
         # Trials carry only the searched keys; groups (model + dataset by default) need the full config.
@@ -479,11 +479,11 @@ def callback_classes(spec: StudySpec, opts: RunOptions) -> list[type]:
     """The classes of a study's stateful Tune callbacks, in the order :func:`_run` lists them (the
     order of their saved states)."""
     from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
-    from ncstudy.adapters.ray_tune import FnStarStopper
+    from ncstudy.adapters.ray_tune import OnsetStopper
     from ncstudy.study.outcome import StudyOutcome
     from ncstudy.study.progress import ProgressTable
 
-    return [StudyOutcome, *([FnStarStopper] if spec.scheduler.name == "fnstar" else []),
+    return [StudyOutcome, *([OnsetStopper] if spec.scheduler.name == "fnstar" else []),
             *([MLflowStudyCallback] if opts.tracking else []), ProgressTable]
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model, model_serializer, model_validator
 
-from ncstudy.adapters.common import MetricNames
+from ncstudy.adapters.metric_names import MetricNames
 from ncstudy.config import STRICT, TrainConfig, flatten, format_validation_error, read_yaml, set_dotted
 from ncstudy.errors import ConfigError
 from ncstudy.forecast.settings import (

@@ -43,8 +43,8 @@ __all__ = ["PictureProcess", "draw_overview", "draw_trajectory", "study_metrics"
 def trial_view(rows: list[dict[str, Any]], plot: dict[str, Any]):
     """The :class:`ncstudy.plots.TrialView` of an ended trial: its rows and what the callback worked
     out on the driver (``plot``); the crossing of its group's fn* is found here, by the one rule
-    (:func:`ncstudy.forecast.core.first_crossing`, phase 2, terminal evaluations)."""
-    from ncstudy.forecast.core import TerminalGate, first_crossing, phase_of
+    (:func:`ncstudy.forecast.protocol.first_crossing`, phase 2, terminal evaluations)."""
+    from ncstudy.forecast.protocol import TerminalGate, first_crossing, phase_of
     from ncstudy.plots import Band, TrialView
 
     band = Band.from_dict(plot.get("band"))

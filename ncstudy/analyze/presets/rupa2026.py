@@ -2,22 +2,22 @@
 arXiv 2604.00230, repository Rupawheatly/NC) map to the paper's experiments.
 
 What each file *is* (model, dataset, depth, width, activation, weight decay, lr, seed, protocol,
-cell, variant) is the table ``runs.csv`` beside this file -- the reference README's "Which file is
+cell, variant) is the table ``rupa2026_runs.csv`` beside this file -- the reference README's "Which file is
 which experiment" and "Definitions", one row per log; ``ncstudy replay --manifest`` reads the same
 table. What follows adds the analysis choices: threshold rule, cell, experiments, the author's
 summary tables to check against, and the headline table. Loaded by ``ncstudy analyze --preset
-rupa2026`` (see :func:`ncstudy.analysis.presets.get_preset`).
+rupa2026`` (see :func:`ncstudy.analyze.presets.get_preset`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from ncstudy.analysis.engine import ExperimentSpec
-from ncstudy.analysis.presets import Check, FileRun, LeadCheck, Preset, TableRow
+from ncstudy.analyze.experiments import ExperimentSpec
+from ncstudy.analyze.presets import Check, FileRun, LeadCheck, Preset, TableRow
 from ncstudy.forecast.trajectories import read_manifest
 
-RUNS = Path(__file__).with_name("runs.csv")
+RUNS = Path(__file__).with_name("rupa2026_runs.csv")
 RUN_KEYS = ("model", "dataset", "depth", "width", "activation", "weight_decay", "lr", "seed")
 _MANIFEST = read_manifest(RUNS)
 
