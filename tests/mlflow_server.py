@@ -3,7 +3,8 @@
 The server is its own process group (:func:`ncstudy.adapters.mlflow.server.spawn`: its own
 session, ended by the kernel if this process dies) and is stopped by its PID;
 :meth:`MlflowServer.stop` then :meth:`MlflowServer.start` brings it back on the same port and the
-same SQLite file, which is how the tests simulate a tracking server outage.
+same store, which is how the tests simulate a tracking server outage. The store is a SQLite file in
+``root`` unless ``backend_store_uri`` names another (a PostgreSQL database: tests/postgres.py).
 """
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ def port_open(port: int) -> bool:
 
 
 class MlflowServer:
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, backend_store_uri: str | None = None) -> None:
         self.root = Path(root)
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}"
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
@@ -53,7 +55,7 @@ class MlflowServer:
     def start(self, timeout: float = 90.0) -> "MlflowServer":
         assert self.proc is None, "already running"
         mlflow = str(Path(sys.executable).with_name("mlflow"))
-        cmd = [mlflow, "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+        cmd = [mlflow, "server", "--backend-store-uri", self.backend_store_uri,
                "--artifacts-destination", (self.root / "artifacts").as_uri(),
                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         self.starts += 1
