@@ -53,6 +53,20 @@ class MlflowServer:
             return False
 
     def start(self, timeout: float = 90.0) -> "MlflowServer":
+        """Start the server and wait until it answers its health check."""
+        self.launch()
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}: {self.log_tail()}")
+            if self.healthy():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"mlflow server not healthy after {timeout} s: {self.log_tail()}")
+
+    def launch(self) -> "MlflowServer":
+        """Start the server process, without waiting for it to answer."""
         assert self.proc is None, "already running"
         mlflow = str(Path(sys.executable).with_name("mlflow"))
         cmd = [mlflow, "server", "--backend-store-uri", self.backend_store_uri,
@@ -63,15 +77,7 @@ class MlflowServer:
         env = dict(os.environ, PYTHONUNBUFFERED="1", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         with (self.root / f"server{self.starts}.log").open("w") as log:  # ends with us, however we end
             self.proc = spawn(cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}: {self.log_tail()}")
-            if self.healthy():
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"mlflow server not healthy after {timeout} s: {self.log_tail()}")
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
         """Stop the server (and the workers it forked) by its PID / process group; wait until the port is free."""
