@@ -106,3 +106,21 @@ def test_tpe_driver_killed_then_resumed_continues_its_search(tmp_path, cluster, 
     name = "tpe_killed"
     kill_tpe_driver_then_resume(tmp_path, name, cluster.address, mlflow_server.uri,
                                 str(tmp_path / "res" / name / "optuna_journal.log"))
+
+
+def test_where_the_search_lives(tmp_path):
+    """The default journal beside Tune's results (also for a file:// --storage), a relative journal
+    path from --storage, an RDB URL as given; with --storage on S3 a journal needs searcher_storage."""
+    from ncstudy.errors import InputError
+    from ncstudy.study.search import storage_location
+
+    res = str(tmp_path / "res")
+    assert storage_location(None, res, f"{res}/s") == f"{res}/s/optuna_journal.log"
+    assert storage_location(None, f"file://{res}", f"file://{res}/s") == f"{res}/s/optuna_journal.log"
+    assert storage_location("shared/j.log", res, f"{res}/s") == f"{res}/shared/j.log"
+    assert storage_location("/mnt/j.log", "s3://b/t", "s3://b/t/s") == "/mnt/j.log"
+    url = "postgresql+psycopg2://u:p@127.0.0.1:5432/optuna"
+    assert storage_location(url, "s3://b/t", "s3://b/t/s") == url
+    for given in (None, "j.log"):
+        with pytest.raises(InputError, match="s3://b/t is not a local folder"):
+            storage_location(given, "s3://b/t", "s3://b/t/s")

@@ -56,6 +56,8 @@ def storage_location(searcher_storage: str | None, storage: str, experiment_path
     ``searcher_storage``."""
     if searcher_storage is not None and is_url(searcher_storage):
         return searcher_storage
+    if storage.startswith("file://"):  # a local folder written as a URI
+        storage, experiment_path = storage[len("file://"):], experiment_path[len("file://"):]
     remote = is_url(storage)
     if searcher_storage is None:
         if remote:
