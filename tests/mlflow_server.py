@@ -33,8 +33,10 @@ def port_open(port: int) -> bool:
 
 
 class MlflowServer:
-    def __init__(self, root: Path, port: int | None = None, backend_store_uri: str | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, backend_store_uri: str | None = None,
+                 workers: int = 1) -> None:
         self.root = Path(root)
+        self.workers = workers
         self.backend_store_uri = backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}"
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -71,7 +73,7 @@ class MlflowServer:
         mlflow = str(Path(sys.executable).with_name("mlflow"))
         cmd = [mlflow, "server", "--backend-store-uri", self.backend_store_uri,
                "--artifacts-destination", (self.root / "artifacts").as_uri(),
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+               "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
         self.starts += 1
         # MLflow 3 also starts GenAI job runners: 8 more processes, unused here
         env = dict(os.environ, PYTHONUNBUFFERED="1", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
