@@ -97,7 +97,7 @@ def open_storage(where: str) -> optuna.storages.BaseStorage:
 
 def continuing_seed(seed: int, *counts: int) -> int:
     """The sampler's seed for a search that continues (``counts``: what it continues from): fixed by
-    them, and never the first launch's ``seed``."""
+    ``seed`` and them, and another random stream than the first launch's (seeded with ``seed``)."""
     import numpy as np
 
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, 1, *counts]).generate_state(1)[0])
