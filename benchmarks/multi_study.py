@@ -59,7 +59,10 @@ def driver(uri: str, name: str, trials: int, go: Path, out: Path) -> None:
 
     from benchmarks.scale import trajectories
     from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
+    from ncstudy.study.runner import QUIET_TUNE_ENV
 
+    for k, v in QUIET_TUNE_ENV.items():  # as `ncstudy run` sets them (no runs/get per trial for a "View run" line)
+        os.environ.setdefault(k, v)
     trajs, source = trajectories()
     stats = {"requests": 0, "failed": 0, "by_status": {}}
     lock = threading.Lock()
