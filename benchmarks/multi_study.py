@@ -13,7 +13,8 @@ overview), fed by two trials at a time replaying recorded trajectories (``benchm
 corpus) at full speed. No Ray here: Tune's own cost per trial is benchmark 6's; this one loads the
 store, with four drivers' writers as fast as they go.
 
-Per store: HTTP requests to the server (counted at ``requests.Session.request`` in every driver),
+Per store: HTTP requests to the server (counted at ``requests.Session.request`` in every driver;
+requests elsewhere, such as MLflow's telemetry fetch, are not counted),
 those that failed (an exception, or an answer >= 500: the writer retries them), the requests per
 second the server sustained (all drivers' requests over the span from the first start to the last
 end), each driver's wall time, and its service cost per result (CPU of the callback's hooks plus its
@@ -64,11 +65,13 @@ def driver(uri: str, name: str, trials: int, go: Path, out: Path) -> None:
     for k, v in QUIET_TUNE_ENV.items():  # as `ncstudy run` sets them (no runs/get per trial for a "View run" line)
         os.environ.setdefault(k, v)
     trajs, source = trajectories()
-    stats = {"requests": 0, "failed": 0, "by_status": {}}
+    stats: dict[str, Any] = {"requests": 0, "failed": 0, "by_status": {}, "failed_urls": []}
     lock = threading.Lock()
     orig = requests.Session.request
 
     def request(self: Any, method: str, url: str, *a: Any, **k: Any) -> Any:
+        if not str(url).startswith(uri):  # not the server's (MLflow's telemetry config fetch, say)
+            return orig(self, method, url, *a, **k)
         try:
             r = orig(self, method, url, *a, **k)
         except Exception as e:
@@ -77,10 +80,13 @@ def driver(uri: str, name: str, trials: int, go: Path, out: Path) -> None:
                 stats["failed"] += 1
                 key = type(e).__name__
                 stats["by_status"][key] = stats["by_status"].get(key, 0) + 1
+                stats["failed_urls"].append(f"{method} {url}: {key}")
             raise
         with lock:
             stats["requests"] += 1
             stats["failed"] += r.status_code >= 500
+            if r.status_code >= 500:
+                stats["failed_urls"].append(f"{method} {url}: {r.status_code}")
             stats["by_status"][str(r.status_code)] = stats["by_status"].get(str(r.status_code), 0) + 1
         return r
 
@@ -125,15 +131,22 @@ def driver(uri: str, name: str, trials: int, go: Path, out: Path) -> None:
     t1, ru1 = time.time(), resource.getrusage(resource.RUSAGE_SELF)
     requests.Session.request = orig  # type: ignore[method-assign]
     writer = cb.writer
-    # every metric point arrived: the runs' histories, read back
+    # every metric point arrived: the histories of 10 runs, read back (the writer sends finite values)
+    import math
+
     from mlflow.tracking import MlflowClient
+
+    from ncstudy.adapters.mlflow.layout import ROLE_TAG, TRIAL_TAG
 
     client = MlflowClient(uri)
     runs = client.search_runs([cb.experiment_id], max_results=5000)
-    trial_runs = [r for r in runs if r.data.tags.get("ncstudy.role") == "trial"]
+    trial_runs = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
     finished = sum(r.info.status == "FINISHED" for r in trial_runs)
-    steps = sum(len(client.get_metric_history(r.info.run_id, "nc1")) for r in trial_runs[:10])
-    want = sum(sum(1 for rec in trajs[i % len(trajs)] if "nc1" in rec) for i in range(min(10, trials)))
+    steps = want = 0
+    for r in trial_runs[:10]:
+        seed = int(r.data.tags[TRIAL_TAG].rsplit("_", 1)[1])
+        steps += len(client.get_metric_history(r.info.run_id, "nc1"))
+        want += sum(1 for rec in trajs[seed % len(trajs)] if math.isfinite(rec.get("nc1", math.nan)))
     service = hook_cpu + float(writer.cpu_s)
     out.write_text(json.dumps({
         "name": name, "trials": trials, "results": results, "points": points, "source": source,
@@ -142,6 +155,7 @@ def driver(uri: str, name: str, trials: int, go: Path, out: Path) -> None:
         "hook_cpu_s": hook_cpu, "writer_cpu_s": float(writer.cpu_s),
         "service_cpu_ms_per_result": 1e3 * service / max(results, 1),
         "requests": stats["requests"], "failed_requests": stats["failed"], "by_status": stats["by_status"],
+        "failed_urls": stats["failed_urls"][:20],
         "trial_runs": len(trial_runs), "trial_runs_finished": finished,
         "nc1_points_first_10_runs": steps, "nc1_points_expected_first_10_runs": want,
     }))
