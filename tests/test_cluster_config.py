@@ -485,7 +485,13 @@ def test_head_postgres_then_mlflow_commands(tmp_path):
         mlflow_command()
         assert len(groups) == 2 and not group_alive(groups[0]) and group_alive(groups[1])
         assert MlflowClient(f"http://{ip}:{port}").get_experiment(exp).name == "head_pg"
-        probe_database(uri.rsplit("/", 1)[0] + "/optuna", "searcher_storage")
+        # a driver on the head reaches the optuna database with no password in its URL (~/.pgpass)
+        assert (home / ".pgpass").stat().st_mode & 0o777 == 0o600
+        os.environ["PGPASSFILE"] = str(home / ".pgpass")
+        try:
+            probe_database(f"postgresql+psycopg2://ncstudy@127.0.0.1:{pg_port}/optuna", "searcher_storage")
+        finally:
+            del os.environ["PGPASSFILE"]
     finally:
         for g in groups:
             _stop_group(g)

@@ -231,7 +231,8 @@ class StudySpec(_Strict):
         None, description="searcher 'optuna': where the Optuna study lives, so a resumed study (or another driver) "
         "continues the search with every completed trial. Default: an Optuna journal file beside Tune's results "
         "(<storage>/<name>/optuna_journal.log); or a journal file path (on a shared file system), or an RDB URL "
-        "(postgresql://USER:PASSWORD@HOST:PORT/DB, mysql://..., sqlite:///PATH)")
+        "(postgresql+psycopg2://USER@HOST:PORT/DB, mysql+pymysql://..., sqlite:///PATH). The study file is saved "
+        "with the study: leave the password out of the URL (PostgreSQL: PGPASSWORD or ~/.pgpass)")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     objective: Objective = Field(default_factory=Objective)
     resources: Resources = Field(default_factory=Resources)
