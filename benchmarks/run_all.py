@@ -1,6 +1,8 @@
-"""``make bench``: the benchmarks of the performance issue (1-5) and the scale issue (6), one table, one JSON.
+"""``make bench``: the benchmarks of the performance issue (1-5), the scale issue (6) and several studies on one
+MLflow server, SQLite against PostgreSQL (7, issue 28), one table, one JSON.
 
-    .venv/bin/python benchmarks/run_all.py                 # all six; 1-5 take 5-8 min on the 2-core box, 6 longer
+    .venv/bin/python benchmarks/run_all.py                 # all seven; 1-5: 5-8 min on the 2-core box, 6 and 7 longer
+    .venv/bin/python benchmarks/run_all.py --multi-trials 50   # benchmark 7 with 50 trials per driver (250 by default)
     .venv/bin/python benchmarks/run_all.py --scale-n 100 300   # benchmark 6 without its N = 1,000 study
     .venv/bin/python benchmarks/run_all.py --only 1 2      # a subset
     .venv/bin/python benchmarks/run_all.py --update-docs   # also refresh docs/performance.md's table
@@ -9,7 +11,8 @@ Order: the single-thread compute benchmarks first (1 trainer epoch, 2 metric sha
 replay), then one local Ray instance (2 CPUs) for 4 (scheduler overhead) and 3 (tracking
 overhead), then 6 (scale: one driver process per study size, each with its own local Ray and
 ``mlflow server``, then the smallest size again on a three-node ``ray.cluster_utils`` cluster; see
-``benchmarks/scale.py``). Each benchmark writes
+``benchmarks/scale.py``), then 7 (four driver processes at once against one ``mlflow server`` on SQLite,
+then on PostgreSQL; ``benchmarks/multi_study.py``). Each benchmark writes
 ``benchmarks/results/<name>.json``; this script writes ``benchmarks/results/summary.json`` and
 ``summary.md`` (the table printed at the end). A shared time budget (``--budget-s``) only decides
 whether benchmark 3 runs its optional second with/without pair; every benchmark runs its minimum.
@@ -155,6 +158,23 @@ def rows_scale(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_multi_study(r: dict[str, Any]) -> list[Row]:
+    """Several drivers on one MLflow server, per store."""
+    out: list[Row] = []
+    for store, b in r["by_store"].items():
+        if "error" in b:
+            out.append(("7 multi-study", f"{store}: FAILED", b["error"][-80:], "-", "NO"))
+            continue
+        n = f"{b['drivers']} drivers x {b['trials_per_driver']} trials"
+        ms = b["service_cpu_ms_per_result"]
+        out.append(("7 multi-study", f"{n}, {store}: failed (retried) requests of all; requests/s the server "
+                    f"sustained; service per result (each driver)",
+                    f"{b['failed_requests']} of {b['requests']}; {b['requests_per_s']:.1f}/s; "
+                    f"{min(ms):.2f}-{max(ms):.2f} ms", "no failed request",
+                    _met(b["failed_requests"] == 0 and not b["errors"] and b["all_points_arrived"])))
+    return out
+
+
 def rows_scale_cluster(r: dict[str, Any]) -> list[Row]:
     """The smallest N again on a head and two worker nodes, against the single node of ``scale.json``."""
     out: list[Row] = []
@@ -204,7 +224,8 @@ def update_docs(table: str, stamp: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="run every benchmark of make bench")
-    ap.add_argument("--only", nargs="*", type=int, default=[1, 2, 3, 4, 5, 6])
+    ap.add_argument("--only", nargs="*", type=int, default=[1, 2, 3, 4, 5, 6, 7])
+    ap.add_argument("--multi-trials", type=int, default=250, help="benchmark 7's trials per driver (4 drivers)")
     ap.add_argument("--scale-n", nargs="*", type=int, default=[100, 300, 1000],
                     help="benchmark 6's study sizes (N = 1,000 takes 12-15 minutes on the 2-core box)")
     ap.add_argument("--budget-s", type=float, default=560.0,
@@ -216,7 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     deadline = Deadline(args.budget_s)
     t_start, load_start = time.perf_counter(), os.getloadavg()[0]
 
-    from benchmarks import metric_share, scale, scheduler_overhead, stopper_replay, tracking_overhead, trainer_epoch
+    from benchmarks import (
+        metric_share,
+        multi_study,
+        scale,
+        scheduler_overhead,
+        stopper_replay,
+        tracking_overhead,
+        trainer_epoch,
+    )
 
     plan: list[tuple[int, str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], list[Row]]]] = [
         (1, "trainer_epoch", lambda: trainer_epoch.main(), rows_trainer),
@@ -226,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         (3, "tracking_overhead", lambda: tracking_overhead.main(deadline=deadline), rows_tracking),
         (6, "scale", lambda: scale.main(tuple(args.scale_n)), rows_scale),  # its own drivers, one per N
         (6, "scale_cluster", lambda: scale.main((min(args.scale_n),), cluster=True), rows_scale_cluster),
+        (7, "multi_study", lambda: multi_study.main(trials=args.multi_trials), rows_multi_study),
     ]
     rows: list[Row] = []
     results: dict[str, Any] = {}
@@ -249,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         for num, name, fn, to_rows in plan:
             if num not in args.only:
                 continue
-            if num == 6 and ray_started:  # benchmark 6 starts its own drivers
+            if num in (6, 7) and ray_started:  # benchmarks 6 and 7 start their own drivers
                 import ray
 
                 ray.shutdown()

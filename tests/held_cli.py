@@ -8,6 +8,9 @@ releases it: a barrier, so a test that waits for a state finds it there whatever
   stops right after the report of its first evaluation at or past EPOCH: it writes
   ``DIR/reached-NAME-<trial id>`` and waits for ``DIR/release-NAME``. Its driver goes on. A trial
   is held once (not again when Tune retries or resumes it).
+* ``--hold NAME:EPOCH:nth=N``: only the N-th trial of this launch to report (counted in
+  ``DIR/reports.jsonl``; with ``max_concurrent: 1`` the N-th trial Tune starts, whatever its
+  sampled config: how a test holds a search after N-1 completed trials).
 * ``--fail EPOCH:KEY=VALUE``: those trials raise an error after each report at or past EPOCH
   (every attempt: a trial that fails after Tune's retries).
 * ``--stage NAME``: the driver itself waits at one point of a study, after writing
@@ -47,7 +50,15 @@ def _rule(text: str) -> tuple[str, int, tuple[str, str] | None]:
     return name, int(epoch), key_value  # type: ignore[return-value]
 
 
-def _matches(config: dict, match: tuple[str, str] | None) -> bool:
+def _matches(config: dict, match: tuple[str, str] | None, folder: Path | None = None, launch: int = 0,
+             trial: str = "") -> bool:
+    if match is not None and match[0] == "nth" and folder is not None:
+        order: list[str] = []
+        for line in (folder / "reports.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            if row["launch"] == launch and row["trial"] not in order:
+                order.append(row["trial"])
+        return trial in order and order.index(trial) + 1 == int(match[1])
     return match is None or str(config.get(match[0])) == match[1]
 
 
@@ -77,7 +88,7 @@ def held_trial_fn(barrier: str, launch: int, holds: list[str], fails: list[str])
                     raise RuntimeError(f"held_cli: this trial fails at epoch {epoch} (--fail {text})")
             for text in holds:
                 name, at, match = _rule(text)
-                if name in done or epoch < at or not _matches(config, match):
+                if name in done or epoch < at or not _matches(config, match, folder, launch, trial_id):
                     continue
                 done.add(name)
                 if (folder / f"reached-{name}-{trial_id}").exists():  # held once already (a retry, a resume)

@@ -3,7 +3,8 @@
 The server is its own process group (:func:`ncstudy.adapters.mlflow.server.spawn`: its own
 session, ended by the kernel if this process dies) and is stopped by its PID;
 :meth:`MlflowServer.stop` then :meth:`MlflowServer.start` brings it back on the same port and the
-same SQLite file, which is how the tests simulate a tracking server outage.
+same store, which is how the tests simulate a tracking server outage. The store is a SQLite file in
+``root`` unless ``backend_store_uri`` names another (a PostgreSQL database: tests/postgres.py).
 """
 from __future__ import annotations
 
@@ -32,8 +33,11 @@ def port_open(port: int) -> bool:
 
 
 class MlflowServer:
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, backend_store_uri: str | None = None,
+                 workers: int = 1) -> None:
         self.root = Path(root)
+        self.workers = workers
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}"
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
@@ -51,16 +55,8 @@ class MlflowServer:
             return False
 
     def start(self, timeout: float = 90.0) -> "MlflowServer":
-        assert self.proc is None, "already running"
-        mlflow = str(Path(sys.executable).with_name("mlflow"))
-        cmd = [mlflow, "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", (self.root / "artifacts").as_uri(),
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        self.starts += 1
-        # MLflow 3 also starts GenAI job runners: 8 more processes, unused here
-        env = dict(os.environ, PYTHONUNBUFFERED="1", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-        with (self.root / f"server{self.starts}.log").open("w") as log:  # ends with us, however we end
-            self.proc = spawn(cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env)
+        """Start the server and wait until it answers its health check."""
+        self.launch()
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -70,6 +66,20 @@ class MlflowServer:
             time.sleep(0.2)
         self.stop()
         raise TimeoutError(f"mlflow server not healthy after {timeout} s: {self.log_tail()}")
+
+    def launch(self) -> "MlflowServer":
+        """Start the server process, without waiting for it to answer."""
+        assert self.proc is None, "already running"
+        mlflow = str(Path(sys.executable).with_name("mlflow"))
+        cmd = [mlflow, "server", "--backend-store-uri", self.backend_store_uri,
+               "--artifacts-destination", (self.root / "artifacts").as_uri(),
+               "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
+        self.starts += 1
+        # MLflow 3 also starts GenAI job runners: 8 more processes, unused here
+        env = dict(os.environ, PYTHONUNBUFFERED="1", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        with (self.root / f"server{self.starts}.log").open("w") as log:  # ends with us, however we end
+            self.proc = spawn(cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
         """Stop the server (and the workers it forked) by its PID / process group; wait until the port is free."""

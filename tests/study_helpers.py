@@ -107,3 +107,71 @@ def kill_group(p: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=30)
+
+
+# -- a TPE search whose driver is killed (tests/test_search_storage.py, tests/test_postgres.py) -------
+def tpe_study(name: str, **over) -> dict:
+    """Five sequential TPE trials over two continuous keys (a repeated configuration could only be
+    a replayed one), 15 evaluations each, a checkpoint every 2nd."""
+    d = synthetic_study(name, mse_epochs=65, searcher="optuna", num_samples=5, max_concurrent=1, seed=3,
+                        trial_name=None, space={"optimizer.lr": {"loguniform": [0.005, 0.05]},
+                                                "optimizer.weight_decay": {"loguniform": [1.0e-4, 1.0e-2]}})
+    d.update(over)
+    return d
+
+
+def kill_tpe_driver_then_resume(tmp_path: Path, name: str, address: str, tracking_uri: str, journal_or_url: str,
+                                **over) -> list:
+    """Launch the study held at its 3rd trial (2 completed), SIGKILL the driver, resume it; checks
+    the search in its storage and returns its trials."""
+    import json
+
+    import optuna
+
+    from ncstudy.study.search import EXPERIMENT_ATTR, TUNE_TRIAL_ATTR, stored_trials
+
+    write_study(tmp_path, tpe_study(name, **over))
+    args = ["run", str(tmp_path / f"{name}.yaml"), "--address", address, "--tracking-uri", tracking_uri,
+            "--storage", str(tmp_path / "res"), "--progress-interval", "5"]
+    barrier = tmp_path / "barrier"
+    p = spawn_cli(args, tmp_path, tmp_path / "first.log", held=("--hold", "k:10:nth=3"), barrier=barrier)
+    try:
+        reached(barrier, "k-*", p, log=tmp_path / "first.log")
+        exp = tmp_path / "res" / name
+        # Tune's saved state has the two finished trials and the held one (it copies it every few seconds)
+        assert wait_for(lambda: sorted(saved_statuses(exp).values()) == ["RUNNING", "TERMINATED", "TERMINATED"],
+                        timeout=300, every=0.2), (saved_statuses(exp), (tmp_path / "first.log").read_text()[-3000:])
+        before = {t.number: t for t in stored_trials(journal_or_url, name)}
+        assert sorted(t.state.name for t in before.values()) == ["COMPLETE", "COMPLETE", "RUNNING"], before
+        assert p.poll() is None
+        kill_group(p, signal.SIGKILL)
+        assert p.returncode == -signal.SIGKILL
+    finally:
+        kill_group(p)
+    p2 = spawn_cli([*args, "--resume"], tmp_path, tmp_path / "second.log")
+    try:
+        assert p2.wait(timeout=480) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        kill_group(p2)
+
+    trials = stored_trials(journal_or_url, name)
+    # every completed trial is in the storage, once, with the Tune trial it was
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 5, [t.state for t in trials]
+    tune_ids = [t.user_attrs[TUNE_TRIAL_ATTR] for t in trials]
+    assert sorted(tune_ids) == sorted(saved_statuses(exp)) and len(set(tune_ids)) == 5
+    assert all(t.user_attrs[EXPERIMENT_ATTR] == str(exp) for t in trials)
+    for n, t in before.items():  # the first launch's trials: the same, the held one continued (not asked again)
+        assert trials[n].params == t.params and trials[n].user_attrs == t.user_attrs
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert trials[n].value == t.value
+    # no configuration proposed twice (Tune's trials hold exactly what Optuna proposed)
+    configs = [json.dumps(t.params, sort_keys=True) for t in trials]
+    assert len(set(configs)) == 5, configs
+    runs = {tr: json.loads((exp / f"trial_{tr}" / "params.json").read_text()) for tr in tune_ids}
+    assert all(runs[t.user_attrs[TUNE_TRIAL_ATTR]] == t.params for t in trials)
+    # MLflow: one study run, one run per trial
+    _, parents, children = child_runs(tracking_uri, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.data.tags["ncstudy.trial_id"] for c in children) == sorted(tune_ids)
+    assert all(c.info.status == "FINISHED" for c in children)
+    return trials

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -256,6 +257,12 @@ def _mlflow_command(cfg: dict) -> str:
     return cmds[0]
 
 
+def _postgres_command(cfg: dict) -> str:
+    cmds = [c for c in cfg["head_start_ray_commands"] if "pg_ctl" in c]
+    assert len(cmds) == 1, "exactly one head start command starts PostgreSQL"
+    return cmds[0]
+
+
 def test_no_inbound_port_besides_ssh():
     cfg = _raw()
     rules = cfg["provider"].get("security_group", {}).get("IpPermissions", [])
@@ -276,7 +283,15 @@ def test_mlflow_server_binds_private_ip_with_shared_artifacts():
     opts = dict(zip(args[::2], args[1::2]))
     assert opts["--host"] == "$HEAD_IP" and "ray.util.get_node_ip_address()" in cmd
     assert opts["--port"] == str(cfg["metadata"]["mlflow_port"])
-    assert opts["--backend-store-uri"].startswith(("sqlite:///", "postgresql://"))
+    # the backend store: the URI the head's PostgreSQL command writes, else SQLite on the host directory
+    assert opts["--backend-store-uri"] == "$BACKEND"
+    assert 'BACKEND="sqlite:///$M/mlflow.db"' in cmd and 'BACKEND="$(cat "$M/backend_store_uri")"' in cmd
+    pg = _postgres_command(cfg)
+    assert cfg["head_start_ray_commands"].index(pg) < cfg["head_start_ray_commands"].index(cmd)
+    assert 'echo "postgresql+psycopg2://ncstudy:$PGPASSWORD@127.0.0.1:5432/mlflow" > "$M/backend_store_uri"' in pg
+    assert "listen_addresses=127.0.0.1" in pg and "--auth=scram-sha-256" in pg  # loopback, password
+    assert "psycopg2-binary" in " ".join(cfg["head_setup_commands"])
+    assert "apt-get install -yq postgresql" in " ".join(cfg["head_setup_commands"])
     assert opts["--artifacts-destination"] == cfg["metadata"]["mlflow_artifacts"]
     assert cfg["metadata"]["mlflow_artifacts"].startswith("s3://")
     assert cfg["metadata"]["tune_storage"].startswith(("s3://", "/mnt/"))
@@ -411,3 +426,78 @@ def test_head_mlflow_command_basic_auth(mlflow_home):
     url = f"http://{ip}:{port}/api/2.0/mlflow/experiments/search?max_results=1"
     assert _get(url) == 401
     assert _get(url, ("admin", "ncstudy-Test-pw-1")) == 200
+
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_head_postgres_then_mlflow_commands(tmp_path):
+    """The head's PostgreSQL command (as a non-root user, as in the container) and then its MLflow
+    command: the server's store is PostgreSQL (no SQLite file), an experiment is kept across a
+    second `ray up` (both commands rerun: PostgreSQL kept, MLflow restarted), and the Optuna
+    database answers. Every server started is stopped by its PID (file) at the end."""
+    import pwd
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+    from postgres import find_bin, missing_reason
+
+    from ncstudy.study.preflight import probe_database
+
+    why = missing_reason()
+    if why:
+        pytest.skip(why)
+    as_root = os.geteuid() == 0
+    home = tmp_path
+    if as_root:  # initdb refuses root: the command runs as `postgres`, in a HOME it owns
+        home = Path(tempfile.mkdtemp(prefix="nchead", dir="/tmp"))
+        pw = pwd.getpwnam("postgres")
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+    pg_port, port = _free_port(), _free_port()
+    cmd = _postgres_command(_raw()).replace("5432", str(pg_port))
+    env = dict(os.environ, HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    run_pg = ["runuser", "-u", "postgres", "--", "env", f"HOME={home}", "bash", "-c", cmd] if as_root \
+        else ["bash", "-c", cmd]
+    m = home / "mlflow"
+    groups: list[int] = []
+
+    def mlflow_command() -> None:
+        r = _run_head_mlflow_command(home, port)
+        if (m / "server.pgid").exists() and (m / "server.pgid").read_text().strip():
+            groups.append(int((m / "server.pgid").read_text()))
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    try:
+        r = subprocess.run(run_pg, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"PostgreSQL: 127.0.0.1:{pg_port} on the head" in r.stdout
+        uri = (m / "backend_store_uri").read_text().strip()
+        assert uri.startswith("postgresql+psycopg2://ncstudy:") and uri.endswith(f"@127.0.0.1:{pg_port}/mlflow")
+        assert (m / "backend_store_uri").stat().st_mode & 0o777 == 0o600
+        mlflow_command()
+        ip = (m / "head_private_ip").read_text().strip()
+        exp = MlflowClient(f"http://{ip}:{port}").create_experiment("head_pg")
+        assert not (m / "mlflow.db").exists()  # the store is PostgreSQL
+        # a second `ray up`: both commands again
+        r = subprocess.run(run_pg, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (m / "backend_store_uri").read_text().strip() == uri
+        mlflow_command()
+        assert len(groups) == 2 and not group_alive(groups[0]) and group_alive(groups[1])
+        assert MlflowClient(f"http://{ip}:{port}").get_experiment(exp).name == "head_pg"
+        # a driver on the head reaches the optuna database with no password in its URL (~/.pgpass)
+        assert (home / ".pgpass").stat().st_mode & 0o777 == 0o600
+        os.environ["PGPASSFILE"] = str(home / ".pgpass")
+        try:
+            probe_database(f"postgresql+psycopg2://ncstudy@127.0.0.1:{pg_port}/optuna", "searcher_storage")
+        finally:
+            del os.environ["PGPASSFILE"]
+    finally:
+        for g in groups:
+            _stop_group(g)
+        if (m / "pgdata" / "postmaster.pid").exists():
+            stop = [str(find_bin() / "pg_ctl"), "-D", str(m / "pgdata"), "-m", "fast", "-w", "stop"]
+            subprocess.run(["runuser", "-u", "postgres", "--", *stop] if as_root else stop,
+                           capture_output=True, timeout=120)
+        if as_root:
+            shutil.rmtree(home, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""MLflowStudyCallback's hooks driven directly, on a real SQLite store, without Ray.
+"""MLflowStudyCallback's hooks driven directly, on a real SQLite store, without Ray (the writes
+that depend on the store also through an MLflow server on a real PostgreSQL: ``store``).
 
 The study tests (test_study_run, test_faults, test_multinode) cover the callback inside Tune; these
 pin down what is hard to reach from there: hooks only queue and the writer thread sends, a write
@@ -86,7 +87,15 @@ def _dead_client() -> MlflowClient:
         return MlflowClient(f"http://127.0.0.1:{s.getsockname()[1]}")
 
 
-def test_hooks_queue_and_the_writer_sends(mlflow_uri, tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, mlflow_uri) -> str:
+    """A tracking URI: the session's SQLite store, or an MLflow server on PostgreSQL (the cluster's
+    default, tests/postgres.py)."""
+    return mlflow_uri if request.param == "sqlite" else request.getfixturevalue("pg_mlflow_server").uri
+
+
+def test_hooks_queue_and_the_writer_sends(store, tmp_path):
+    mlflow_uri = store
     cb = _callback(mlflow_uri, "tracking_writer", tmp_path)
     client = MlflowClient(mlflow_uri)
     trials = [FakeTrial("a0"), FakeTrial("a1")]
@@ -133,9 +142,10 @@ def _frame(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: float(v) for k, v in r.items() if v == v and v is not None} for r in rows]  # NaN cells out
 
 
-def test_resumed_callback_continues_the_same_runs(mlflow_uri, tmp_path):
+def test_resumed_callback_continues_the_same_runs(store, tmp_path):
     """A driver restart: the callback restored from Tune's saved state (pickled callback +
     ``get_state``) continues the study run and the trial's run, with no step twice."""
+    mlflow_uri = store
     first = _callback(mlflow_uri, "tracking_resume", tmp_path)
     client = MlflowClient(mlflow_uri)
     trial = FakeTrial("e0")
@@ -362,13 +372,16 @@ def test_the_picture_process_ends_when_the_driver_is_killed(tmp_path):
             driver.kill()
 
 
-def test_log_batch_to_a_server_writes_what_the_client_would(mlflow_server, tmp_path):
-    """The writer's own JSON log_batch (an MLflow server) against MlflowClient.log_batch: the same
-    metric history (values, timestamps, steps), params and tags; a bad run id is MLflow's error."""
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_log_batch_to_a_server_writes_what_the_client_would(backend, request, tmp_path):
+    """The writer's own JSON log_batch (an MLflow server on SQLite, and on PostgreSQL) against
+    MlflowClient.log_batch: the same metric history (values, timestamps, steps), params and tags;
+    a bad run id is MLflow's error."""
     from mlflow.entities import Metric, Param, RunTag
 
     from ncstudy.adapters.mlflow.writer import StudyWriter
 
+    mlflow_server = request.getfixturevalue("mlflow_server" if backend == "sqlite" else "pg_mlflow_server")
     if mlflow_server.proc is None:
         mlflow_server.start()
     client = MlflowClient(mlflow_server.uri)

@@ -15,6 +15,9 @@ file                               what, and who reads it on ``--resume``
 searcher state, and the trials     Tune's; the only ncstudy objects in them are the trial name and
 and ``stop`` object in             folder functions and the study's ``stop`` object
 ``experiment_state-*.json``        (:mod:`ncstudy.study.tune_state`), saved as ``load`` + plain data
+``optuna_journal.log``             ``searcher: optuna``: the Optuna study, unless the study file
+                                   gives ``searcher_storage`` (:mod:`ncstudy.study.search`;
+                                   Tune's searcher state then holds a JSON record only)
 ``tuner.pkl``                      Tune's pickle of the first launch's objects: never read.
                                    ``--resume`` rebuilds the study's Tune objects from
                                    ``ncstudy_study.json`` with the code installed now

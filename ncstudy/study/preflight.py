@@ -150,9 +150,13 @@ def resume_spec(t: Target, spec: StudySpec, allow_changed: bool) -> SavedStudy:
 
 # -- tracking ----------------------------------------------------------------------------------------
 def check_tracking(uri: str, study: str) -> None:
-    """A usable tracking URI: a known scheme, a SQLite folder that exists, a server that answers
-    (exit 3 otherwise, within seconds), and no deleted experiment under the study's name."""
+    """A usable tracking URI: a known scheme, a SQLite folder that exists, a server (or a database)
+    that answers -- a server whose own database does not is as unreachable (exit 3 otherwise, within
+    seconds) -- and no deleted experiment under the study's name."""
+    from mlflow.exceptions import MlflowException
+
     from ncstudy.adapters.mlflow.reader import check_uri, connect, is_server, probe_server, sqlite_path
+    from ncstudy.errors import TrackingUnavailable
 
     check_uri(uri)
     db = sqlite_path(uri)
@@ -165,7 +169,19 @@ def check_tracking(uri: str, study: str) -> None:
             return  # a new store: nothing more to check
     elif is_server(uri):
         probe_server(uri)
-    exp = connect(uri).get_experiment_by_name(study)
+    elif uri.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "mysql", "mssql"):
+        # a database MLflow writes to directly (postgresql+psycopg2://...)
+        probe_database(uri, "--tracking-uri", TrackingUnavailable)
+    try:
+        exp = connect(uri).get_experiment_by_name(study)
+    except MlflowException as e:
+        if not is_server(uri):
+            raise
+        reason = str(e).strip().splitlines()[0][:300]
+        raise TrackingUnavailable(f"MLflow server at {uri} answers, but cannot read its backend store ({reason}); "
+                                  f"its database is down or refuses the server: check that the database of the "
+                                  f"server's --backend-store-uri (PostgreSQL on the head) runs, and the server's "
+                                  f"log") from None
     if db is not None:  # a local store: its runs' artifacts go to the experiment's folder, else ./mlruns
         art = exp.artifact_location if exp is not None else str(Path.cwd() / "mlruns")
         local = art[len("file://"):] if art.startswith("file://") else art if "://" not in art else None
@@ -175,6 +191,48 @@ def check_tracking(uri: str, study: str) -> None:
         raise InputError(f"study '{study}': its MLflow experiment (id {exp.experiment_id}) was deleted at {uri}; "
                          f"restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`), "
                          f"remove it for good (`mlflow gc`), or give the study another name")
+
+
+#: The Python package each database driver comes from (a missing driver: what to install).
+DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "pymysql": "pymysql",
+                   "mysqldb": "mysqlclient", "pyodbc": "pyodbc"}
+
+
+def probe_database(url: str, what: str, unavailable: type[Exception] = InputError) -> None:
+    """A database URL (SQLAlchemy's, as MLflow and Optuna take it): its driver is installed
+    (:class:`InputError` naming the package otherwise) and the database answers within
+    :data:`PROBE_TIMEOUT_S` (``unavailable`` otherwise, with the driver's reason). A SQLite file
+    must be writable where it goes."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    try:
+        u = make_url(url)
+        dialect = u.get_dialect()
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's ArgumentError / NoSuchModuleError, a bad port
+        raise InputError(f"{what} {url}: not a database URL ({type(e).__name__}: {e})") from None
+    shown = u.render_as_string(hide_password=True)
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        driver = getattr(dialect, "driver", "") or u.get_driver_name()
+        hint = (" (SQLAlchemy 2.1 reads postgresql:// as psycopg 3; with psycopg2-binary installed write "
+                "postgresql+psycopg2://)" if u.drivername == "postgresql" else "")
+        raise InputError(f"{what} {shown}: its database driver '{driver}' is not installed ({e}); "
+                         f"pip install {DRIVER_PACKAGES.get(driver, driver)}{hint}") from None
+    if u.get_backend_name() == "sqlite":
+        check_writable(u.database or "", f"{what} {shown}", folder=False)
+        return
+    engine = create_engine(u, connect_args={"connect_timeout": int(PROBE_TIMEOUT_S)})
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:  # noqa: BLE001 - the driver's own errors: refused, unknown host, bad password
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise unavailable(f"{what} {shown}: cannot connect to the database ({reason}); start it, or fix the host, "
+                          f"port, user, password or database name in the URL") from None
+    finally:
+        engine.dispose()
 
 
 # -- the cluster -------------------------------------------------------------------------------------

@@ -96,15 +96,20 @@ def trial_plan(spec: StudySpec) -> list[str]:
     return lines
 
 
-def build_search_alg(spec: StudySpec, max_concurrent: int | None):
+def build_search_alg(spec: StudySpec, max_concurrent: int | None, search_storage: str | None = None,
+                     experiment: str = "", resumed: Mapping[str, str] | None = None):
+    """Tune's search algorithm. ``searcher: optuna`` keeps its study in ``search_storage`` (a journal
+    file or an RDB URL: :func:`ncstudy.study.search.storage_location`), its trials marked with
+    ``experiment``; ``resumed``: Tune's saved trials (id -> status) a resume continues."""
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     if spec.searcher == "optuna":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
+        from ncstudy.study.search import build_searcher
 
-        alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed))
+        if search_storage is None:
+            raise ValueError("searcher 'optuna' needs its search_storage (ncstudy.study.search.storage_location)")
+        alg = build_searcher(spec.name, spec.seed, search_storage, experiment, dict(resumed or {}))
         return ConcurrencyLimiter(alg, max_concurrent=max_concurrent) if max_concurrent else alg
     return BasicVariantGenerator(random_state=spec.seed, max_concurrent=max_concurrent or 0)
 
@@ -402,6 +407,12 @@ def _study(spec: StudySpec, opts: RunOptions, trainable: Callable[..., None] | N
             # read is refused here, before anything starts
             saved = saved_run(t.experiment_path)
             check_versions(callback_classes(spec, opts), saved)
+        search_where = None
+        if spec.searcher == "optuna":  # the search's storage: written, or answering, before anything starts
+            from ncstudy.study.search import check_storage, storage_location
+
+            search_where = storage_location(spec.searcher_storage, t.storage, t.experiment_path)
+            check_storage(search_where)
         if opts.address:
             preflight.check_address(opts.address)
         else:
@@ -418,7 +429,7 @@ def _study(spec: StudySpec, opts: RunOptions, trainable: Callable[..., None] | N
             ray_procs = {p: st for p, st in descendants().items() if p not in before} if started else {}
         if opts.address:
             preflight.check_resources(spec, preflight.cluster_largest_node(), f"the cluster at {opts.address}")
-        return _run(spec, opts, t, datasets, trainable, guard, saved)
+        return _run(spec, opts, t, datasets, trainable, guard, saved, search_where)
     except Interrupted as e:
         how = "at once" if e.forced else "before the study started"
         if preflight.experiment_exists(t):
@@ -488,7 +499,7 @@ def callback_classes(spec: StudySpec, opts: RunOptions) -> list[type]:
 
 
 def _run(spec: StudySpec, opts: RunOptions, t, datasets: dict[str, Any], trial_fn: Callable[..., None] | None,
-         guard, saved) -> int:
+         guard, saved, search_where: str | None = None) -> int:
     from ray import tune
 
     from ncstudy.adapters.mlflow.callback import MLflowStudyCallback
@@ -540,7 +551,8 @@ def _run(spec: StudySpec, opts: RunOptions, t, datasets: dict[str, Any], trial_f
             param_space={k: tune_domain(p) for k, p in spec.space.items()},
             tune_config=tune.TuneConfig(
                 metric=spec.objective.metric, mode=spec.objective.mode,
-                search_alg=build_search_alg(spec, opts.max_concurrent or spec.max_concurrent),
+                search_alg=build_search_alg(spec, opts.max_concurrent or spec.max_concurrent, search_where,
+                                            t.experiment_path, {tr.trial_id: tr.status for tr in saved.trials}),
                 scheduler=build_scheduler(spec), num_samples=spec.num_samples,
                 max_concurrent_trials=opts.max_concurrent or spec.max_concurrent,
                 reuse_actors=spec.reuse_actors,

@@ -13,7 +13,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, create_model, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from ncstudy.adapters.metric_names import MetricNames
 from ncstudy.config import STRICT, TrainConfig, flatten, format_validation_error, read_yaml, set_dotted
@@ -219,6 +227,12 @@ class StudySpec(_Strict):
     num_samples: int = Field(1, gt=0, description="repeats of the grid, or samples for random/optuna")
     searcher: Literal["grid", "random", "optuna"] = "grid"
     seed: int = Field(0, description="searcher seed")
+    searcher_storage: str | None = Field(
+        None, description="searcher 'optuna': where the Optuna study lives, so a resumed study (or another driver) "
+        "continues the search with every completed trial. Default: an Optuna journal file beside Tune's results "
+        "(<storage>/<name>/optuna_journal.log); or a journal file path (on a shared file system), or an RDB URL "
+        "(postgresql+psycopg2://USER@HOST:PORT/DB, mysql+pymysql://..., sqlite:///PATH). The study file is saved "
+        "with the study: leave the password out of the URL (PostgreSQL: PGPASSWORD or ~/.pgpass)")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     objective: Objective = Field(default_factory=Objective)
     resources: Resources = Field(default_factory=Resources)
@@ -234,8 +248,18 @@ class StudySpec(_Strict):
         "one (seconds saved per trial; every trial re-seeds and rebuilds its model and optimiser)")
     trial_name: str | None = Field(None, description="format string over dotted keys, e.g. 'w{model.width}-s{seed}'")
 
+    @field_validator("searcher_storage")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_storage_spelling(v)
+        return v
+
     @model_validator(mode="after")
     def _space_fits_searcher(self) -> "StudySpec":
+        if self.searcher_storage is not None and self.searcher != "optuna":
+            raise ValueError(f"searcher_storage: only searcher 'optuna' keeps a search in a storage (searcher is "
+                             f"'{self.searcher}'); remove searcher_storage or set searcher: optuna")
         for key, p in self.space.items():
             if self.searcher == "optuna" and p.form == "grid":
                 raise ValueError(f"space.{key}: 'grid' cannot be used with searcher 'optuna'; use 'choice'")
@@ -326,6 +350,36 @@ class StudySpec(_Strict):
             short = SHORT_NAMES.get(k, k.split(".")[-1])
             parts.append(f"{short}{_fmt(v)}")
         return "-".join(parts) or self.name
+
+
+#: The databases Optuna keeps a study in (an RDB ``searcher_storage``).
+RDB_BACKENDS = ("postgresql", "mysql", "sqlite")
+
+
+def _check_storage_spelling(v: str) -> None:
+    """``searcher_storage``: an RDB URL Optuna can use, or a journal file path (where it can be
+    written, and whether the database answers, is checked before the study starts)."""
+    if not v.strip():
+        raise ValueError("give a journal file path or an RDB URL, or leave searcher_storage out")
+    if "://" not in v:
+        if v.endswith(("/", "\\")):
+            raise ValueError(f"{v!r} is a folder; give a journal file name (e.g. {v.rstrip('/')}/optuna_journal.log)")
+        return
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(v)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's ArgumentError, or a ValueError for a bad port
+        raise ValueError(f"not a database URL ({type(e).__name__}: {e}); use postgresql+psycopg2://USER:PASSWORD"
+                         f"@HOST:PORT/DB, mysql+pymysql://..., sqlite:///PATH, or a journal file path") from None
+    backend = url.get_backend_name()
+    if backend not in RDB_BACKENDS:
+        raise ValueError(f"'{backend}' is not a database Optuna keeps studies in ({', '.join(RDB_BACKENDS)}); use "
+                         f"postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DB, mysql+pymysql://..., sqlite:///PATH, "
+                         f"or a journal file path")
+    if not url.database or url.database == ":memory:":
+        raise ValueError(f"{url.render_as_string(hide_password=True)} names no database (an in-memory one would not "
+                         f"survive the driver); add /DBNAME (or sqlite:///PATH)")
 
 
 def expand_param(key: str, value: Any) -> dict[str, Any]:
