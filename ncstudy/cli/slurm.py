@@ -1,0 +1,140 @@
+"""``ncstudy slurm``: a study as one Slurm batch job, written from the shipped template
+(``ncstudy/cli/templates/slurm.sbatch``, package data).
+
+    ncstudy slurm SPACE.yaml --nodes N --gpus-per-node G --time HH:MM:SS [--cpus-per-node C]
+                  [--partition P] [--account A] [--tracking-uri URI] [--storage DIR] [--resume]
+                  [--out job.sbatch]
+
+Every flag is checked (a :class:`SlurmJob`) and the study file loaded before anything is written;
+bad input exits 2 naming the flag. The script starts Ray across the allocation, MLflow on the first
+node (unless ``--tracking-uri``), runs the study there and exits with its status (docs/cluster.md).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ncstudy.errors import ConfigError
+
+SIGNAL_LEAD_S = 120  # SIGTERM this long before the time limit: ncstudy's clean stop fits before KillWait
+_TIME = re.compile(r"(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)")
+_NAME = re.compile(r"[A-Za-z0-9_.@+-]+")
+
+
+class SlurmJob(BaseModel):
+    """What the batch script is written from; field names are the flags without ``--``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    space: Path
+    nodes: int = Field(ge=1)
+    gpus_per_node: int = Field(ge=0)
+    cpus_per_node: int | None = Field(default=None, ge=1)
+    time: str
+    partition: str | None = None
+    account: str | None = None
+    tracking_uri: str | None = None
+    storage: str | None = None  # default: ncstudy_results in the folder sbatch is run from
+    resume: bool = False
+    signal_lead_s: int = Field(default=SIGNAL_LEAD_S, ge=1)
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        m = _TIME.fullmatch(v)
+        if not m:
+            raise ValueError(f"{v!r} is not HH:MM:SS or D-HH:MM:SS (e.g. 12:00:00, 1-00:00:00)")
+        seconds = int(m[1] or 0) * 86400 + int(m[2]) * 3600 + int(m[3]) * 60 + int(m[4])
+        if seconds <= SIGNAL_LEAD_S:
+            raise ValueError(f"{v!r} leaves no time: the study is asked to stop {SIGNAL_LEAD_S} s before "
+                             "the limit; give more than that")
+        return v
+
+    @field_validator("partition", "account")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.fullmatch(v):
+            raise ValueError(f"{v!r}: letters, digits and _.@+- only")
+        return v
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is not None and ("://" not in v or v.startswith("file:")):
+            raise ValueError(f"{v!r}: a URI every node reaches: http(s)://host:port, postgresql://..., or "
+                             "sqlite:////absolute/path/on/the/shared/filesystem")
+        return v
+
+
+def job_from_args(args: argparse.Namespace) -> SlurmJob:
+    """The flags as a :class:`SlurmJob`; ConfigError (exit 2) naming the first bad flag."""
+    data = {k: getattr(args, k) for k in SlurmJob.model_fields if getattr(args, k, None) is not None}
+    try:
+        return SlurmJob.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "ncstudy slurm"
+        raise ConfigError(f"{flag} {data.get(str(err['loc'][0]), '')!s}: {err['msg'].removeprefix('Value error, ')}"
+                          ) from None
+
+
+def render(job: SlurmJob, out: Path, study_name: str, command: str) -> str:
+    """The batch script's text (the template with every ``{{NAME}}`` filled, shell-quoted)."""
+    from ncstudy import __version__
+
+    resources = [f"#SBATCH --gpus-per-node={job.gpus_per_node}"] if job.gpus_per_node else []
+    resources.append(f"#SBATCH --cpus-per-task={job.cpus_per_node}" if job.cpus_per_node
+                     else "#SBATCH --exclusive                # whole nodes: Ray gets all their CPUs")
+    resources += [f"#SBATCH --{k}={v}" for k, v in (("partition", job.partition), ("account", job.account)) if v]
+    storage = shlex.quote(job.storage) if job.storage else '"$SLURM_SUBMIT_DIR/ncstudy_results"'
+    values = {
+        "VERSION": f"ncstudy {__version__}", "COMMAND": command, "OUT": shlex.quote(str(out)),
+        "JOB_NAME": f"ncstudy-{study_name}", "NODES": str(job.nodes), "TIME": job.time,
+        "SIGNAL_LEAD": str(job.signal_lead_s), "RESOURCES": "\n".join(resources),
+        "BIN": shlex.quote(str(Path(sys.executable).parent)), "STUDY": shlex.quote(str(job.space.resolve())),
+        "STORAGE": storage, "TRACKING_URI": shlex.quote(job.tracking_uri or ""),
+        "RESUME": "--resume" if job.resume else '""', "GPUS_PER_NODE": str(job.gpus_per_node),
+    }
+    text = files("ncstudy.cli").joinpath("templates/slurm.sbatch").read_text()
+    text = re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: values[m[1]], text)
+    return text
+
+
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from ncstudy.study.preflight import check_writable
+    from ncstudy.study.spec import load_study
+
+    job = job_from_args(args)
+    spec = load_study(job.space)  # a bad study file: exit 2 now, not in the queue hours later
+    out = Path(args.out or f"{spec.name}.sbatch")
+    check_writable(out, "--out", folder=False)
+    command = shlex.join(["ncstudy", "slurm", *sys.argv[2:]]) if sys.argv[1:2] == ["slurm"] else "ncstudy slurm"
+    out.write_text(render(job, out, spec.name, command))
+    out.chmod(0o755)
+    print(f"wrote {out}: {job.nodes} node(s) x {job.gpus_per_node} GPU(s), {job.time}"
+          f"{', resuming' if job.resume else ''}. Submit it from the shared folder the results belong in:\n"
+          f"  sbatch {shlex.quote(str(out))}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("slurm", help="write a Slurm batch script that runs a study across an allocation")
+    s.add_argument("space", help="study file (read from the shared filesystem by the job)")
+    s.add_argument("--nodes", type=int, required=True, help="nodes in the allocation (Ray head + workers)")
+    s.add_argument("--gpus-per-node", type=int, required=True, help="GPUs per node (0: CPU only)")
+    s.add_argument("--time", required=True, help="time limit, HH:MM:SS or D-HH:MM:SS")
+    s.add_argument("--cpus-per-node", type=int, help="CPUs per node (default: whole nodes, --exclusive)")
+    s.add_argument("--partition", help="Slurm partition")
+    s.add_argument("--account", help="Slurm account")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: an MLflow server on the first node, "
+                   "its database under the storage folder)")
+    s.add_argument("--storage", help="Tune storage on the shared filesystem (default: ncstudy_results in "
+                   "the folder sbatch is run from)")
+    s.add_argument("--resume", action="store_true", help="continue the study (after a timeout or scancel)")
+    s.add_argument("--out", help="where to write the script (default: STUDY_NAME.sbatch)")

@@ -1,0 +1,63 @@
+"""`ncstudy slurm` on a real single-node Slurm (tests/slurm.py): the written batch script runs a
+small study to the end, and a study stopped through Slurm resumes when resubmitted with --resume.
+
+Skipped (with the install command) where Slurm and munge are not installed; under NCSTUDY_CI=1 that
+skip is a failure (tests/conftest.py)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from slurm import SingleNodeSlurm, missing
+from study_helpers import child_runs, steps, synthetic_study, write_study
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
+
+
+@pytest.fixture
+def slurm(tmp_path):
+    with SingleNodeSlurm(tmp_path / "slurm") as s:
+        yield s
+
+
+def _write_script(folder: Path, study: Path, *flags: str, out: str = "job.sbatch") -> Path:
+    r = subprocess.run([sys.executable, "-m", "ncstudy.cli", "slurm", str(study), "--nodes", "1",
+                        "--gpus-per-node", "0", "--cpus-per-node", "2", "--time", "00:10:00", "--out", out, *flags],
+                       cwd=folder, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"sbatch {out}" in r.stdout
+    return folder / out
+
+
+def _job_output(folder: Path, job: str) -> str:
+    out = list(folder.glob(f"ncstudy-*-{job}.out"))
+    return out[0].read_text() if out else "(no job output)"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_study_runs_as_a_slurm_job(slurm, tmp_path):
+    work = tmp_path / "shared"
+    work.mkdir()
+    study = write_study(work, synthetic_study("slurm_small", mse_epochs=10, widths=(16, 32)))
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    script = _write_script(work, study, "--tracking-uri", uri)
+    text = script.read_text()
+    assert "#SBATCH --signal=B:TERM@120" in text and "#SBATCH --cpus-per-task=2" in text
+    assert "#SBATCH --gpus-per-node" not in text  # CPU-only: no GRES asked for
+
+    job = slurm.sbatch(script, cwd=work)
+    info = slurm.wait(job, timeout=240)
+    log = _job_output(work, job)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log + slurm.logs()
+    assert "Ray head" in log and "exit status 0" in log
+    client, parents, children = child_runs(uri, "slurm_small")
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.info.status for r in parents + children} == {"FINISHED"}
+    for run in children:  # every evaluation once: 10 CE + 10 MSE epochs
+        assert steps(client, run.info.run_id) == sorted(set(steps(client, run.info.run_id)))
+        assert max(steps(client, run.info.run_id)) == 20
+    assert (work / "ncstudy_results" / "slurm_small").is_dir()  # Tune storage: the submit folder
+    assert not Path(f"/tmp/ncstudy-{job}").exists()  # the job's Ray temp dir is gone
