@@ -179,8 +179,10 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         r = self.run("sinfo", "-h", "-N", "-o", "%T", check=False)
         return r.stdout.strip().upper()
 
-    def sbatch(self, script: Path, cwd: Path) -> str:
-        r = self.run("sbatch", "--parsable", str(script), cwd=cwd)
+    def sbatch(self, script: Path, cwd: Path, env: dict[str, str] | None = None) -> str:
+        """Submit ``script`` from ``cwd`` (the job gets this environment, plus ``env``); its job id."""
+        r = subprocess.run([_exe("sbatch"), "--parsable", str(script)], env={**self.env, **(env or {})},
+                           capture_output=True, text=True, check=True, cwd=cwd, timeout=60)
         return r.stdout.strip().split(";")[0]
 
     def job(self, job_id: str) -> dict[str, str]:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from slurm import SingleNodeSlurm, missing
 from study_helpers import child_runs, steps, synthetic_study, write_study
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 
@@ -61,3 +64,48 @@ def test_study_runs_as_a_slurm_job(slurm, tmp_path):
         assert max(steps(client, run.info.run_id)) == 20
     assert (work / "ncstudy_results" / "slurm_small").is_dir()  # Tune storage: the submit folder
     assert not Path(f"/tmp/ncstudy-{job}").exists()  # the job's Ray temp dir is gone
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_stopped_job_resumes_when_resubmitted(slurm, tmp_path):
+    """The MLflow server on the first node (no --tracking-uri); both trials held past a checkpoint,
+    the job stopped as at its time limit (SIGTERM to the batch script), then resubmitted with
+    --resume: the same MLflow runs, every step once."""
+    work, barrier = tmp_path / "shared", tmp_path / "barrier"
+    work.mkdir()
+    study = write_study(work, synthetic_study("slurm_resume", mse_epochs=10, widths=(16, 32)))
+    first = _write_script(work, study, out="first.sbatch")
+    held = f"{sys.executable} {ROOT / 'tests' / 'held_cli.py'} --barrier {barrier} --hold mid:12 --"
+    job = slurm.sbatch(first, cwd=work, env={"NCSTUDY": held})
+    deadline = time.monotonic() + 240
+    while len(list(barrier.glob("reached-mid-*"))) < 2:  # both trials held at epoch 12
+        info = slurm.job(job)
+        assert info["JobState"] in ("PENDING", "RUNNING"), _job_output(work, job)
+        assert time.monotonic() < deadline, _job_output(work, job)
+        time.sleep(0.5)
+    slurm.run("scancel", "--batch", "--signal=TERM", job)  # what --signal=B:TERM@120 sends
+    info = slurm.wait(job, timeout=120)
+    (barrier / "release-mid").touch()
+    log = _job_output(work, job)
+    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "143:0"), log
+    assert "SIGTERM: stopping the study" in log and "exit status 143" in log
+    uri = f"sqlite:///{work / 'ncstudy_results' / 'mlflow' / 'mlflow.db'}"
+    client, parents, children = child_runs(uri, "slurm_resume")
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.info.status for r in children} == {"KILLED"}
+
+    again = _write_script(work, study, "--resume", out="again.sbatch")
+    assert "RESUME=--resume" in again.read_text()
+    job2 = slurm.sbatch(again, cwd=work)
+    info = slurm.wait(job2, timeout=240)
+    log2 = _job_output(work, job2)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log2
+    assert job2 != job and "MLflow tracking server: http://" in log2
+    client, parents2, children2 = child_runs(uri, "slurm_resume")
+    assert [r.info.run_id for r in parents2] == [r.info.run_id for r in parents]
+    assert sorted(r.info.run_id for r in children2) == sorted(r.info.run_id for r in children)
+    assert {r.info.status for r in parents2 + children2} == {"FINISHED"}
+    for run in children2:
+        logged = steps(client, run.info.run_id)
+        assert logged == sorted(set(logged)) and max(logged) == 20  # every step once, to the end
