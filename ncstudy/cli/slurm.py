@@ -72,6 +72,17 @@ class SlurmJob(BaseModel):
         return v
 
 
+    def command(self, out: Path, resume: bool | None = None) -> str:
+        """The ``ncstudy slurm`` command line that writes this script (with ``--resume`` if asked)."""
+        words = ["ncstudy", "slurm", str(self.space), "--nodes", str(self.nodes), "--gpus-per-node",
+                 str(self.gpus_per_node), "--time", self.time]
+        for flag in ("cpus_per_node", "partition", "account", "tracking_uri", "storage"):
+            if getattr(self, flag) is not None:
+                words += ["--" + flag.replace("_", "-"), str(getattr(self, flag))]
+        words += ["--resume"] if (self.resume if resume is None else resume) else []
+        return shlex.join([*words, "--out", str(out)])
+
+
 def job_from_args(args: argparse.Namespace) -> SlurmJob:
     """The flags as a :class:`SlurmJob`; ConfigError (exit 2) naming the first bad flag."""
     data = {k: getattr(args, k) for k in SlurmJob.model_fields if getattr(args, k, None) is not None}
@@ -84,7 +95,7 @@ def job_from_args(args: argparse.Namespace) -> SlurmJob:
                           ) from None
 
 
-def render(job: SlurmJob, out: Path, study_name: str, command: str) -> str:
+def render(job: SlurmJob, out: Path, study_name: str) -> str:
     """The batch script's text (the template with every ``{{NAME}}`` filled, shell-quoted)."""
     from ncstudy import __version__
 
@@ -94,16 +105,16 @@ def render(job: SlurmJob, out: Path, study_name: str, command: str) -> str:
     resources += [f"#SBATCH --{k}={v}" for k, v in (("partition", job.partition), ("account", job.account)) if v]
     storage = shlex.quote(job.storage) if job.storage else '"$SLURM_SUBMIT_DIR/ncstudy_results"'
     values = {
-        "VERSION": f"ncstudy {__version__}", "COMMAND": command, "OUT": shlex.quote(str(out)),
+        "VERSION": f"ncstudy {__version__}", "COMMAND": job.command(out), "OUT": shlex.quote(str(out)),
         "JOB_NAME": f"ncstudy-{study_name}", "NODES": str(job.nodes), "TIME": job.time,
         "SIGNAL_LEAD": str(job.signal_lead_s), "RESOURCES": "\n".join(resources),
         "BIN": shlex.quote(str(Path(sys.executable).parent)), "STUDY": shlex.quote(str(job.space.resolve())),
         "STORAGE": storage, "TRACKING_URI": shlex.quote(job.tracking_uri or ""),
         "RESUME": "--resume" if job.resume else '""', "GPUS_PER_NODE": str(job.gpus_per_node),
+        "RESUME_COMMAND": shlex.quote(f"{job.command(out, resume=True)} && sbatch {shlex.quote(str(out))}"),
     }
     text = files("ncstudy.cli").joinpath("templates/slurm.sbatch").read_text()
-    text = re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: values[m[1]], text)
-    return text
+    return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: values[m[1]], text)
 
 
 def cmd_slurm(args: argparse.Namespace) -> int:
@@ -114,8 +125,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     spec = load_study(job.space)  # a bad study file: exit 2 now, not in the queue hours later
     out = Path(args.out or f"{spec.name}.sbatch")
     check_writable(out, "--out", folder=False)
-    command = shlex.join(["ncstudy", "slurm", *sys.argv[2:]]) if sys.argv[1:2] == ["slurm"] else "ncstudy slurm"
-    out.write_text(render(job, out, spec.name, command))
+    out.write_text(render(job, out, spec.name))
     out.chmod(0o755)
     print(f"wrote {out}: {job.nodes} node(s) x {job.gpus_per_node} GPU(s), {job.time}"
           f"{', resuming' if job.resume else ''}. Submit it from the shared folder the results belong in:\n"
