@@ -1,12 +1,12 @@
-"""A real single-node Slurm for tests: munged, slurmctld and slurmd (Debian's ``slurm-wlm`` and
+"""A real Slurm on this machine for tests: munged, slurmctld and slurmd (Debian's ``slurm-wlm`` and
 ``munge``), run as root without systemd, everything (config, keys, sockets, state, logs) in one
-temporary folder, stopped by PID.
+temporary folder, stopped by PID. One node, or ``nodes=N`` nodes sharing this host (a slurmd each).
 
-    with SingleNodeSlurm(folder) as slurm:
+    with LocalSlurm(folder) as slurm:    # or LocalSlurm(folder, nodes=2)
         job = slurm.sbatch(script)           # job id
         state = slurm.wait(job, timeout=120) # JobState, ExitCode
 
-The node has this machine's CPUs and no GPU. Configuration (what works in a container without
+The node has this machine's CPUs (N nodes: a share each) and no GPU. Configuration (what works in a container without
 cgroups or systemd): ``ProctrackType=proctrack/linuxproc``, ``TaskPlugin=task/none``,
 ``JobAcctGatherType=jobacct_gather/none``, ``SelectType=select/cons_tres`` and a ``cgroup.conf``
 with ``CgroupPlugin=cgroup/v1`` and ``IgnoreSystemd=yes`` beside ``slurm.conf``.
@@ -46,22 +46,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class SingleNodeSlurm:
-    """munged + slurmctld + slurmd in ``folder``; client commands get ``env`` (``SLURM_CONF``)."""
+class LocalSlurm:
+    """munged + slurmctld + a slurmd per node in ``folder``; client commands get ``env`` (``SLURM_CONF``)."""
 
-    def __init__(self, folder: Path, kill_wait_s: int = 30) -> None:
+    def __init__(self, folder: Path, kill_wait_s: int = 30, nodes: int = 1) -> None:
         self.folder = Path(folder)
+        self.nodes = nodes
         self.kill_wait_s = kill_wait_s
         self.procs: list[subprocess.Popen] = []
         self.node = socket.gethostname()
         self.cpus = os.cpu_count() or 1
+        # several nodes share this host (one slurmd each, `slurmd -N NAME`), the CPUs split between them
+        self.names = [self.node] if nodes == 1 else [f"n{i + 1}" for i in range(nodes)]
         self.conf = self.folder / "slurm.conf"
         self.munge_socket = self.folder / "munge" / "munge.socket"
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
         self.start_s: float | None = None
 
     # ------------------------------------------------------------------ start / stop
-    def __enter__(self) -> SingleNodeSlurm:
+    def __enter__(self) -> LocalSlurm:
         try:
             self.start()
         except BaseException:
@@ -89,11 +92,11 @@ AuthType=auth/munge
 AuthInfo=socket={self.munge_socket}
 CryptoType=crypto/munge
 StateSaveLocation={f / "state"}
-SlurmdSpoolDir={f / "spool"}
+SlurmdSpoolDir={f / "spool"}/%n
 SlurmctldPidFile={f / "slurmctld.pid"}
-SlurmdPidFile={f / "slurmd.pid"}
+SlurmdPidFile={f}/slurmd-%n.pid
 SlurmctldLogFile={f / "log" / "slurmctld.log"}
-SlurmdLogFile={f / "log" / "slurmd.log"}
+SlurmdLogFile={f}/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -107,10 +110,17 @@ ReturnToService=2
 KillWait={self.kill_wait_s}
 MinJobAge=3600
 SchedulerType=sched/builtin
-NodeName={self.node} CPUs={self.cpus} State=UNKNOWN
-PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
+{self._nodes_conf()}
+PartitionName=test Nodes={",".join(self.names)} Default=YES MaxTime=INFINITE State=UP
 """)
         (f / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\nIgnoreSystemd=yes\n")
+
+    def _nodes_conf(self) -> str:
+        if self.nodes == 1:
+            return f"NodeName={self.node} CPUs={self.cpus} State=UNKNOWN"
+        cpus = max(1, self.cpus // self.nodes)
+        return "\n".join(f"NodeName={n} NodeHostname={self.node} NodeAddr=127.0.0.1 Port={_free_port()} "
+                         f"CPUs={cpus} State=UNKNOWN" for n in self.names)
 
     def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
         log = (self.folder / "log" / f"{name}.out").open("w")
@@ -144,8 +154,9 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         self._wait("munged", self.munge_socket.exists, timeout)
         self._spawn([_exe("slurmctld"), "-D", "-i", "-f", str(self.conf)], "slurmctld")
         self._wait("slurmctld", lambda: self.run("scontrol", "ping", check=False).stdout.count("UP") > 0, timeout)
-        self._spawn([_exe("slurmd"), "-D", "-f", str(self.conf)], "slurmd")
-        self._wait("the node", lambda: self.node_state().startswith("IDLE"), timeout)
+        for name in self.names:
+            self._spawn([_exe("slurmd"), "-D", "-f", str(self.conf), "-N", name], f"slurmd-{name}")
+        self._wait("the nodes", lambda: self.node_states() == ["IDLE"] * self.nodes, timeout)
         self.start_s = time.monotonic() - t0
 
     def stop(self) -> None:
@@ -175,9 +186,9 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         return subprocess.run([_exe(cmd), *args], env=self.env, capture_output=True, text=True, check=check,
                               cwd=cwd, timeout=60)
 
-    def node_state(self) -> str:
+    def node_states(self) -> list[str]:
         r = self.run("sinfo", "-h", "-N", "-o", "%T", check=False)
-        return r.stdout.strip().upper()
+        return r.stdout.upper().split()
 
     def sbatch(self, script: Path, cwd: Path, env: dict[str, str] | None = None) -> str:
         """Submit ``script`` from ``cwd`` (the job gets this environment, plus ``env``); its job id."""

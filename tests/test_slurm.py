@@ -5,13 +5,14 @@ Skipped (with the install command) where Slurm and munge are not installed; unde
 skip is a failure (tests/conftest.py)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from slurm import SingleNodeSlurm, missing
+from slurm import LocalSlurm, missing
 from study_helpers import child_runs, steps, synthetic_study, write_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,13 +22,14 @@ pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 
 @pytest.fixture
 def slurm(tmp_path):
-    with SingleNodeSlurm(tmp_path / "slurm") as s:
+    with LocalSlurm(tmp_path / "slurm") as s:
         yield s
 
 
-def _write_script(folder: Path, study: Path, *flags: str, out: str = "job.sbatch") -> Path:
-    r = subprocess.run([sys.executable, "-m", "ncstudy.cli", "slurm", str(study), "--nodes", "1",
-                        "--gpus-per-node", "0", "--cpus-per-node", "2", "--time", "00:10:00", "--out", out, *flags],
+def _write_script(folder: Path, study: Path, *flags: str, out: str = "job.sbatch", nodes: int = 1) -> Path:
+    cpus = str((os.cpu_count() or 1) // nodes)
+    r = subprocess.run([sys.executable, "-m", "ncstudy.cli", "slurm", str(study), "--nodes", str(nodes),
+                        "--gpus-per-node", "0", "--cpus-per-node", cpus, "--time", "00:10:00", "--out", out, *flags],
                        cwd=folder, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"sbatch {out}" in r.stdout
@@ -41,24 +43,31 @@ def _job_output(folder: Path, job: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_study_runs_as_a_slurm_job(slurm, tmp_path):
+def test_study_runs_as_a_two_node_slurm_job(tmp_path):
+    """Two nodes (two slurmd on this host, a CPU each): Ray's head on the first, a worker on the
+    second, one trial on each."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("two Slurm nodes of a CPU each need 2 CPUs")
     work = tmp_path / "shared"
     work.mkdir()
     study = write_study(work, synthetic_study("slurm_small", mse_epochs=10, widths=(16, 32)))
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    script = _write_script(work, study, "--tracking-uri", uri)
+    script = _write_script(work, study, "--tracking-uri", uri, nodes=2)
     text = script.read_text()
-    assert "#SBATCH --signal=B:TERM@120" in text and "#SBATCH --cpus-per-task=2" in text
+    assert "#SBATCH --signal=B:TERM@120" in text and "#SBATCH --nodes=2" in text
     assert "#SBATCH --gpus-per-node" not in text  # CPU-only: no GRES asked for
 
-    job = slurm.sbatch(script, cwd=work)
-    info = slurm.wait(job, timeout=240)
-    log = _job_output(work, job)
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log + slurm.logs()
-    assert "Ray head" in log and "exit status 0" in log
+    with LocalSlurm(tmp_path / "slurm", nodes=2) as slurm:
+        job = slurm.sbatch(script, cwd=work)
+        info = slurm.wait(job, timeout=240)
+        log = _job_output(work, job)
+        assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log + slurm.logs()
+        assert info["NodeList"] == "n[1-2]" and "2 node(s)" in log and "exit status 0" in log
     client, parents, children = child_runs(uri, "slurm_small")
     assert len(parents) == 1 and len(children) == 2
     assert {r.info.status for r in parents + children} == {"FINISHED"}
+    # one CPU per node and `resources: {cpu: 1}`: each trial ran on a node of its own
+    assert len({r.data.tags["ray.node_id"] for r in children}) == 2
     for run in children:  # every evaluation once: 10 CE + 10 MSE epochs
         assert steps(client, run.info.run_id) == sorted(set(steps(client, run.info.run_id)))
         assert max(steps(client, run.info.run_id)) == 20
