@@ -36,6 +36,8 @@ BASE = ("--nodes", "2", "--gpus-per-node", "4", "--time", "12:00:00")
     ((*BASE, "--partition", "gpu;rm -rf"), "--partition", "letters, digits"),
     ((*BASE, "--account", "a b"), "--account", "letters, digits"),
     ((*BASE, "--tracking-uri", "mlflow.db"), "--tracking-uri", "every node reaches"),
+    ((*BASE[:4], "--time", "00:10:00", "--stop-before", "600"), "--stop-before", "leaves no time"),
+    ((*BASE, "--stop-before", "0"), "--stop-before", "greater than or equal to 1"),
     (("--nodes", "two", "--gpus-per-node", "1", "--time", "1:00:00"), "--nodes", "invalid int value"),
     (("--gpus-per-node", "1", "--time", "1:00:00"), "--nodes", "required"),
 ])
@@ -87,3 +89,12 @@ def test_resume_script(study, tmp_path):
     assert "RESUME=--resume" in text and "STORAGE=/shared/me/tune" in text and "TRACKING_URI=''" in text
     assert "#SBATCH --cpus-per-task=8" in text and "#SBATCH --gpus-per-node" not in text
     assert "#SBATCH --exclusive" not in text
+
+
+def test_stop_before(study, tmp_path):
+    out = tmp_path / "long.sbatch"
+    assert main(_slurm(study, *BASE, "--stop-before", "600", "--out", str(out))) == 0
+    text = out.read_text()
+    assert "#SBATCH --signal=B:TERM@600" in text
+    assert "--time 12:00:00 --stop-before 600 --out" in text  # the command that wrote it, and the resume one
+    assert "--stop-before 600 --resume --out" in text

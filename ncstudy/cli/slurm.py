@@ -18,11 +18,11 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ncstudy.errors import ConfigError
 
-SIGNAL_LEAD_S = 120  # SIGTERM this long before the time limit: ncstudy's clean stop fits before KillWait
+SIGNAL_LEAD_S = 120  # default: SIGTERM this long before the time limit, so the clean stop fits
 _TIME = re.compile(r"(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)")
 _NAME = re.compile(r"[A-Za-z0-9_.@+-]+")
 
@@ -42,19 +42,24 @@ class SlurmJob(BaseModel):
     tracking_uri: str | None = None
     storage: str | None = None  # default: ncstudy_results in the folder sbatch is run from
     resume: bool = False
-    signal_lead_s: int = Field(default=SIGNAL_LEAD_S, ge=1)
+    stop_before: int = Field(default=SIGNAL_LEAD_S, ge=1, le=65535)
 
     @field_validator("time")
     @classmethod
     def _time(cls, v: str) -> str:
-        m = _TIME.fullmatch(v)
-        if not m:
+        if not _TIME.fullmatch(v):
             raise ValueError(f"{v!r} is not HH:MM:SS or D-HH:MM:SS (e.g. 12:00:00, 1-00:00:00)")
-        seconds = int(m[1] or 0) * 86400 + int(m[2]) * 3600 + int(m[3]) * 60 + int(m[4])
-        if seconds <= SIGNAL_LEAD_S:
-            raise ValueError(f"{v!r} leaves no time: the study is asked to stop {SIGNAL_LEAD_S} s before "
-                             "the limit; give more than that")
         return v
+
+    @model_validator(mode="after")
+    def _time_left(self) -> SlurmJob:
+        m = _TIME.fullmatch(self.time)
+        assert m is not None
+        seconds = int(m[1] or 0) * 86400 + int(m[2]) * 3600 + int(m[3]) * 60 + int(m[4])
+        if seconds <= self.stop_before:
+            raise ValueError(f"--time {self.time} leaves no time: the study is asked to stop {self.stop_before} s "
+                             "before the limit (--stop-before); give more than that")
+        return self
 
     @field_validator("partition", "account")
     @classmethod
@@ -79,6 +84,7 @@ class SlurmJob(BaseModel):
         for flag in ("cpus_per_node", "partition", "account", "tracking_uri", "storage"):
             if getattr(self, flag) is not None:
                 words += ["--" + flag.replace("_", "-"), str(getattr(self, flag))]
+        words += ["--stop-before", str(self.stop_before)] if self.stop_before != SIGNAL_LEAD_S else []
         words += ["--resume"] if (self.resume if resume is None else resume) else []
         return shlex.join([*words, "--out", str(out)])
 
@@ -90,9 +96,11 @@ def job_from_args(args: argparse.Namespace) -> SlurmJob:
         return SlurmJob.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "ncstudy slurm"
-        raise ConfigError(f"{flag} {data.get(str(err['loc'][0]), '')!s}: {err['msg'].removeprefix('Value error, ')}"
-                          ) from None
+        msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a check across flags: its message names them
+            raise ConfigError(msg) from None
+        field = str(err["loc"][0])
+        raise ConfigError(f"--{field.replace('_', '-')} {data.get(field, '')!s}: {msg}") from None
 
 
 def render(job: SlurmJob, out: Path, study_name: str) -> str:
@@ -107,7 +115,7 @@ def render(job: SlurmJob, out: Path, study_name: str) -> str:
     values = {
         "VERSION": f"ncstudy {__version__}", "COMMAND": job.command(out), "OUT": shlex.quote(str(out)),
         "JOB_NAME": f"ncstudy-{study_name}", "NODES": str(job.nodes), "TIME": job.time,
-        "SIGNAL_LEAD": str(job.signal_lead_s), "RESOURCES": "\n".join(resources),
+        "SIGNAL_LEAD": str(job.stop_before), "RESOURCES": "\n".join(resources),
         "BIN": shlex.quote(str(Path(sys.executable).parent)), "STUDY": shlex.quote(str(job.space.resolve())),
         "STORAGE": storage, "TRACKING_URI": shlex.quote(job.tracking_uri or ""),
         "RESUME": "--resume" if job.resume else '""', "GPUS_PER_NODE": str(job.gpus_per_node),
@@ -146,5 +154,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "its database under the storage folder)")
     s.add_argument("--storage", help="Tune storage on the shared filesystem (default: ncstudy_results in "
                    "the folder sbatch is run from)")
+    s.add_argument("--stop-before", type=int, metavar="SECONDS",
+                   help=f"SIGTERM this long before the time limit: the study's clean stop (trials at their last "
+                        f"checkpoint) must fit in it plus Slurm's KillWait; default {SIGNAL_LEAD_S}")
     s.add_argument("--resume", action="store_true", help="continue the study (after a timeout or scancel)")
     s.add_argument("--out", help="where to write the script (default: STUDY_NAME.sbatch)")
