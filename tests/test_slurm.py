@@ -44,15 +44,14 @@ def _job_output(folder: Path, job: str) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_study_runs_as_a_two_node_slurm_job(tmp_path):
-    """Two nodes (two slurmd on this host, a CPU each): Ray's head on the first, a worker on the
-    second, one trial on each."""
+    """Two nodes (two slurmd on this host, a CPU each): Ray's head and the MLflow server on the first,
+    a worker on the second, one trial on each (tracked over HTTP from both nodes)."""
     if (os.cpu_count() or 1) < 2:
         pytest.skip("two Slurm nodes of a CPU each need 2 CPUs")
     work = tmp_path / "shared"
     work.mkdir()
     study = write_study(work, synthetic_study("slurm_small", mse_epochs=10, widths=(16, 32)))
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    script = _write_script(work, study, "--tracking-uri", uri, nodes=2)
+    script = _write_script(work, study, nodes=2)
     text = script.read_text()
     assert "#SBATCH --signal=B:TERM@120" in text and "#SBATCH --nodes=2" in text
     assert "#SBATCH --gpus-per-node" not in text  # CPU-only: no GRES asked for
@@ -63,6 +62,8 @@ def test_study_runs_as_a_two_node_slurm_job(tmp_path):
         log = _job_output(work, job)
         assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log + slurm.logs()
         assert info["NodeList"] == "n[1-2]" and "2 node(s)" in log and "exit status 0" in log
+        assert "MLflow tracking server: http://" in log
+    uri = f"sqlite:///{work / 'ncstudy_results' / 'mlflow' / 'mlflow.db'}"  # the server's database
     client, parents, children = child_runs(uri, "slurm_small")
     assert len(parents) == 1 and len(children) == 2
     assert {r.info.status for r in parents + children} == {"FINISHED"}
@@ -78,13 +79,13 @@ def test_study_runs_as_a_two_node_slurm_job(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_stopped_job_resumes_when_resubmitted(slurm, tmp_path):
-    """The MLflow server on the first node (no --tracking-uri); both trials held past a checkpoint,
-    the job stopped as at its time limit (SIGTERM to the batch script), then resubmitted with
-    --resume: the same MLflow runs, every step once."""
+    """Both trials held past a checkpoint, the job stopped as at its time limit (SIGTERM to the batch
+    script), then resubmitted with --resume: the same MLflow runs, every step once."""
     work, barrier = tmp_path / "shared", tmp_path / "barrier"
     work.mkdir()
     study = write_study(work, synthetic_study("slurm_resume", mse_epochs=10, widths=(16, 32)))
-    first = _write_script(work, study, out="first.sbatch")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    first = _write_script(work, study, "--tracking-uri", uri, out="first.sbatch")
     held = f"{sys.executable} {ROOT / 'tests' / 'held_cli.py'} --barrier {barrier} --hold mid:12 --"
     job = slurm.sbatch(first, cwd=work, env={"NCSTUDY": held})
     deadline = time.monotonic() + 240
@@ -99,18 +100,17 @@ def test_stopped_job_resumes_when_resubmitted(slurm, tmp_path):
     log = _job_output(work, job)
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "143:0"), log
     assert "SIGTERM: stopping the study" in log and "exit status 143" in log
-    uri = f"sqlite:///{work / 'ncstudy_results' / 'mlflow' / 'mlflow.db'}"
     client, parents, children = child_runs(uri, "slurm_resume")
     assert len(parents) == 1 and len(children) == 2
     assert {r.info.status for r in children} == {"KILLED"}
 
-    again = _write_script(work, study, "--resume", out="again.sbatch")
+    again = _write_script(work, study, "--tracking-uri", uri, "--resume", out="again.sbatch")
     assert "RESUME=--resume" in again.read_text()
     job2 = slurm.sbatch(again, cwd=work)
     info = slurm.wait(job2, timeout=240)
     log2 = _job_output(work, job2)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log2
-    assert job2 != job and "MLflow tracking server: http://" in log2
+    assert job2 != job
     client, parents2, children2 = child_runs(uri, "slurm_resume")
     assert [r.info.run_id for r in parents2] == [r.info.run_id for r in parents]
     assert sorted(r.info.run_id for r in children2) == sorted(r.info.run_id for r in children)
