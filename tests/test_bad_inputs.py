@@ -83,5 +83,5 @@ def test_bad_input(case, tmp_path):
 
 
 def test_the_corpus_covers_every_command():
-    assert {c["args"][0] for c in CASES} == {"run", "train", "analyze", "replay", "ui"}
+    assert {c["args"][0] for c in CASES} == {"run", "train", "analyze", "replay", "ui", "slurm"}
     assert len({c["name"] for c in CASES}) == len(CASES) and json.dumps(CASES)

@@ -501,3 +501,55 @@ def test_head_postgres_then_mlflow_commands(tmp_path):
                            capture_output=True, timeout=120)
         if as_root:
             shutil.rmtree(home, ignore_errors=True)
+
+# --------------------------------------------------------------------------- on-premise variant
+
+ONPREM_YAML = ROOT / "cluster_onprem.yaml"
+
+
+def _onprem() -> dict:
+    return yaml.safe_load(ONPREM_YAML.read_text())
+
+
+def test_onprem_yaml_passes_rays_own_validation_offline(ray_validation, offline):
+    prepare_config, validate_config = ray_validation
+    raw = _onprem()
+    prepared = prepare_config(copy.deepcopy(raw))
+    validate_config(prepared)
+    assert prepared["provider"]["type"] == "local"
+    # Ray makes the single on-premise node type; every listed worker joins at `ray up`
+    n = len(raw["provider"]["worker_ips"])
+    assert n >= 1 and prepared["head_node_type"] == "local.cluster.node"
+    assert prepared["available_node_types"]["local.cluster.node"]["min_workers"] == n
+    assert prepared["available_node_types"]["local.cluster.node"]["max_workers"] == n
+    assert set(raw["auth"]) == {"ssh_user", "ssh_private_key"}
+    assert check_cluster_config(ONPREM_YAML)["provider"]["head_ip"] == raw["provider"]["head_ip"]
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: _rename(c, "idle_timeout_minutes", "idle_timeout_minute"), "idle_timeout_minute"),
+    (lambda c: _rename(c["auth"], "ssh_private_key", "ssh_private_keys"), "ssh_private_keys"),
+    (lambda c: c["auth"].update(ssh_user=1000), "auth/ssh_user"),
+])
+def test_onprem_yaml_mutations_are_rejected(mutate, key, tmp_path, offline):
+    cfg = _onprem()
+    mutate(cfg)
+    with pytest.raises(ValueError, match=re.escape(key)):
+        check_cluster_config(_write(tmp_path, cfg))
+
+
+def test_onprem_yaml_pins_and_mlflow_command_match_cluster_yaml():
+    """Same pins, and the head's MLflow command is cluster.yaml's, with artifacts on the head's disk
+    and the machines' venv on PATH: a change to one that is not made to the other fails here."""
+    onprem, aws = _onprem(), _raw()
+    assert onprem["metadata"]["ray_version"] == aws["metadata"]["ray_version"] == _pin("ray")
+    assert onprem["metadata"]["ncstudy_version"] == _pyproject()["project"]["version"]
+    assert f".git@v{onprem['metadata']['ncstudy_version']}" in " ".join(onprem["setup_commands"])
+    assert f"mlflow[auth]=={_pin('mlflow')}" in " ".join(onprem["head_setup_commands"])
+    expected = _mlflow_command(aws).replace(
+        f"--artifacts-destination {aws['metadata']['mlflow_artifacts']}",
+        '--artifacts-destination "$M/artifacts"')
+    assert _mlflow_command(onprem) == 'export PATH="$HOME/ncstudy-venv/bin:$PATH"\n' + expected
+    assert _postgres_command(onprem) == _postgres_command(aws)  # the same PostgreSQL store on the head
+    commands = "\n".join(onprem["head_start_ray_commands"] + onprem["worker_start_ray_commands"])
+    assert "0.0.0.0" not in commands and "--dashboard-host=127.0.0.1" in commands

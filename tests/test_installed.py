@@ -89,8 +89,18 @@ def test_ncstudy_is_the_installed_one(installed):
 
 def test_help(installed):
     out = _run([str(installed["ncstudy"]), "--help"], cwd=installed["work"]).stdout
-    for command in ("run", "train", "replay", "analyze", "ui"):
+    for command in ("run", "train", "replay", "analyze", "ui", "slurm"):
         assert command in out
+
+
+def test_slurm_script_from_the_installed_template(installed):
+    """`ncstudy slurm` fills the template shipped in the wheel (package data), with the venv's bin first."""
+    study = shutil.copy(ROOT / "search_spaces" / "quickstart.yaml", installed["work"] / "quickstart.yaml")
+    _run([str(installed["ncstudy"]), "slurm", str(study), "--nodes", "2", "--gpus-per-node", "1", "--time",
+          "04:00:00", "--out", "quickstart.sbatch"], cwd=installed["work"])
+    text = (installed["work"] / "quickstart.sbatch").read_text()
+    assert text.startswith("#!/bin/bash") and "#SBATCH --nodes=2" in text and "{{" not in text
+    assert f"export PATH={installed['venv'] / 'bin'}:$PATH" in text
 
 
 def test_run_dry_run_on_a_shipped_study(installed):

@@ -1,4 +1,4 @@
-"""``ncstudy`` command line: train, run, ui, analyze, replay.
+"""``ncstudy`` command line: train, run, slurm, ui, analyze, replay.
 
 One exit-status contract for every command (:mod:`ncstudy.errors`): bad input (a config or study
 file, a flag, a path that cannot be written) exits with status 2 and a message naming the file
@@ -255,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--tracking-uri", help="default sqlite:///mlflow.db")
     u.add_argument("--port", type=int, default=5000)
 
+    from ncstudy.cli.slurm import add_parser as add_slurm_parser
+
+    add_slurm_parser(sub)
     sub.add_parser("analyze", help="paper tables and figures from runs (see `ncstudy analyze -h`)", add_help=False)
     sub.add_parser("replay", help="replay the onset forecaster over logs (see `ncstudy replay -h`)", add_help=False)
     return p
@@ -280,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
             return int(e.code or 0)
         if args.command == "run":
             return cmd_run(args, signals)
+        if args.command == "slurm":
+            from ncstudy.cli.slurm import cmd_slurm
+
+            return cmd_slurm(args)
         return {"train": cmd_train, "ui": cmd_ui}[args.command](args)
     except InputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
