@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +60,10 @@ class LocalSlurm:
         # several nodes share this host (one slurmd each, `slurmd -N NAME`), the CPUs split between them
         self.names = [self.node] if nodes == 1 else [f"n{i + 1}" for i in range(nodes)]
         self.conf = self.folder / "slurm.conf"
-        self.munge_socket = self.folder / "munge" / "munge.socket"
+        # sockets live in a short folder of their own: a unix socket path holds at most 108 bytes, and
+        # slurmstepd's (spool/<node>/<node>_<job>.<step>) outgrows a pytest temp path (xdist's popen-gwN)
+        self.short = Path(tempfile.mkdtemp(prefix="ncsl-"))
+        self.munge_socket = self.short / "munge.socket"
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
         self.start_s: float | None = None
 
@@ -77,8 +81,9 @@ class LocalSlurm:
 
     def _write_config(self) -> None:
         f = self.folder
-        for sub in ("state", "spool", "log", "munge"):
+        for sub in ("state", "log", "munge"):
             (f / sub).mkdir(parents=True, exist_ok=True)
+        (self.short / "spool").mkdir(exist_ok=True)
         (f / "munge").chmod(0o700)
         self.conf.write_text(f"""\
 ClusterName=ncstudy-test
@@ -92,7 +97,7 @@ AuthType=auth/munge
 AuthInfo=socket={self.munge_socket}
 CryptoType=crypto/munge
 StateSaveLocation={f / "state"}
-SlurmdSpoolDir={f / "spool"}/%n
+SlurmdSpoolDir={self.short / "spool"}/%n
 SlurmctldPidFile={f / "slurmctld.pid"}
 SlurmdPidFile={f}/slurmd-%n.pid
 SlurmctldLogFile={f / "log" / "slurmctld.log"}
@@ -173,6 +178,7 @@ PartitionName=test Nodes={",".join(self.names)} Default=YES MaxTime=INFINITE Sta
                     p.kill()
                     p.wait(timeout=10)
         self.procs.clear()
+        shutil.rmtree(self.short, ignore_errors=True)
 
     def _wait_jobs_gone(self, timeout: float) -> None:
         end = time.monotonic() + timeout
@@ -199,7 +205,10 @@ PartitionName=test Nodes={",".join(self.names)} Default=YES MaxTime=INFINITE Sta
     def job(self, job_id: str) -> dict[str, str]:
         """`scontrol show job` as a dict (JobState, ExitCode, ...); jobs stay listed for MinJobAge."""
         out = self.run("scontrol", "-o", "show", "job", job_id).stdout
-        return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+        info = dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+        if "launch_failed" in info.get("Reason", "").lower().replace(" ", "_"):  # requeued and held: never runs
+            raise RuntimeError(f"job {job_id} failed to launch ({info['Reason']}):\n" + self.logs())
+        return info
 
     def wait(self, job_id: str, timeout: float, states: tuple[str, ...] = ("COMPLETED", "FAILED", "CANCELLED",
                                                                             "TIMEOUT", "NODE_FAIL")) -> dict[str, str]:
