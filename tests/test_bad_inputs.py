@@ -66,8 +66,15 @@ def test_bad_input(case, tmp_path):
     args = [a.format(**values) for a in case["args"]]
     before_aux = sorted(p.relative_to(aux) for p in aux.rglob("*"))
     # a probe that hung (the old --address / tracking waits ran for 10 minutes) fails here
-    proc = subprocess.run([sys.executable, "-m", "ncstudy.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    with subprocess.Popen([sys.executable, "-m", "ncstudy.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": ""}) as child:
+        try:
+            out, err = child.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise
+    proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
     assert proc.returncode == case["rc"], (proc.stdout, proc.stderr)
     assert case["says"] in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -75,7 +82,7 @@ def test_bad_input(case, tmp_path):
     assert sorted(cwd.rglob("*")) == [], sorted(cwd.rglob("*"))
     assert sorted(p.relative_to(aux) for p in aux.rglob("*")) == before_aux
     # this command's own Ray session folder (named by its PID): other tests may start studies meanwhile
-    assert not (Path(tempfile.gettempdir()) / f"ncstudy_ray_{proc.pid}").exists()
+    assert not (Path(tempfile.gettempdir()) / f"ncstudy_ray_{child.pid}").exists()
 
 
 def test_the_corpus_covers_every_command():
