@@ -164,6 +164,19 @@ def assert_interrupted(lc: Launch, uri: str, name: str, status: int) -> None:
     assert by["w16-s0"].info.status == "FINISHED"
 
 
+def finish_with_a_signal_in_shutdown(tmp: Path, study: Path, uri: str, name: str, launches: list, sig: int,
+                                     group: bool) -> None:
+    """Launch 3 (``--resume``) runs the study to its end; ``sig`` while its driver shuts down changes
+    nothing: exit 0, the study complete."""
+    lc3 = Launch(tmp, study, uri, "--stage", "shutdown", launch=3, extra=("--resume",))
+    launches.append(lc3)
+    lc3.reached("stage-shutdown")
+    lc3.send(sig, group=group)
+    lc3.release("stage-shutdown")
+    assert lc3.wait() == 0, lc3.output()
+    assert_study_complete(uri, name)
+
+
 def first_epochs(tmp: Path, launch: int) -> dict[int, int]:
     """Width -> the first epoch each trial reported in ``launch``."""
     out: dict[int, int] = {}
@@ -201,13 +214,7 @@ def test_sigterm_before_the_first_trial_then_sigint_mid_study_then_resume_exactl
     stop_mid_study(lc2, uri, name, "mid", signal.SIGINT, group=True)
     assert_interrupted(lc2, uri, name, 130)
 
-    lc3 = Launch(tmp_path, study, uri, "--stage", "shutdown", launch=3, extra=("--resume",))
-    launches.append(lc3)
-    lc3.reached("stage-shutdown")
-    lc3.send(signal.SIGINT, group=True)
-    lc3.release("stage-shutdown")
-    assert lc3.wait() == 0, lc3.output()
-    assert_study_complete(uri, name)
+    finish_with_a_signal_in_shutdown(tmp_path, study, uri, name, launches, signal.SIGINT, group=True)
     assert first_epochs(tmp_path, 3) == {32: 25}  # w32 after its checkpoint at 20; w16 not again
 
 
@@ -237,13 +244,7 @@ def test_sigterm_mid_study_then_a_second_sighup_then_sigterm_in_shutdown(tmp_pat
     assert lc2.wait() == 129, lc2.output()
     assert "received again: stopping at once" in lc2.output() and "--resume" in lc2.output()
 
-    lc3 = Launch(tmp_path, study, uri, "--stage", "shutdown", launch=3, extra=("--resume",))
-    launches.append(lc3)
-    lc3.reached("stage-shutdown")
-    lc3.send(signal.SIGTERM, group=False)
-    lc3.release("stage-shutdown")
-    assert lc3.wait() == 0, lc3.output()
-    assert_study_complete(uri, name)
+    finish_with_a_signal_in_shutdown(tmp_path, study, uri, name, launches, signal.SIGTERM, group=False)
     assert not [r for r in reports(tmp_path) if r["launch"] > 1 and r["config"]["model.width"] == 16]
 
 
