@@ -150,6 +150,7 @@ def onset_table(runs: Sequence[RunInput], opts: AnalysisOptions) -> pd.DataFrame
     df["fn_star"] = pd.to_numeric(pd.Series(fn, index=df.index), errors="coerce")
     df["threshold"] = thr
     df["collapsed"] = df["t_nc"].notna()
+    df["stopped_early"] = cut & ~df["collapsed"]  # ended by a stopper with no onset observed
     if "given_t" in df.columns:
         df = df.drop(columns=[c for c in ("given_t", "given_fn", "given_threshold") if c in df.columns])
     df["test_acc_at_onset"] = [
@@ -245,7 +246,7 @@ def group_stats(df: pd.DataFrame, keys: Sequence[str], order: Sequence[Any] | No
         rows.append({
             "group": label, **{k: _py(first[k]) for k in keys}, "_sort": first["_sort"],
             "N": len(g), "n_collapsed": int(len(col)),
-            "n_cut": int((~g["collapsed"] & g["stop_reason"].isin(EARLY_STOPS)).sum()) if "stop_reason" in g else 0,
+            "n_cut": int(g["stopped_early"].sum()),
             "threshold": ", ".join(f"{t}" if c == len(col) else f"{t} x{c}" for t, c in thr.items()) or "none",
             "fn_mean": fn["mean"], "fn_sd": fn["sd"], "fn_ci_low": fn["ci_low"], "fn_ci_high": fn["ci_high"],
             "fn_cv": fn["cv"], "t_nc_mean": tn["mean"], "t_nc_sd": tn["sd"],

@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator  # noqa: E402
 
 from ncstudy.analyze.experiments import ExperimentResult  # noqa: E402
-from ncstudy.records import EARLY_STOPS, finite  # noqa: E402
+from ncstudy.records import finite  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
     from ncstudy.analyze.pipeline import Analysis
@@ -165,8 +165,7 @@ def tnc_vs(res: ExperimentResult, key: str, out: Path) -> str | None:
                     label=line or None)
         never = sorted(set(sub["_x"].dropna()) - set(col["_x"].dropna()))
         for xv in never:
-            at = sub[sub["_x"] == xv]
-            cut = "stop_reason" in at and at["stop_reason"].isin(EARLY_STOPS).all()
+            cut = sub.loc[sub["_x"] == xv, "stopped_early"].all()
             ax.scatter([xv], [top], marker="v", color="crimson", s=50, zorder=3)
             ax.annotate("stopped early" if cut else "no collapse", (xv, top), textcoords="offset points",
                         xytext=(0, 6), ha="center", fontsize=8, color="crimson")
