@@ -109,3 +109,25 @@ def test_replay_flags_are_the_forecaster_options_and_are_checked(capsys):
     for name, cls in FORECASTER_SETTINGS.items():
         for opt in cls.model_fields:
             assert name in OPTION_OWNERS[opt]
+
+
+def test_an_adapter_takes_a_whole_settings_object_and_refuses_it_beside_its_arguments():
+    st = StopperSettings(policy="stop_at_onset", forecaster="fn_star", mode="sweep", strict=0.02, min_observations=5,
+                         prior="none", options={"margin": 0.1})
+    stopper, pruner = OnsetStopper(settings=st), OnsetPruner(settings=st)
+    assert stopper.core.settings == st and stopper.core.mode == "sweep"
+    assert pruner.core.settings == st.model_copy(update={"objective": None})  # the pruner's value is the objective
+    assert stopper.core.stopper.rule == pruner.core.stopper.rule == OnsetRule(0.02, 0.05, True)
+    assert stopper.calibration.min_observations == 5
+    # the same stopper from its arguments
+    args = OnsetStopper("stop_at_onset", "fn_star", mode="sweep", rule=OnsetRule(strict=0.02), min_observations=5,
+                        forecaster_options={"margin": 0.1}, prior="none")
+    assert args.core.settings == st
+    with pytest.raises(ValueError, match=r"^OnsetPruner: give either settings= or policy, forecaster, not both$"):
+        OnsetPruner("record", "nc1", settings=st)
+    with pytest.raises(ValueError, match=r"^OnsetStopper: terminal_acc 2\.0: Input should be less than or equal to 1"):
+        OnsetStopper(terminal_acc=2.0)
+    # options of another forecaster are dropped by the adapters, refused by the settings
+    assert OnsetStopper(forecaster_options={"alpha": 0.1, "margin": 0.2}).core.settings.options == {"alpha": 0.1}
+    with pytest.raises(ValueError, match="takes no option"):
+        StopperSettings(options={"margin": 0.2})

@@ -33,11 +33,17 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial
 
 from ncstudy.adapters.metric_names import MetricNames
-from ncstudy.adapters.stopper_core import OnsetStopperCore
+from ncstudy.adapters.stopper_core import OnsetStopperCore, adapter_settings
 from ncstudy.deprecation import renamed_class
 from ncstudy.forecast import Calibration
-from ncstudy.forecast.forecasters import DEFAULT_FORECASTER
-from ncstudy.forecast.settings import DEFAULT_POLICY
+from ncstudy.forecast.settings import (
+    DEFAULT_FORECASTER,
+    DEFAULT_POLICY,
+    ForecasterName,
+    Mode,
+    Policy,
+    StopperSettings,
+)
 from ncstudy.onset import OnsetRule
 from ncstudy.records import EPOCH, FORECAST_FIELDS, STOP_REASON, T_NC, finite
 
@@ -65,20 +71,29 @@ class OnsetPruner(BasePruner):
         learn: add trials that reach onset or their budget to the calibration.
         forecaster_options: e.g. ``{"alpha": 0.05, "coverage": 0.9, "tolerance": 40}``.
         min_observations: runs of a group before its own fn* replaces its prior.
+        settings: a whole :class:`~ncstudy.forecast.settings.StopperSettings` in place of the
+            arguments it holds (the ones above but budget, metrics and group_key; a Calibration
+            ``prior`` still replaces its prior), which must then be left at their defaults.
     """
 
-    def __init__(self, policy: str = DEFAULT_POLICY, forecaster: str = DEFAULT_FORECASTER, *, mode: str | None = None,
-                 budget: int | str | Callable[[Mapping[str, Any]], int] | None = None,
+    def __init__(self, policy: Policy = DEFAULT_POLICY, forecaster: ForecasterName = DEFAULT_FORECASTER, *,
+                 mode: Mode | None = None, budget: int | str | Callable[[Mapping[str, Any]], int] | None = None,
                  metrics: MetricNames | Mapping[str, str | None] | None = None, prior: str | Calibration = "corpus",
                  group_key: Callable[[Mapping[str, Any]], str] | Sequence[str] | None = None,
                  rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99, learn: bool = True,
-                 forecaster_options: Mapping[str, Any] | None = None, min_observations: int = 3) -> None:
-        self.mode = mode  # None: decided by the first study's direction
+                 forecaster_options: Mapping[str, Any] | None = None, min_observations: int = 3,
+                 settings: StopperSettings | None = None) -> None:
+        where = type(self).__name__
+        settings = adapter_settings(
+            where, settings, policy=policy, forecaster=forecaster, mode=mode, objective=None, rule=rule,
+            prior=prior if isinstance(prior, str) else "corpus", terminal_acc=terminal_acc, learn=learn,
+            min_observations=min_observations, options=dict(forecaster_options or {}))
+        self.mode = settings.mode  # None: decided by the first study's direction
         self._seen: dict[str, int] = {}  # trial -> records seen (when to read the study's incumbent again)
-        self.core = OnsetStopperCore(policy, forecaster, mode=mode or "sweep", budget=budget, metrics=metrics,
-                                     prior=prior, group_key=group_key, objective=None, rule=rule,
-                                     terminal_acc=terminal_acc, learn=learn, forecaster_options=forecaster_options,
-                                     min_observations=min_observations, where=type(self).__name__)
+        # the value is the objective (pruner.value): the core fills in none
+        self.core = OnsetStopperCore(settings.model_copy(update={"mode": settings.mode or "sweep", "objective": None}),
+                                     calibration=prior if isinstance(prior, Calibration) else None, budget=budget,
+                                     metrics=metrics, group_key=group_key, where=where)
 
     @property
     def calibration(self) -> Calibration:

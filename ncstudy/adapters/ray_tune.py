@@ -32,37 +32,55 @@ from typing import Any, Callable, Mapping, Sequence
 from ray.tune import Callback, Stopper
 
 from ncstudy.adapters.metric_names import MetricNames
-from ncstudy.adapters.stopper_core import LEARN_BATCH, MAX_POOL, STATE_VERSION, OnsetStopperCore
+from ncstudy.adapters.stopper_core import LEARN_BATCH, MAX_POOL, STATE_VERSION, OnsetStopperCore, adapter_settings
 from ncstudy.deprecation import renamed_class
 from ncstudy.forecast import Calibration
-from ncstudy.forecast.forecasters import DEFAULT_FORECASTER
-from ncstudy.forecast.settings import DEFAULT_POLICY
+from ncstudy.forecast.settings import (
+    DEFAULT_FORECASTER,
+    DEFAULT_POLICY,
+    ForecasterName,
+    Mode,
+    Policy,
+    StopperSettings,
+)
 from ncstudy.onset import OnsetRule
 from ncstudy.records import COLLAPSE_EPOCH
 
 
 class OnsetStopper(Stopper, Callback):
-    """Forecast every trial's collapse onset; stop by ``policy`` and ``mode`` (see :class:`OnsetStopperCore`
-    for the arguments shared with :class:`~ncstudy.adapters.optuna_pruner.OnsetPruner`). In a search
+    """Forecast every trial's collapse onset; stop by ``policy`` and ``mode`` (the arguments are
+    :class:`~ncstudy.adapters.optuna_pruner.OnsetPruner`'s, with ``config`` for ``params``; their
+    meaning and defaults: :class:`~ncstudy.forecast.settings.StopperSettings`). In a search
     (the default for the collapse-time objective) a trial that cannot beat the earliest onset seen so
-    far is stopped (``capped``, ``cannot_win``); in a sweep only at a trusted forecast or its onset."""
+    far is stopped (``capped``, ``cannot_win``); in a sweep only at a trusted forecast or its onset.
+
+    ``settings``: a whole :class:`~ncstudy.forecast.settings.StopperSettings` (what a study file
+    builds) in place of the arguments it holds (policy, forecaster, mode, prior by name, objective,
+    rule, terminal_acc, learn, forecaster_options, min_observations), which must then be left at
+    their defaults. ``objective``: the collapse-time metric a stopped trial's result carries (None:
+    leave the trial's own). ``learn_batch``, ``max_pool``: how learnt runs join the calibration
+    (:class:`~ncstudy.adapters.stopper_core.OnsetStopperCore`)."""
 
     #: the newest saved state (``get_state``) this code reads: 1, the whole stopper; 2, a journal
     #: reference (both as plain JSON; the search mode's fields, absent in older states, default)
     STATE_VERSION = STATE_VERSION
 
-    def __init__(self, policy: str = DEFAULT_POLICY, forecaster: str = DEFAULT_FORECASTER, *, mode: str | None = None,
-                 budget: int | str | Callable[[Mapping[str, Any]], int] | None = None,
+    def __init__(self, policy: Policy = DEFAULT_POLICY, forecaster: ForecasterName = DEFAULT_FORECASTER, *,
+                 mode: Mode | None = None, budget: int | str | Callable[[Mapping[str, Any]], int] | None = None,
                  metrics: MetricNames | Mapping[str, str | None] | None = None, prior: str | Calibration = "corpus",
                  group_key: Callable[[Mapping[str, Any]], str] | Sequence[str] | None = None,
                  objective: str | None = COLLAPSE_EPOCH, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
                  learn: bool = True, forecaster_options: Mapping[str, Any] | None = None,
-                 min_observations: int = 3, learn_batch: float = LEARN_BATCH, max_pool: int | None = MAX_POOL) -> None:
-        self.core = OnsetStopperCore(policy, forecaster, mode=mode, budget=budget, metrics=metrics, prior=prior,
-                                     group_key=group_key, objective=objective, rule=rule, terminal_acc=terminal_acc,
-                                     learn=learn, forecaster_options=forecaster_options,
-                                     min_observations=min_observations, learn_batch=learn_batch, max_pool=max_pool,
-                                     where=type(self).__name__)
+                 min_observations: int = 3, learn_batch: float = LEARN_BATCH, max_pool: int | None = MAX_POOL,
+                 settings: StopperSettings | None = None) -> None:
+        where = type(self).__name__
+        settings = adapter_settings(
+            where, settings, policy=policy, forecaster=forecaster, mode=mode, objective=objective, rule=rule,
+            prior=prior if isinstance(prior, str) else "corpus", terminal_acc=terminal_acc, learn=learn,
+            min_observations=min_observations, options=dict(forecaster_options or {}))
+        self.core = OnsetStopperCore(settings, calibration=prior if isinstance(prior, Calibration) else None,
+                                     budget=budget, metrics=metrics, group_key=group_key, learn_batch=learn_batch,
+                                     max_pool=max_pool, where=where)
         self.core.open_store = FsStore.at
 
     # -- Stopper ----------------------------------------------------------------------------------

@@ -24,15 +24,7 @@ from ncstudy.config import flatten
 from ncstudy.deprecation import renamed_class
 from ncstudy.forecast import Calibration, ForecastStopper, default_group_key, group_key_from
 from ncstudy.forecast.calibration import default_prior
-from ncstudy.forecast.settings import (
-    DEFAULT_FORECASTER,
-    DEFAULT_POLICY,
-    FORECASTER_NAMES,
-    MODES,
-    POLICIES,
-    default_mode,
-)
-from ncstudy.onset import OnsetRule
+from ncstudy.forecast.settings import StopperSettings
 from ncstudy.records import (
     ALIASES,
     COLLAPSE_EPOCH,
@@ -55,51 +47,54 @@ _WARN_AFTER = 3  # results without NC1 before the stopper says why it cannot act
 LEARN_BATCH, MAX_POOL = 0.25, 100
 
 
-class OnsetStopperCore:
-    """One stopper over many trials (see the adapters for the arguments).
+def adapter_settings(where: str, settings: StopperSettings | None, **args: Any) -> StopperSettings:
+    """The settings an adapter runs: its settings arguments (``args``: policy, forecaster, mode,
+    prior by name, objective, rule, ...; options of other forecasters dropped), or ``settings`` when
+    given -- then those arguments must be left at their defaults (a ``ValueError`` names the ones
+    that are not)."""
+    own = StopperSettings.of(where, lenient=True, **args)
+    if settings is None:
+        return own
+    default = StopperSettings(objective=own.objective)  # the Optuna pruner has no objective to give
+    given = [k for k in StopperSettings.model_fields if getattr(own, k) != getattr(default, k)]
+    if given:
+        raise ValueError(f"{where}: give either settings= or {', '.join(given)}, not both")
+    return settings
 
+
+class OnsetStopperCore:
+    """One stopper over many trials, built from its :class:`~ncstudy.forecast.settings.StopperSettings`
+    (policy, mode, forecaster and its options, prior, objective, onset rule, terminal accuracy,
+    learning) and what only a running study has:
+
+    ``calibration``: the pool to start from, replacing ``settings.prior`` (``"corpus"``: ncstudy's
+    trajectory corpus; ``"none"``: nothing). ``budget``: each trial's last epoch -- an int, a
+    (dotted) config key, or ``config -> int``; the conformal forecaster needs it. ``metrics``: the
+    trial's result keys for ncstudy's names. ``group_key``: ``config -> group`` or config keys.
     ``learn_batch``, ``max_pool``: how learnt runs join the calibration
     (:class:`~ncstudy.forecast.stopper.ForecastStopper`; bounded by default, for large studies).
-    ``budget``: each trial's last epoch -- an int, a (dotted) config key, or ``config -> int``; the
-    conformal forecaster needs it. ``prior``: ``"corpus"`` (ncstudy's trajectory corpus, default),
-    ``"none"`` or a :class:`Calibration`. ``objective``: the collapse-time metric a forecast-stopped
-    trial reports its forecast in (default ``collapse_epoch``; None: leave the trial's own).
-    ``mode``: ``search`` or ``sweep`` (:mod:`ncstudy.forecast.settings`); None derives it from
-    ``objective`` (:func:`~ncstudy.forecast.settings.default_mode`: a collapse-time objective is a
-    search for the fastest collapse).
+    ``where``: the name errors and warnings give (the adapter's).
     """
 
-    def __init__(self, policy: str = DEFAULT_POLICY, forecaster: str = DEFAULT_FORECASTER, *, mode: str | None = None,
+    def __init__(self, settings: StopperSettings | None = None, *, calibration: Calibration | None = None,
                  budget: int | str | Callable[[Mapping[str, Any]], int] | None = None,
-                 metrics: MetricNames | Mapping[str, str | None] | None = None, prior: str | Calibration = "corpus",
+                 metrics: MetricNames | Mapping[str, str | None] | None = None,
                  group_key: Callable[[Mapping[str, Any]], str] | Sequence[str] | None = None,
-                 objective: str | None = COLLAPSE_EPOCH, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
-                 learn: bool = True, forecaster_options: Mapping[str, Any] | None = None,
-                 min_observations: int = 3, learn_batch: float = LEARN_BATCH, max_pool: int | None = MAX_POOL,
+                 learn_batch: float = LEARN_BATCH, max_pool: int | None = MAX_POOL,
                  where: str = "OnsetStopper") -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"{where}: policy {policy!r}: choose from {', '.join(POLICIES)}")
-        if forecaster not in FORECASTER_NAMES:
-            raise ValueError(f"{where}: forecaster {forecaster!r}: choose from {', '.join(FORECASTER_NAMES)}")
-        if mode is not None and mode not in MODES:
-            raise ValueError(f"{where}: mode {mode!r}: choose from {', '.join(MODES)} (or None: derived from the "
-                             "objective)")
+        st = self.settings = settings if settings is not None else StopperSettings()
         self.where = where
         self.names = MetricNames.of(metrics, where)
         self._name_pairs = [(k, n) for k, n in self.names.model_dump().items() if n is not None]
-        if isinstance(prior, Calibration):
-            cal = prior
-        elif prior == "corpus":
-            cal = default_prior()
-        elif prior == "none":
-            cal = Calibration()
+        if calibration is not None:
+            cal = calibration
         else:
-            raise ValueError(f"{where}: prior {prior!r}: 'corpus', 'none' or a Calibration")
-        cal.min_observations = min_observations
-        self.mode = mode or default_mode(objective)
+            cal = default_prior() if st.prior == "corpus" else Calibration()
+        cal.min_observations = st.min_observations
+        self.mode = st.resolved_mode()
         try:
-            self.stopper = ForecastStopper(policy, forecaster, cal, rule, terminal_acc, learn, forecaster_options,
-                                           learn_batch=learn_batch, max_pool=max_pool, mode=self.mode)
+            self.stopper = ForecastStopper(st.policy, st.forecaster, cal, st.rule, st.terminal_acc, st.learn,
+                                           st.options, learn_batch=learn_batch, max_pool=max_pool, mode=self.mode)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         if group_key is None:
@@ -110,8 +105,8 @@ class OnsetStopperCore:
             self.group_key = group_key_from(list(group_key))
         if budget is not None and not (callable(budget) or isinstance(budget, (int, str))):
             raise ValueError(f"{where}: budget: an int, a config key or a function of the config")
-        self.budget, self.objective = budget, objective
-        self.needs_budget = forecaster.startswith("conformal")
+        self.budget, self.objective = budget, st.objective
+        self.needs_budget = st.forecaster.startswith("conformal")
         self._warned: set[tuple[str, str]] = set()
         self._no_nc1: dict[str, int] = {}
         self._phase1: dict[str, bool] = {}  # trial -> only phase 1 seen so far

@@ -172,6 +172,39 @@ class StopperSettings(_Settings):
     def forecaster_settings(self) -> _Settings:
         return forecaster_settings(self.forecaster, self.options)
 
+    @classmethod
+    def of(cls, where: str, *, lenient: bool = False, **fields: Any) -> "StopperSettings":
+        """The settings from ``fields``; invalid ones raise ``ValueError`` that names ``where``, each
+        field, the value given and the choices (``OnsetStopper: policy 'stop_early': choose from ...``).
+        ``rule`` (an :class:`~ncstudy.onset.OnsetRule`) gives ``strict``, ``relaxed`` and ``phase2_only``;
+        ``lenient``: options that only other forecasters take are dropped (see :func:`forecaster_settings`)."""
+        rule = fields.pop("rule", None)
+        if rule is not None:  # an OnsetRule: its thresholds
+            fields.update(strict=rule.strict, relaxed=rule.relaxed, phase2_only=rule.phase2_only)
+        opts = fields.get("options")
+        if lenient and opts and fields.get("forecaster", DEFAULT_FORECASTER) in FORECASTER_SETTINGS:
+            own = FORECASTER_SETTINGS[fields.get("forecaster", DEFAULT_FORECASTER)].model_fields
+            fields["options"] = {k: v for k, v in opts.items() if k in own or k not in OPTION_OWNERS}
+        try:
+            return cls(**fields)
+        except ValidationError as e:
+            raise ValueError(f"{where}: " + "; ".join(_field_error(x) for x in e.errors())) from None
+
+
+#: The choices of the settings fields that take one of a list.
+CHOICES: dict[str, tuple[str, ...]] = {"policy": POLICIES, "mode": MODES, "forecaster": FORECASTER_NAMES,
+                                       "prior": PRIORS}
+
+
+def _field_error(err: Mapping[str, Any]) -> str:
+    name = ".".join(map(str, err["loc"]))
+    if not name:  # raised by model_post_init: a forecaster option
+        return str(err.get("ctx", {}).get("error") or err["msg"])
+    if err["loc"] and err["loc"][0] in CHOICES and err["type"] == "literal_error":
+        extra = " (or None: derived from the objective)" if name == "mode" else ""
+        return f"{name} {err['input']!r}: choose from {', '.join(CHOICES[name])}{extra}"
+    return f"{name} {err.get('input')!r}: {err['msg']}"
+
 
 def field_default(model: type[BaseModel], name: str) -> Any:
     """A settings field's default (what the adapters' signatures show)."""

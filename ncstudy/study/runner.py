@@ -198,12 +198,10 @@ def build_stopper(spec: StudySpec):
     st = cfg.settings(spec.objective.metric, spec.objective.mode, spec.base.eval)
     inner = group_key_from(cfg.group_by) if cfg.group_by else default_group_key
     return OnsetStopper(
-        st.policy, st.forecaster, mode=st.mode, budget=lambda config: spec.resolve(config).total_epochs,
-        metrics=cfg.metrics, prior=build_calibration(cfg, study_groups(spec, inner)),
+        settings=st, budget=lambda config: spec.resolve(config).total_epochs, metrics=cfg.metrics,
+        prior=build_calibration(cfg, study_groups(spec, inner)),
         # Trials carry only the searched keys; groups (model + dataset by default) need the full config.
-        group_key=lambda config: inner(flatten(spec.resolve(config).model_dump())),
-        objective=st.objective, rule=st.rule, terminal_acc=st.terminal_acc, learn=st.learn,
-        forecaster_options=st.options, min_observations=st.min_observations)
+        group_key=lambda config: inner(flatten(spec.resolve(config).model_dump())))
 
 
 def trial_tags(spec: StudySpec):
