@@ -40,11 +40,16 @@ P_ONSET = "p_onset"  # P(onset <= budget)
 FORECAST_EPOCH = "forecast_epoch"  # when the forecast of an onset acted on was made (lead = T_NC - this)
 FORECAST_FIELDS = (T_NC_ESTIMATE, T_NC_LOW, T_NC_HIGH, P_ONSET, FORECAST_EPOCH)
 STOP_REASONS = ("onset", "forecast", "no_onset_forecast", "cannot_win", "capped", "budget", "diverged", "error",
-                "interrupted")
+                "interrupted", "scheduler")
+#: A trial that Tune ended (a scheduler: ASHA, median stopping, PBT) with no reason of its own.
+SCHEDULER_STOP = "scheduler"
 #: The stopper's stops on a forecast (a collapse forecast, "no onset within the budget", "cannot beat
 #: the best so far"), and all its stops before a trial's onset or budget (capping needs no forecast).
 FORECAST_STOPS = ("forecast", "no_onset_forecast", "cannot_win")
 EARLY_STOPS = (*FORECAST_STOPS, "capped")
+#: Every end before a trial's onset or budget, the stopper's and the scheduler's: its onset is
+#: unknown (censored), never "did not collapse".
+CENSORED_STOPS = (*EARLY_STOPS, SCHEDULER_STOP)
 
 #: Numeric metrics a study's trials report at every evaluation (what ``objective.metric`` can be):
 #: the record, the collapse-time objective, and what Tune adds itself.
@@ -92,3 +97,10 @@ def tag_text(x: object) -> str:
     if v is None:
         return ""
     return str(int(v)) if v.is_integer() else repr(v)
+
+
+def end_reason(stop_reason: str | None, failed: bool = False) -> str:
+    """Why a trial ended: the reason its last result gives (a study's trials give one as they end:
+    ``budget``, ``onset``, ``diverged``, or the stopper's), else ``error`` when it failed, else
+    ``scheduler`` -- Tune's scheduler ended it before any of those."""
+    return stop_reason or ("error" if failed else SCHEDULER_STOP)

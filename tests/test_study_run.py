@@ -254,3 +254,5 @@ def test_asha_stops_the_worse_trials_at_its_first_rung(tmp_path, mlflow_uri, ray
     ran = {c.info.run_name: steps(client, c.info.run_id) for c in children}
     assert ran["lr0.02"] == list(range(5, 31, 5))  # the best one ran its whole budget
     assert ran["lr1e-05"] == [5] and ran["lr2e-05"] == [5], ran  # ASHA stopped the others at its rung
+    reasons = {c.info.run_name: c.data.tags.get("stop_reason") for c in children}
+    assert reasons == {"lr0.02": "budget", "lr1e-05": "scheduler", "lr2e-05": "scheduler"}  # not "ran its budget"

@@ -22,7 +22,7 @@ from scipy import stats
 from ncstudy.analyze.sources import ATTR_KEYS, RunInput
 from ncstudy.forecast.insample import crossing_epoch, loglog_fit
 from ncstudy.onset import OnsetRule, onset_of
-from ncstudy.records import EARLY_STOPS, FORECAST_EPOCH, num
+from ncstudy.records import CENSORED_STOPS, FORECAST_EPOCH, num
 
 
 @dataclass(frozen=True)
@@ -122,11 +122,12 @@ def onset_table(runs: Sequence[RunInput], opts: AnalysisOptions) -> pd.DataFrame
         return df
     # Choose the threshold per run. "relaxed-fallback" works per cell, as the README defines it:
     # "cells that never reach 0.01 use nc1 < 0.05".
-    # A run a stopper ended early (cannot win, no onset expected, capped, a forecast) never had the
+    # A run a stopper or scheduler ended early (cannot win, no onset expected, capped, a forecast,
+    # ASHA) never had the
     # chance to reach the strict threshold: it is censored there, never given the relaxed onset of a
     # run that sat above 0.01 to its budget (that would rank a run cut at NC1 0.04 as collapsing first).
     has_traj = df["origin"].isin(["log", "mlflow-artifact", "mlflow-metrics"])
-    cut = df["stop_reason"].isin(EARLY_STOPS)
+    cut = df["stop_reason"].isin(CENSORED_STOPS)
     cell_strict = df[has_traj].groupby("cell")["t_strict"].apply(lambda s: s.notna().any()).to_dict()
     t_nc, fn, thr = [], [], []
     for i, row in df.iterrows():
@@ -150,7 +151,7 @@ def onset_table(runs: Sequence[RunInput], opts: AnalysisOptions) -> pd.DataFrame
     df["fn_star"] = pd.to_numeric(pd.Series(fn, index=df.index), errors="coerce")
     df["threshold"] = thr
     df["collapsed"] = df["t_nc"].notna()
-    df["stopped_early"] = cut & ~df["collapsed"]  # ended by a stopper with no onset observed
+    df["stopped_early"] = cut & ~df["collapsed"]  # ended by a stopper or scheduler, no onset observed
     if "given_t" in df.columns:
         df = df.drop(columns=[c for c in ("given_t", "given_fn", "given_threshold") if c in df.columns])
     df["test_acc_at_onset"] = [
@@ -229,7 +230,7 @@ def describe(values: Iterable[float], ci: float = 0.95) -> dict[str, float | int
 
 def no_onset_text(g: Any) -> str:
     """What a group's T_NC reads when none of its runs collapsed: ``never`` when they ran to their
-    budgets, ``stopped early`` when a stopper ended them before they could (no onset observed)."""
+    budgets, ``stopped early`` when a stopper (or scheduler) ended them before they could (no onset observed)."""
     return "stopped early" if g["n_cut"] and g["n_cut"] == g["N"] else "never"
 
 
@@ -534,7 +535,7 @@ def analyze_experiment(spec: ExperimentSpec, table: pd.DataFrame, trajectories: 
     res.lead = lead_times(runs, trajectories, fit_key)
     never = groups[groups["n_collapsed"] == 0]
     for _, g in never.iterrows():
-        cut = f"; {g['n_cut']} of {g['N']} ended early by the stopper" if g["n_cut"] else ""
+        cut = f"; {g['n_cut']} of {g['N']} ended early by a stopper or scheduler" if g["n_cut"] else ""
         res.notes.append(f"{g['group']}: no run reached the threshold (mean min nc1 "
                          f"{fmt_value(g['min_nc1_mean']) if g['min_nc1_mean'] is not None else 'n/a'}{cut})")
     return res

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ncstudy.analyze.experiments import ExperimentResult, no_onset_text
-from ncstudy.records import EARLY_STOPS, finite
+from ncstudy.records import CENSORED_STOPS, finite
 
 if TYPE_CHECKING:  # pragma: no cover
     from ncstudy.analyze.pipeline import Analysis
@@ -192,8 +192,8 @@ def build_markdown(a: "Analysis", figures: Sequence[str], command: str | None = 
     L.append(f"- Onset rule: T_NC = first logged epoch with nc1 < {o.strict:g} (strict) or < {o.relaxed:g} "
              f"(relaxed); threshold rule: {rule}; onset phase: {phase}. fn* = feat_norm at T_NC. "
              "relaxed-fallback works per cell: a cell in which no run reaches the strict threshold uses "
-             "the relaxed one; a run a stopper ended early (stop reason "
-             + ", ".join(f"`{r}`" for r in EARLY_STOPS) + ") is censored at the strict threshold.")
+             "the relaxed one; a run a stopper or scheduler ended early (stop reason "
+             + ", ".join(f"`{r}`" for r in CENSORED_STOPS) + ") is censored at the strict threshold.")
     for w in src.warnings:
         L.append(f"- Warning: {w}")
     L.append("")

@@ -10,7 +10,7 @@ from typing import Any, Callable, TextIO
 from ray.tune import Callback
 
 from ncstudy.adapters.trials import TrialSummary
-from ncstudy.records import EARLY_STOPS, STOP_REASON
+from ncstudy.records import EARLY_STOPS, STOP_REASON, end_reason
 
 COLUMNS = ("trial", "status", "epoch", "phase", "fn", "NC1", "forecast", "T_NC", "fn*", "stop")
 
@@ -126,7 +126,7 @@ class ProgressTable(Callback):
         for t in trials:
             status[t.status] = status.get(t.status, 0) + 1
             if t.status in ("TERMINATED", "ERROR"):
-                r = (t.last_result or {}).get(STOP_REASON) or ("error" if t.status == "ERROR" else "budget")
+                r = end_reason((t.last_result or {}).get(STOP_REASON), t.status == "ERROR")
                 reasons[r] = reasons.get(r, 0) + 1
         parts = []
         for st in ("RUNNING", "PENDING", "PAUSED", "TERMINATED", "ERROR"):

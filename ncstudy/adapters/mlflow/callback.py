@@ -19,7 +19,7 @@ from typing import Any, Callable
 from ray.tune import Callback
 
 from ncstudy.adapters.trials import TrialSummary
-from ncstudy.records import COLLAPSE_EPOCH, EPOCH, num
+from ncstudy.records import COLLAPSE_EPOCH, EPOCH, end_reason, num
 
 from .layout import (
     EXPERIMENT_KIND,
@@ -251,7 +251,7 @@ class MLflowStudyCallback(Callback):
         self.writer.raise_if_failed()
         self._ensure_run(trial)
         s = self.summary(trial)
-        stop = s.stop_reason or ("error" if failed else "budget")
+        stop = end_reason(s.stop_reason, failed)
         status = "error" if failed else ("diverged" if stop == "diverged" else "completed")
         tags = end_tags(status, stop, s.t_nc, s.fn_star, forecast_tags(s))
         self.writer.end_trial(trial.trial_id, tags, failed or stop == "diverged", self._plot_info(trial, s, stop))
