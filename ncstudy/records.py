@@ -99,8 +99,16 @@ def tag_text(x: object) -> str:
     return str(int(v)) if v.is_integer() else repr(v)
 
 
-def end_reason(stop_reason: str | None, failed: bool = False) -> str:
+def end_reason(stop_reason: str | None, failed: bool = False, epochs_run: float | None = None,
+               budget: float | None = None) -> str:
     """Why a trial ended: the reason its last result gives (a study's trials give one as they end:
     ``budget``, ``onset``, ``diverged``, or the stopper's), else ``error`` when it failed, else
-    ``scheduler`` -- Tune's scheduler ended it before any of those."""
-    return stop_reason or ("error" if failed else SCHEDULER_STOP)
+    ``scheduler`` when it ended before its budget (Tune's scheduler ended it: ASHA, median
+    stopping), else ``budget`` (it ran its budget, or neither is known)."""
+    if stop_reason:
+        return stop_reason
+    if failed:
+        return "error"
+    if epochs_run is not None and budget is not None and epochs_run < budget:
+        return SCHEDULER_STOP
+    return "budget"

@@ -43,13 +43,15 @@ class ProgressTable(Callback):
     and stop reason) and the best ``metric`` so far -- the same few lines at trial 50 and trial
     5,000 (as Tune's own reporter does). The end-of-study summary follows the same rule, with the
     ``best`` best trials in full; ``summary_note`` says where the whole table is (``summary.csv``).
-    With ``budget_of`` (``trial -> its last epoch``) the summary ends with what the stopper saved.
+    ``budget_of`` (``trial -> its last epoch``) tells a trial a scheduler ended before its budget;
+    with ``stopper`` the summary ends with what the stopper saved.
     """
 
     def __init__(self, label: Callable[[Any], str], interval_s: float = 10.0, quiet: bool = False,
                  stream: TextIO | None = None, outcome: Any = None, metric: str | None = None,
                  mode: str = "min", max_rows: int = 30, recent: int = 5, best: int = 10,
-                 summary_note: str | None = None, budget_of: Callable[[Any], int | None] | None = None) -> None:
+                 summary_note: str | None = None, budget_of: Callable[[Any], int | None] | None = None,
+                 stopper: bool = False) -> None:
         self.label = label
         self.outcome = outcome  # ncstudy.study.outcome.StudyOutcome: the final status column
         self.interval_s = interval_s
@@ -57,7 +59,7 @@ class ProgressTable(Callback):
         self.stream = stream
         self.metric, self.mode = metric, mode
         self.max_rows, self.best, self.summary_note = max_rows, best, summary_note
-        self.budget_of = budget_of
+        self.budget_of, self.stopper = budget_of, stopper
         self._recent: deque[str] = deque(maxlen=recent)  # trials that ended, newest last
         self._last = 0.0
 
@@ -126,7 +128,8 @@ class ProgressTable(Callback):
         for t in trials:
             status[t.status] = status.get(t.status, 0) + 1
             if t.status in ("TERMINATED", "ERROR"):
-                r = end_reason((t.last_result or {}).get(STOP_REASON), t.status == "ERROR")
+                r = end_reason((t.last_result or {}).get(STOP_REASON), t.status == "ERROR",
+                               TrialSummary.of(t, "").epochs_run, self.budget_of(t) if self.budget_of else None)
                 reasons[r] = reasons.get(r, 0) + 1
         parts = []
         for st in ("RUNNING", "PENDING", "PAUSED", "TERMINATED", "ERROR"):
@@ -196,7 +199,7 @@ class ProgressTable(Callback):
         """What the stopper saved: the epochs its early stops left of the stopped trials' budgets,
         against the epochs the study ran (an upper bound of the saving against stop-at-onset-or-budget:
         a stopped trial might have collapsed before its budget)."""
-        if self.budget_of is None:
+        if self.budget_of is None or not self.stopper:
             return ""
         run, left, reasons = 0, 0, {}
         for t in trials:

@@ -536,7 +536,7 @@ def _run(spec: StudySpec, opts: RunOptions, t, datasets: dict[str, Any], trial_f
                              outcome=outcome, metric=spec.objective.metric, mode=spec.objective.mode,
                              summary_note="every trial: summary.csv on the study's MLflow run"
                              if opts.tracking else None,
-                             budget_of=trial_budget(spec) if spec.scheduler.name == "fnstar" else None)
+                             budget_of=trial_budget(spec), stopper=spec.scheduler.name == "fnstar")
     # The order of the first four is the order of their saved states (index -> state): keep it.
     callbacks = [c for c in (outcome, stopper, tracking, progress) if c is not None]
     assert [type(c) for c in callbacks] == callback_classes(spec, opts)

@@ -251,7 +251,7 @@ class MLflowStudyCallback(Callback):
         self.writer.raise_if_failed()
         self._ensure_run(trial)
         s = self.summary(trial)
-        stop = end_reason(s.stop_reason, failed)
+        stop = end_reason(s.stop_reason, failed, s.epochs_run, self._budget(dict(trial.config), trial.trial_id))
         status = "error" if failed else ("diverged" if stop == "diverged" else "completed")
         tags = end_tags(status, stop, s.t_nc, s.fn_star, forecast_tags(s))
         self.writer.end_trial(trial.trial_id, tags, failed or stop == "diverged", self._plot_info(trial, s, stop))
