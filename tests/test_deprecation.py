@@ -200,3 +200,15 @@ def test_former_formatters_keep_their_output_with_a_warning(module, old, args, o
     with pytest.warns(DeprecationWarning, match=rf"^{module}\.{old} is deprecated .*; use ") as record:
         assert fn(*args) == out
     assert str(record[0].message).endswith(f"use {new}") and record[0].filename == __file__
+
+
+def test_the_pictures_former_forecast_builds_the_one_forecast_with_a_warning():
+    import math
+
+    from ncstudy.forecast import Forecast
+    from ncstudy.plots import Forecast as OldForecast
+
+    with pytest.warns(DeprecationWarning, match=r"^ncstudy\.plots\.Forecast is deprecated .*; "
+                                                r"use ncstudy\.forecast\.Forecast$"):
+        fc = OldForecast(140, None, None, None, 0.1)
+    assert type(fc) is Forecast and math.isinf(fc.onset) and fc.decision == "no_onset" and fc.p_onset == 0.1
