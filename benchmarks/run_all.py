@@ -20,7 +20,6 @@ whether benchmark 3 runs its optional second with/without pair; every benchmark 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -32,21 +31,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import RESULTS, Deadline, machine, start_local_ray, write_json  # noqa: E402
+from ncstudy.text import table, value  # noqa: E402
 
 DOC = ROOT / "docs" / "performance.md"
 TABLE_START, TABLE_END = "<!-- bench:table:start -->", "<!-- bench:table:end -->"
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
+    return value(x, percent=True, missing="n/a")
 
 
 def _x(x: float | None, nd: int = 2) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}x"
+    return value(x, fixed=nd, unit="x", missing="n/a")
 
 
 def _s(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f} s"
+    return value(x, fixed=2, unit=" s", missing="n/a")
 
 
 def _met(ok: bool | None) -> str:
@@ -197,18 +197,15 @@ def rows_scale_cluster(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+HEAD = ("benchmark", "figure", "value", "target", "met")
+
+
 def markdown(rows: list[Row]) -> str:
-    lines = ["| benchmark | figure | value | target | met |", "|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    return table(HEAD, rows, markdown=True)
 
 
 def plain(rows: list[Row]) -> str:
-    w = [max(len(r[i]) for r in rows + [("benchmark", "figure", "value", "target", "met")]) for i in range(5)]
-    head = ("benchmark", "figure", "value", "target", "met")
-    out = ["  ".join(h.ljust(w[i]) for i, h in enumerate(head)), "  ".join("-" * x for x in w)]
-    out += ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
-    return "\n".join(out)
+    return table(HEAD, rows)
 
 
 def update_docs(table: str, stamp: str) -> bool:

@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import RESULTS, machine, write_json  # noqa: E402
+from ncstudy import text  # noqa: E402
 
 DEFAULT_N = (100, 300, 1000)
 CORPUS = ROOT / "analysis" / "corpus" / "runs"
@@ -523,13 +524,10 @@ def table(res: dict[str, Any]) -> str:
         ("stop reasons", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r["stop_reasons"].items())), None),
     ]
     ratio = len(ns) > 1  # a ratio column only when there are two sizes to compare
-    head = "| figure | " + " | ".join(f"N = {n}" for n in ns) + (f" | N = {ns[-1]} / N = {ns[0]} |" if ratio else " |")
-    lines = [head, "|---|" + "---|" * (len(ns) + ratio)]
-    for label, fmt, key in rows:
-        vals = [fmt(res["by_n"][str(n)]) for n in ns]
-        last = (f" {f'{rat[key]:.2f}x' if key in rat else '-'} |") if ratio else ""
-        lines.append(f"| {label} | " + " | ".join(vals) + " |" + last)
-    return "\n".join(lines)
+    head = ["figure", *(f"N = {n}" for n in ns)] + ([f"N = {ns[-1]} / N = {ns[0]}"] if ratio else [])
+    cells = [[label, *(fmt(res["by_n"][str(n)]) for n in ns)]
+             + ([text.value(rat.get(key), fixed=2, unit="x")] if ratio else []) for label, fmt, key in rows]
+    return text.table(head, cells, markdown=True)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ names the new one (issue 26, item 7).
   so ``from old.path import X`` returns the very objects of the new module;
 * :func:`moved_names` -- a module whose names moved elsewhere: its ``__getattr__`` finds each one
   where it lives now;
+* :func:`renamed_function` -- an old function: calling it warns, naming the new one, and runs it;
 * :func:`renamed_class` -- an old class name: a subclass of the new class whose construction warns;
 * :class:`RenamedKeys` -- a result dict whose renamed keys still read (``d["fn"]``), with a warning;
 * :func:`warn_renamed` -- the one message format every alias uses.
@@ -53,6 +54,19 @@ def moved_names(old_module: str, moved: Mapping[str, str]) -> Callable[[str], An
         return getattr(importlib.import_module(new), name)
 
     return __getattr__
+
+
+def renamed_function(old: str, new: str, fn: Callable[..., T]) -> Callable[..., T]:
+    """The function ``old`` (a dotted name) that ``new`` replaces: calling it warns, naming ``new``,
+    and returns ``fn(*args, **kwargs)`` (``fn``: ``new``, or ``new`` with the old defaults bound)."""
+
+    def deprecated(*args: Any, **kwargs: Any) -> T:
+        warn_renamed(old, new, stacklevel=2)  # frames: deprecated <- the caller
+        return fn(*args, **kwargs)
+
+    deprecated.__name__ = deprecated.__qualname__ = old.rsplit(".", 1)[-1]
+    deprecated.__doc__ = f"Deprecated: use {new} (calling this warns)."
+    return deprecated
 
 
 def renamed_class(new: type[T], old: str) -> type[T]:

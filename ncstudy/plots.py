@@ -9,31 +9,25 @@ among the others:
 * :func:`plot_sweep` -- T_NC and fn* against each searched key (``sweep.png``): the paper's sweep
   plots for any study.
 
-What is drawn comes in as plain data (:class:`TrialView`, :class:`Band`); the caller (the MLflow
-writer) works out fn*, the crossing and the forecast. matplotlib's object API only (no pyplot, no
-global figure registry), so the MLflow writer can draw on its background thread; fixed margins
-and plain tick labels keep a trajectory picture cheap (``tight_layout`` and mathtext cost as much
-as the drawing).
+What is drawn comes in as plain data (:class:`TrialView`, :class:`Band`; the forecast is the one
+:class:`ncstudy.forecast.Forecast`, read back from a result row); the caller (the MLflow writer)
+works out fn*, the crossing and the forecast. Drawn with the one figure stack, :mod:`ncstudy.figure`
+(matplotlib's object API: no pyplot, no global figure registry), so the MLflow writer can draw on
+its background thread; fixed margins and plain tick labels keep a trajectory picture cheap
+(``tight_layout`` and mathtext cost as much as the drawing).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ncstudy.records import (
-    EARLY_STOPS,
-    EPOCH,
-    FN,
-    FORECAST_EPOCH,
-    NC1,
-    P_ONSET,
-    PHASE,
-    T_NC_ESTIMATE,
-    T_NC_HIGH,
-    T_NC_LOW,
-    num,
-)
+from ncstudy import text
+from ncstudy.deprecation import renamed_function
+from ncstudy.figure import log_axis, new_figure, save, tick_label
+from ncstudy.forecast import protocol
+from ncstudy.records import EARLY_STOPS, EPOCH, FN, FORECAST_EPOCH, NC1, P_ONSET, PHASE, T_NC_ESTIMATE, num
 
 STRICT, RELAXED = 0.01, 0.05  # the paper's NC1 thresholds (ncstudy.onset.OnsetRule's defaults)
 FN_COLOUR, NC1_COLOUR, BAND_COLOUR = "tab:blue", "tab:red", "tab:orange"
@@ -63,23 +57,23 @@ class Band:
         return cls(float(d["value"]), num(d.get("low")), num(d.get("high")), str(d.get("source") or ""))
 
 
-@dataclass(frozen=True)
-class Forecast:
-    """The onset forecast a picture shows: made at ``made_at``, onset ``onset`` in [low, high];
-    ``onset`` None = no onset expected within the budget (``p_onset`` says how unlikely)."""
+def forecast_label(fc: protocol.Forecast) -> str:
+    """What a picture's legend says of a forecast: ``forecast @ 140: onset 202 [180, 230]``."""
+    if not math.isfinite(fc.onset):
+        p = "" if fc.p_onset is None else f", P(onset) {fc.p_onset:.2f}"
+        return f"forecast @ {fc.made_at:g}: no onset within budget{p}"
+    iv = f" [{fc.low:.0f}, {fc.high:.0f}]" if math.isfinite(fc.low) and math.isfinite(fc.high) else ""
+    return f"forecast @ {fc.made_at:g}: onset {fc.onset:.0f}{iv}"
 
-    made_at: float
-    onset: float | None
-    low: float | None
-    high: float | None
-    p_onset: float | None = None
 
-    def label(self) -> str:
-        if self.onset is None:
-            p = "" if self.p_onset is None else f", P(onset) {self.p_onset:.2f}"
-            return f"forecast @ {self.made_at:g}: no onset within budget{p}"
-        iv = "" if self.low is None or self.high is None else f" [{self.low:.0f}, {self.high:.0f}]"
-        return f"forecast @ {self.made_at:g}: onset {self.onset:.0f}{iv}"
+# The pictures' former copy, Forecast(made_at, onset, low, high, p_onset) with None for "none": it
+# builds the one Forecast now (onset None: no onset within the budget, inf), with a warning.
+Forecast = renamed_function(
+    "ncstudy.plots.Forecast", "ncstudy.forecast.Forecast",
+    lambda made_at, onset, low, high, p_onset=None: protocol.Forecast(
+        onset=math.inf if onset is None else onset, low=math.nan if low is None else low,
+        high=math.nan if high is None else high, made_at=made_at, signal="", p_onset=p_onset,
+        decision=protocol.NO_ONSET if onset is None else protocol.ONSET))
 
 
 @dataclass(frozen=True)
@@ -122,7 +116,7 @@ class TrialView:
             return None
         return first2 if last1 is None else (last1 + first2) / 2 if first2 - last1 > 1 else last1
 
-    def forecast(self) -> Forecast | None:
+    def forecast(self) -> protocol.Forecast | None:
         """The forecast to show: the one acted on (its row at ``forecast_epoch``), else the last one
         made before the onset (or the end)."""
         made = None
@@ -139,11 +133,7 @@ class TrialView:
                 break
             if num(r.get(T_NC_ESTIMATE)) is not None or num(r.get(P_ONSET)) is not None:
                 chosen = r
-        if chosen is None:
-            return None
-        onset = num(chosen.get(T_NC_ESTIMATE))
-        return Forecast(float(chosen[EPOCH]), onset, num(chosen.get(T_NC_LOW)) if onset is not None else None,
-                        num(chosen.get(T_NC_HIGH)) if onset is not None else None, num(chosen.get(P_ONSET)))
+        return None if chosen is None else protocol.Forecast.from_record(chosen)
 
     def value_at(self, key: str, epoch: float | None) -> float | None:
         if epoch is None:
@@ -155,34 +145,6 @@ class TrialView:
 
 
 # -- shared drawing helpers ---------------------------------------------------------------------
-def _figure(w: float, h: float, dpi: int = 100):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(w, h), dpi=dpi)
-
-
-def _tick(x: float, _pos: Any = None) -> str:
-    return f"{x:g}" if x == 0 or 1e-3 <= abs(x) < 1e4 else f"{x:.0e}"
-
-
-def _minor_tick(x: float, _pos: Any = None) -> str:
-    return _tick(x)
-
-
-def _log_axis(ax, axis: str = "y", minor_labels: bool = True) -> None:
-    """A log axis with plain labels ("0.01", "20"; mathtext labels doubled the drawing time) on
-    decades and, to read values between decades, on 2x and 5x (``minor_labels``)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    a = ax.yaxis if axis == "y" else ax.xaxis
-    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
-    a.set_major_locator(LogLocator(base=10))
-    a.set_major_formatter(FuncFormatter(_tick))
-    a.set_minor_locator(LogLocator(base=10, subs=(2, 5)))  # few ticks: tick objects are most of the cost
-    a.set_minor_formatter(FuncFormatter(_minor_tick) if minor_labels else NullFormatter())
-    a.set_tick_params(which="minor", labelsize=7.5)
-
-
 def _label_right(ax, y: float, text: str, colour: str, va: str = "bottom", left: bool = False) -> None:
     ax.annotate(text, (0 if left else 1, y), xycoords=("axes fraction", "data"),
                 xytext=(3 if left else -3, 1 if va == "bottom" else -1), textcoords="offset points",
@@ -228,7 +190,7 @@ def _nc1_limits(ax, ys: Iterable[float], strict: float) -> None:
 def plot_trajectory(view: TrialView, path: str | Path, strict: float = STRICT, relaxed: float = RELAXED,
                     dpi: int = 100) -> Path:
     """One trial's story in two panels sharing the epoch axis (see the module docs)."""
-    fig = _figure(8, 6, dpi)
+    fig = new_figure(8, 6, dpi)
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.09, top=0.93, hspace=0.08)
     ax_fn, ax_nc = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     ex, fn = view.series(FN)
@@ -249,23 +211,23 @@ def plot_trajectory(view: TrialView, path: str | Path, strict: float = STRICT, r
     if view.band is not None:
         draw_band(ax_fn, view.band)
     ax_fn.plot(ex, fn, color=FN_COLOUR, marker=".", ms=4, lw=1.5, label="fn (mean feature norm)", zorder=3)
-    _log_axis(ax_fn)
+    log_axis(ax_fn)
     _fn_limits(ax_fn, fn, view.band)
     ax_fn.set_ylabel("fn (log)", color=FN_COLOUR)
 
     ax_nc.plot(nx, nc1, color=NC1_COLOUR, marker=".", ms=4, lw=1.5, label="NC1", zorder=3)
-    _log_axis(ax_nc)
+    log_axis(ax_nc)
     draw_thresholds(ax_nc, strict, relaxed)
     _nc1_limits(ax_nc, nc1, strict)
     ax_nc.set_ylabel("NC1 (log)", color=NC1_COLOUR)
     ax_nc.set_xlabel("epoch")
 
     fc = view.forecast()
-    if fc is not None and fc.onset is not None:
-        x_hi = max(x_hi, fc.high if fc.high is not None else fc.onset)
+    if fc is not None and math.isfinite(fc.onset):
+        x_hi = max(x_hi, fc.high if math.isfinite(fc.high) else fc.onset)
     ax_nc.set_xlim(0, x_hi * 1.02)
-    if fc is not None and fc.onset is not None:
-        if fc.low is not None and fc.high is not None and fc.high > fc.low:
+    if fc is not None and math.isfinite(fc.onset):
+        if fc.high > fc.low:  # False for NaN bounds
             for ax in (ax_fn, ax_nc):
                 ax.axvspan(fc.low, fc.high, color=FORECAST_COLOUR, alpha=0.12, lw=0, zorder=0)
         _vline((ax_fn, ax_nc), fc.onset, FORECAST_COLOUR, ls="--", lw=1.2)
@@ -294,7 +256,7 @@ def plot_trajectory(view: TrialView, path: str | Path, strict: float = STRICT, r
                               label=f"fn crosses fn* @ {view.crossing:g}"))
     if fc is not None:
         handles.append(Patch(facecolor=FORECAST_COLOUR, alpha=0.3, edgecolor=FORECAST_COLOUR,
-                             label=fc.label()))
+                             label=forecast_label(fc)))
     if view.t_nc is not None:
         lead = "" if view.crossing is None else f", {view.t_nc - view.crossing:g} after the crossing"
         handles.append(Line2D([], [], color=ONSET_COLOUR, label=f"onset T_NC {view.t_nc:g} (NC1 < {strict:g}{lead})"))
@@ -303,13 +265,11 @@ def plot_trajectory(view: TrialView, path: str | Path, strict: float = STRICT, r
     ax_fn.legend(handles=handles, loc="upper right", fontsize=7.5, framealpha=0.85)
 
     fig.suptitle(_trial_title(view), fontsize=10, y=0.985)  # not an axes title: no title layout pass
-    out = Path(path)
-    fig.savefig(out, pil_kwargs={"compress_level": 1})  # zlib level 6 took a quarter of the time
-    return out
+    return save(fig, path)
 
 
 def _trial_title(view: TrialView) -> str:
-    keys = ", ".join(f"{k}={_short(v)}" for k, v in view.keys.items())
+    keys = ", ".join(f"{k}={_text(v)}" for k, v in view.keys.items())
     what = {"onset": "stopped at onset", "forecast": "stopped at its forecast",
             "no_onset_forecast": "stopped: no onset expected", "budget": "ran its budget",
             "cannot_win": "stopped: cannot beat the best so far", "capped": "capped at the best so far",
@@ -318,12 +278,8 @@ def _trial_title(view: TrialView) -> str:
     return head + (f" \u2014 {what}" if what else "")
 
 
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    if isinstance(v, Mapping):
-        return ",".join(f"{k.rsplit('.', 1)[-1]}={_short(x)}" for k, x in v.items())
-    return str(v)
+def _text(v: Any) -> str:
+    return text.value(v, 3)
 
 
 # -- the study --------------------------------------------------------------------------------------
@@ -332,7 +288,7 @@ def colour_key(trials: Sequence[TrialView]) -> str | None:
     keys: list[str] = []
     for t in trials:
         keys += [k for k in t.keys if k not in keys]
-    varying = [k for k in keys if len({_short(t.keys.get(k)) for t in trials}) > 1]
+    varying = [k for k in keys if len({_text(t.keys.get(k)) for t in trials}) > 1]
     ordered = [k for k in varying if "seed" not in k] + [k for k in varying if "seed" in k]
     return ordered[0] if ordered else None
 
@@ -345,7 +301,7 @@ def _colours(trials: Sequence[TrialView], key: str | None) -> tuple[dict[str, An
         cmap = colormaps["tab10"]
         cols = {t.name: cmap(i % 10) for i, t in enumerate(trials)}
         return cols, []
-    values = sorted({_short(t.keys.get(key)) for t in trials},
+    values = sorted({_text(t.keys.get(key)) for t in trials},
                     key=lambda s: (num(s) is None, num(s) if num(s) is not None else 0.0, s))
     numeric = all(num(v) is not None for v in values)
     if numeric and len(values) > 1:
@@ -355,7 +311,7 @@ def _colours(trials: Sequence[TrialView], key: str | None) -> tuple[dict[str, An
     else:
         cmap = colormaps["tab10"]
         per_value = {v: cmap(i % 10) for i, v in enumerate(values)}
-    cols = {t.name: per_value[_short(t.keys.get(key))] for t in trials}
+    cols = {t.name: per_value[_text(t.keys.get(key))] for t in trials}
     return cols, [(v, per_value[v]) for v in values]
 
 
@@ -378,7 +334,7 @@ def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = ""
     trials = list(trials)
     key = key or colour_key(trials)
     cols, legend_vals = _colours(trials, key)
-    fig = _figure(11, 7.5, dpi)
+    fig = new_figure(11, 7.5, dpi)
     fig.subplots_adjust(left=0.07, right=0.8, bottom=0.07, top=0.93, hspace=0.08)
     ax_fn, ax_nc = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     bands = _group_bands(trials)
@@ -411,23 +367,23 @@ def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = ""
                 if y is not None:
                     ax.plot([t.t_nc], [y], marker="o", ms=6.5, color=c, mec="black", mew=1.2, zorder=5)
         fc = t.forecast()
-        if fc is not None and fc.onset is not None and t.stop_reason == "forecast":
+        if fc is not None and math.isfinite(fc.onset) and t.stop_reason == "forecast":
             y = t.band.value if t.band is not None else (fn[-1] if fn else None)
-            lo = fc.onset - fc.low if fc.low is not None else 0.0
-            hi = fc.high - fc.onset if fc.high is not None else 0.0
+            lo = fc.onset - fc.low if math.isfinite(fc.low) else 0.0
+            hi = fc.high - fc.onset if math.isfinite(fc.high) else 0.0
             if y is not None:
                 ax_fn.errorbar([fc.onset], [y], xerr=[[max(lo, 0.0)], [max(hi, 0.0)]], fmt="D", ms=6, color=c,
                                mec="black", mew=0.8, capsize=3, lw=1.2, zorder=5)
             ax_nc.errorbar([fc.onset], [strict], xerr=[[max(lo, 0.0)], [max(hi, 0.0)]], fmt="D", ms=6, color=c,
                            mec="black", mew=0.8, capsize=3, lw=1.2, zorder=5)
-            x_hi = max(x_hi, fc.high or fc.onset)
+            x_hi = max(x_hi, fc.high if math.isfinite(fc.high) else fc.onset)
         elif t.stop_reason in EARLY_STOPS and fn:  # stopped with no onset to show: no onset / cannot win
             ax_fn.plot([ex[-1]], [fn[-1]], marker="X", ms=7, color=c, mec="black", mew=0.8, zorder=5)
-    _log_axis(ax_fn)
+    log_axis(ax_fn)
     _fn_limits(ax_fn, all_fn, None if not bands else Band(
         min(b.value for b in bands.values()), min(b.low or b.value for b in bands.values()),
         max(b.high or b.value for b in bands.values())))
-    _log_axis(ax_nc)
+    log_axis(ax_nc)
     draw_thresholds(ax_nc, strict, relaxed)
     _nc1_limits(ax_nc, all_nc, strict)
     ax_nc.set_xlim(0, x_hi * 1.02)
@@ -457,9 +413,7 @@ def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = ""
     for h in marks:
         h.set_label(fill(h.get_label(), 34))
     ax_nc.legend(handles=marks, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, frameon=False)
-    out = Path(path)
-    fig.savefig(out, pil_kwargs={"compress_level": 1})  # zlib level 6 took a quarter of the time
-    return out
+    return save(fig, path)
 
 
 def _axis_values(values: Sequence[Any]) -> tuple[list[float], list[str] | None, bool]:
@@ -471,8 +425,8 @@ def _axis_values(values: Sequence[Any]) -> tuple[list[float], list[str] | None, 
         positive = [p for p in pos if p > 0]
         log = len(positive) == len(pos) and max(pos) / min(pos) >= 8
         return pos, None, log
-    labels = sorted({_short(v) for v in values})
-    return [float(labels.index(_short(v))) for v in values], labels, False
+    labels = sorted({_text(v) for v in values})
+    return [float(labels.index(_text(v))) for v in values], labels, False
 
 
 def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", keys: Sequence[str] | None = None,
@@ -489,7 +443,7 @@ def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", k
             keys += [k for k in t.keys if k not in keys]
     keys = list(keys)[:5] or ["trial"]
     n = len(keys)
-    fig = _figure(max(4.2 * n, 6.5), 6.2, dpi)
+    fig = new_figure(max(4.2 * n, 6.5), 6.2, dpi)
     fig.subplots_adjust(left=0.13 if n == 1 else 0.09, right=0.98, bottom=0.2, top=0.9, wspace=0.25, hspace=0.1)
     axes = fig.subplots(2, n, sharex="col", squeeze=False)
     bands = _group_bands(trials)
@@ -501,9 +455,9 @@ def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", k
             fc = t.forecast()
             if t.t_nc is not None:
                 ax_t.plot([x], [t.t_nc], "o", color="tab:blue", ms=6, zorder=3)
-            elif t.stop_reason == "forecast" and fc is not None and fc.onset is not None:
-                lo = fc.onset - fc.low if fc.low is not None else 0.0
-                hi = fc.high - fc.onset if fc.high is not None else 0.0
+            elif t.stop_reason == "forecast" and fc is not None and math.isfinite(fc.onset):
+                lo = fc.onset - fc.low if math.isfinite(fc.low) else 0.0
+                hi = fc.high - fc.onset if math.isfinite(fc.high) else 0.0
                 ax_t.errorbar([x], [fc.onset], yerr=[[max(lo, 0.0)], [max(hi, 0.0)]], fmt="D", mfc="white",
                               color=FORECAST_COLOUR, ms=6, capsize=3, zorder=3)
             else:  # no onset observed: where the trial ended, cut by the stopper (X) or at its budget (^)
@@ -514,7 +468,7 @@ def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", k
         for i, (g, b) in enumerate(sorted(bands.items())):
             draw_band(ax_f, b, ["tab:orange", "tab:brown", "tab:pink"][i % 3], label=False)
         if log:
-            _log_axis(ax_f, "x")
+            log_axis(ax_f, "x")
         if labels is not None:
             ax_f.set_xticks(range(len(labels)))
             ax_f.set_xticklabels(labels, rotation=30 if max(len(s) for s in labels) > 6 else 0, ha="right"
@@ -527,7 +481,7 @@ def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", k
                 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
                 ax_f.xaxis.set_major_locator(FixedLocator(distinct))
-                ax_f.xaxis.set_major_formatter(FuncFormatter(_tick))
+                ax_f.xaxis.set_major_formatter(FuncFormatter(tick_label))
                 ax_f.xaxis.set_minor_locator(NullLocator())
             if not log:
                 pad = (hi - lo) * 0.08 or max(abs(lo) * 0.1, 0.5)
@@ -548,6 +502,4 @@ def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", k
                Line2D([], [], ls="--", color=BAND_COLOUR, label="fn* of the group (band: spread)")]
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(f"{title + ': ' if title else ''}onset and fn* against the searched keys", fontsize=11)
-    out = Path(path)
-    fig.savefig(out, pil_kwargs={"compress_level": 1})  # zlib level 6 took a quarter of the time
-    return out
+    return save(fig, path)

@@ -18,11 +18,12 @@ PKG = Path(__file__).resolve().parents[1] / "ncstudy"
 # Layer of each module (first matching prefix), lowest first; a module may import its own layer
 # and the ones listed for it.
 LAYERS = {
-    "base": ("ncstudy.errors", "ncstudy.records", "ncstudy.deprecation"),
-    "format": ("ncstudy.config", "ncstudy.logs", "ncstudy.onset", "ncstudy.plots"),
+    "base": ("ncstudy.errors", "ncstudy.records", "ncstudy.deprecation", "ncstudy.text"),
+    "format": ("ncstudy.config", "ncstudy.logs", "ncstudy.onset"),
     "data": ("ncstudy.data", "ncstudy.models", "ncstudy.metrics"),
     "train": ("ncstudy.train",),
     "forecast": ("ncstudy.forecast",),
+    "present": ("ncstudy.figure", "ncstudy.plots"),  # the one figure stack; the study's pictures
     "adapters": ("ncstudy.adapters",),
     "analyze": ("ncstudy.analyze", "ncstudy.analysis"),  # ncstudy.analysis: the deprecated alias
     "study": ("ncstudy.study",),
@@ -34,14 +35,15 @@ MAY_IMPORT = {
     "data": {"base", "format"},
     "train": {"base", "format", "data"},
     "forecast": {"base", "format"},
-    "adapters": {"base", "format", "forecast"},
-    "analyze": {"base", "format", "forecast", "adapters"},
-    "study": {"base", "format", "data", "train", "forecast", "adapters"},
+    "present": {"base", "format", "forecast"},
+    "adapters": {"base", "format", "forecast", "present"},
+    "analyze": {"base", "format", "forecast", "present", "adapters"},
+    "study": {"base", "format", "data", "train", "forecast", "present", "adapters"},
     "cli": set(LAYERS),
 }
 # Third-party frameworks the pure layers must not import, even lazily.
 FRAMEWORKS = ("ray", "optuna", "mlflow")
-PURE = {"base", "format", "data", "train", "forecast"}
+PURE = {"base", "format", "data", "train", "forecast", "present"}
 
 
 def _modules() -> dict[str, Path]:

@@ -181,3 +181,34 @@ print(len(names))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert int(proc.stdout.split()[-1]) > 50  # every module was imported, not a handful
+
+
+@pytest.mark.parametrize("module, old, args, out, new", [
+    ("ncstudy.analyze.report", "md_table", (["a", "b"], [[1, "x|y"]]), "| a | b |\n|---|---|\n| 1 | x\\|y |",
+     "ncstudy.text.table(markdown=True)"),
+    ("ncstudy.analyze.report", "f3", (1.23456,), "1.235", "ncstudy.text.value(x, fixed=nd)"),
+    ("ncstudy.analyze.report", "f3", (None,), "–", "ncstudy.text.value(x, fixed=nd)"),
+    ("ncstudy.analyze.report", "fint", (float("nan"),), "never", "ncstudy.text.value(x, fixed=0)"),
+    ("ncstudy.analyze.report", "fp", (0.01234,), "0.0123", "ncstudy.text.value(p, fixed=4)"),
+    ("ncstudy.analyze.report", "pm", (256.66, 11.5, 1), "256.7 ± 11.5", "ncstudy.text.mean_sd"),
+    ("ncstudy.analyze.experiments", "fmt_value", (None,), "none", "ncstudy.text.value(v, 6, missing='none')"),
+    ("ncstudy.study.progress", "render_table", ([{"trial": "t0", "epoch": 10}], ("trial", "epoch")),
+     "trial  epoch\n-----  -----\nt0     10", "ncstudy.text.table"),
+])
+def test_former_formatters_keep_their_output_with_a_warning(module, old, args, out, new):
+    fn = getattr(importlib.import_module(module), old)
+    with pytest.warns(DeprecationWarning, match=rf"^{module}\.{old} is deprecated .*; use ") as record:
+        assert fn(*args) == out
+    assert str(record[0].message).endswith(f"use {new}") and record[0].filename == __file__
+
+
+def test_the_pictures_former_forecast_builds_the_one_forecast_with_a_warning():
+    import math
+
+    from ncstudy.forecast import Forecast
+    from ncstudy.plots import Forecast as OldForecast
+
+    with pytest.warns(DeprecationWarning, match=r"^ncstudy\.plots\.Forecast is deprecated .*; "
+                                                r"use ncstudy\.forecast\.Forecast$"):
+        fc = OldForecast(140, None, None, None, 0.1)
+    assert type(fc) is Forecast and math.isinf(fc.onset) and fc.decision == "no_onset" and fc.p_onset == 0.1

@@ -465,3 +465,17 @@ def test_replay_cli_reads_an_mlflow_experiment(tmp_path, capsys, mlflow_uri):  #
     assert {r["group"] for r in runs} == {"mlp/synthetic"} and {r["t_nc"] for r in runs} == {320, 330, 340, 350}
     assert main(["replay", "--experiment", "no_such_experiment", "--tracking-uri", uri]) == 2
     assert "unknown experiment 'no_such_experiment'" in capsys.readouterr().err
+
+
+def test_forecast_read_back_from_a_result_record():
+    """The fields a result carries (ncstudy.records.FORECAST_FIELDS) are one Forecast again."""
+    import math
+
+    from ncstudy.forecast import Forecast
+
+    fc = Forecast.from_record({"epoch": 140, "t_nc_estimate": 192.0, "t_nc_low": 170.0, "t_nc_high": 220.0,
+                               "p_onset": 0.9})
+    assert (fc.made_at, fc.onset, fc.low, fc.high, fc.p_onset, fc.decision) == (140, 192.0, 170.0, 220.0, 0.9, "onset")
+    none = Forecast.from_record({"epoch": 150.0, "t_nc_estimate": float("nan"), "t_nc_low": 160.0, "p_onset": 0.02})
+    assert math.isinf(none.onset) and math.isnan(none.low) and none.decision == "no_onset" and none.p_onset == 0.02
+    assert Forecast.from_record({"epoch": 10, "nc1": 0.3}) is None

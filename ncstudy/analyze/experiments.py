@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ncstudy import text
 from ncstudy.analyze.sources import ATTR_KEYS, RunInput
+from ncstudy.deprecation import renamed_function
 from ncstudy.forecast.insample import crossing_epoch, loglog_fit
 from ncstudy.onset import OnsetRule, onset_of
 from ncstudy.records import CENSORED_STOPS, FORECAST_EPOCH, num
@@ -163,18 +165,19 @@ def onset_table(runs: Sequence[RunInput], opts: AnalysisOptions) -> pd.DataFrame
 # ---------------------------------------------------------------------------------------------
 # Groups
 # ---------------------------------------------------------------------------------------------
-def fmt_value(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-        return "none"
-    if isinstance(v, (float, np.floating)):
-        return f"{v:g}"
-    return str(v)
+def key_value(v: Any) -> str:
+    """A group key's value as text: 6 significant digits (``5e-05``, ``128``), missing as ``none``."""
+    return text.value(v, 6, missing="none")
+
+
+fmt_value = renamed_function("ncstudy.analyze.experiments.fmt_value", "ncstudy.text.value(v, 6, missing='none')",
+                             key_value)
 
 
 def group_label(keys: Sequence[str], values: Sequence[Any]) -> str:
     if len(keys) == 1:
-        return fmt_value(values[0])
-    return ", ".join(f"{k}={fmt_value(v)}" for k, v in zip(keys, values))
+        return key_value(values[0])
+    return ", ".join(f"{k}={key_value(v)}" for k, v in zip(keys, values))
 
 
 def _sort_key(v: Any, order: Sequence[Any] | None) -> tuple:
@@ -252,7 +255,7 @@ def group_stats(df: pd.DataFrame, keys: Sequence[str], order: Sequence[Any] | No
             "fn_mean": fn["mean"], "fn_sd": fn["sd"], "fn_ci_low": fn["ci_low"], "fn_ci_high": fn["ci_high"],
             "fn_cv": fn["cv"], "t_nc_mean": tn["mean"], "t_nc_sd": tn["sd"],
             "test_acc_mean": _mean(g["test_acc"]), "min_nc1_mean": _mean(g["min_nc1"]),
-            "seeds": ",".join(fmt_value(_py(s)) for s in g["seed"]) if "seed" in g else "",
+            "seeds": ",".join(key_value(_py(s)) for s in g["seed"]) if "seed" in g else "",
         })
     out = pd.DataFrame(rows)
     if out.empty:
@@ -383,7 +386,7 @@ def intervention_tests(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame | 
         return None
     strata_keys = [k for k in keys if k not in ("intervention_alpha", "seed") and k in df.columns]
     d = df.assign(_alpha=alpha)
-    d["_stratum"] = [", ".join(f"{k}={fmt_value(_py(row[k]))}" for k in strata_keys) if strata_keys else "all"
+    d["_stratum"] = [", ".join(f"{k}={key_value(_py(row[k]))}" for k in strata_keys) if strata_keys else "all"
                      for _, row in d.iterrows()]
     rows = []
     for stratum, s in d.groupby("_stratum", sort=False):
@@ -537,7 +540,7 @@ def analyze_experiment(spec: ExperimentSpec, table: pd.DataFrame, trajectories: 
     for _, g in never.iterrows():
         cut = f"; {g['n_cut']} of {g['N']} ended early by a stopper or scheduler" if g["n_cut"] else ""
         res.notes.append(f"{g['group']}: no run reached the threshold (mean min nc1 "
-                         f"{fmt_value(g['min_nc1_mean']) if g['min_nc1_mean'] is not None else 'n/a'}{cut})")
+                         f"{key_value(g['min_nc1_mean']) if g['min_nc1_mean'] is not None else 'n/a'}{cut})")
     return res
 
 
@@ -545,7 +548,7 @@ def auto_group_keys(table: pd.DataFrame) -> tuple[str, ...]:
     """Grouping keys for a source without a preset: the attributes that vary across runs."""
     cand = [k for k in ("model", "dataset", "depth", "width", "activation", "weight_decay", "lr",
                         "intervention_alpha") if k in table.columns]
-    vary = [k for k in cand if table[k].map(fmt_value).nunique() > 1]
+    vary = [k for k in cand if table[k].map(key_value).nunique() > 1]
     if vary:
         return tuple(vary)
     if "group" in table.columns and table["group"].nunique() > 1:

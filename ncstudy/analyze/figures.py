@@ -1,20 +1,20 @@
-"""Figures of ``ncstudy analyze`` (matplotlib, Agg backend, PNG)."""
+"""Figures of ``ncstudy analyze`` (PNG), drawn with the one figure stack (:mod:`ncstudy.figure`:
+matplotlib's object API, no pyplot, no backend set at import)."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator  # noqa: E402
-
-from ncstudy.analyze.experiments import ExperimentResult  # noqa: E402
-from ncstudy.records import finite  # noqa: E402
+from ncstudy import text
+from ncstudy.analyze.experiments import ExperimentResult
+from ncstudy.figure import log_axis, new_figure, save, tick_label
+from ncstudy.records import finite
 
 if TYPE_CHECKING:  # pragma: no cover
     from ncstudy.analyze.pipeline import Analysis
@@ -25,28 +25,12 @@ LOG_X = {"width", "weight_decay", "lr"}
 MAX_GROUPS_PER_FIGURE = 12
 
 
-def _log_y(ax) -> None:
-    """Log y axis with few, plainly formatted ticks (mathtext labels and minor ticks are slow)."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
-    ax.yaxis.set_minor_locator(NullLocator())
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.tick_params(labelsize=7)
-
-
 def _label(v: Any) -> str:
-    if not finite(v):
-        return ""
-    v = float(v)
-    return str(int(v)) if v.is_integer() else f"{v:g}"
+    return text.value(v, 6, missing="")
 
 
 def _save(fig, path: Path, tight: bool = True) -> str:
-    if tight:
-        fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return str(path)
+    return str(save(fig, path, tight))
 
 
 def trajectories(res: ExperimentResult, trajs: dict[str, pd.DataFrame], out: Path, strict: float,
@@ -65,11 +49,12 @@ def trajectories(res: ExperimentResult, trajs: dict[str, pd.DataFrame], out: Pat
         chunk = groups[part:part + MAX_GROUPS_PER_FIGURE]
         ncol = min(len(chunk), 4)
         nrow = math.ceil(len(chunk) / ncol)
-        fig, axes = plt.subplots(2 * nrow, ncol, figsize=(3.4 * ncol, 5.2 * nrow), squeeze=False)
+        fig = new_figure(3.4 * ncol, 5.2 * nrow, DPI)
+        axes = fig.subplots(2 * nrow, ncol, squeeze=False)
         for i, g in enumerate(chunk):
             ax_fn, ax_nc = axes[2 * (i // ncol), i % ncol], axes[2 * (i // ncol) + 1, i % ncol]
             sub = runs[runs["group"] == g]
-            colors = plt.cm.viridis(np.linspace(0, 0.85, max(len(sub), 1)))
+            colors = colormaps["viridis"](np.linspace(0, 0.85, max(len(sub), 1)))
             seeds = [_label(s) for s in sub["seed"]] if "seed" in sub else []
             by_seed = len(set(seeds)) == len(sub) and "" not in seeds
             thresholds = set()
@@ -97,7 +82,8 @@ def trajectories(res: ExperimentResult, trajs: dict[str, pd.DataFrame], out: Pat
             if "relaxed" in thresholds:
                 ax_nc.axhline(relaxed, color="grey", ls="--", lw=0.8)
             for ax in (ax_fn, ax_nc):
-                _log_y(ax)
+                log_axis(ax, labelsize=7)
+                ax.tick_params(axis="x", labelsize=7)
             ax_fn.set_title(g, fontsize=9)
             ax_fn.set_ylabel("fn")
             ax_nc.set_ylabel("NC1")
@@ -120,7 +106,8 @@ def fn_star_by_group(res: ExperimentResult, out: Path) -> str | None:
     if g.empty:
         return None
     runs = res.runs
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(g) + 2), 4))
+    fig = new_figure(max(4.5, 1.3 * len(g) + 2), 4, DPI)
+    ax = fig.subplots()
     rng = np.random.default_rng(0)
     for i, (_, row) in enumerate(g.iterrows()):
         vals = runs[(runs["group"] == row["group"]) & runs["collapsed"]]["fn_star"].astype(float)
@@ -153,7 +140,8 @@ def tnc_vs(res: ExperimentResult, key: str, out: Path) -> str | None:
     others = [k for k in res.spec.group_by if k != key]
     runs = runs.assign(_x=x)
     runs["_line"] = [", ".join(f"{k}={r[k]}" for k in others) if others else "" for _, r in runs.iterrows()]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = new_figure(5.5, 4, DPI)
+    ax = fig.subplots()
     top = pd.to_numeric(runs["t_nc"], errors="coerce").max()
     top = 1.1 * top if finite(top) else 1.0
     for line, sub in runs.groupby("_line", sort=False):
@@ -169,11 +157,11 @@ def tnc_vs(res: ExperimentResult, key: str, out: Path) -> str | None:
             ax.scatter([xv], [top], marker="v", color="crimson", s=50, zorder=3)
             ax.annotate("stopped early" if cut else "no collapse", (xv, top), textcoords="offset points",
                         xytext=(0, 6), ha="center", fontsize=8, color="crimson")
-    if key in LOG_X:
-        ax.set_xscale("log")
+    if key in LOG_X:  # ticks at the values run
+        log_axis(ax, "x", minor_labels=False)
+        ax.xaxis.set_major_locator(FixedLocator(sorted(runs["_x"].dropna().unique())))
+        ax.xaxis.set_major_formatter(FuncFormatter(tick_label))
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticks(sorted(runs["_x"].dropna().unique()))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel(key.replace("_", " "))
     ax.set_ylabel("T_NC (epochs)")
     ax.set_title(f"{res.spec.title}: T_NC against {key.replace('_', ' ')} (mean +- SD)", fontsize=9)
@@ -187,7 +175,8 @@ def activation_comparison(res: ExperimentResult, out: Path) -> str | None:
     if "activation" not in res.spec.group_by or g["activation"].nunique() < 2:
         return None
     runs = res.runs
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig = new_figure(9, 3.8, DPI)
+    a1, a2 = fig.subplots(1, 2)
     for ax, col, mean, sd, lab in ((a1, "t_nc", "t_nc_mean", "t_nc_sd", "T_NC (epochs)"),
                                    (a2, "fn_star", "fn_mean", "fn_sd", "fn*")):
         for i, (_, row) in enumerate(g.iterrows()):

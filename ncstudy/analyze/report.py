@@ -10,51 +10,45 @@ import numpy as np
 import pandas as pd
 
 from ncstudy.analyze.experiments import ExperimentResult, no_onset_text
+from ncstudy.deprecation import renamed_function
 from ncstudy.records import CENSORED_STOPS, finite
+from ncstudy.text import MISSING, mean_sd, table, value
 
 if TYPE_CHECKING:  # pragma: no cover
     from ncstudy.analyze.pipeline import Analysis
 
 
 # ---------------------------------------------------------------------------------------------
-# Formatting
+# Former formatters (deprecated: ncstudy.text formats every value and table)
 # ---------------------------------------------------------------------------------------------
-def f3(x: Any, nd: int = 3) -> str:
-    return f"{float(x):.{nd}f}" if finite(x) else "–"
+f3 = renamed_function("ncstudy.analyze.report.f3", "ncstudy.text.value(x, fixed=nd)",
+                      lambda x, nd=3: value(x, fixed=nd, missing="–"))
+fint = renamed_function("ncstudy.analyze.report.fint", "ncstudy.text.value(x, fixed=0)",
+                        lambda x: value(x, fixed=0, missing="never"))
+fp = renamed_function("ncstudy.analyze.report.fp", "ncstudy.text.value(p, fixed=4)",
+                      lambda x: value(x, fixed=4, missing="–"))
+pm = renamed_function("ncstudy.analyze.report.pm", "ncstudy.text.mean_sd",
+                      lambda m, s, nd=3: mean_sd(m, s, fixed=nd, missing="–"))
+md_table = renamed_function("ncstudy.analyze.report.md_table", "ncstudy.text.table(markdown=True)",
+                            lambda header, rows: table(header, rows, markdown=True))
 
 
-def fint(x: Any) -> str:
-    return f"{float(x):.0f}" if finite(x) else "never"
+def _md(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    return table(head, rows, markdown=True)
 
 
-def fp(x: Any) -> str:
-    if not finite(x):
-        return "–"
-    x = float(x)
-    return f"{x:.4f}" if x >= 1e-4 else f"{x:.2e}"
+def _n(x: Any, nd: int = 3) -> str:
+    """A statistic to ``nd`` decimals."""
+    return value(x, fixed=nd)
 
 
-def pm(m: Any, s: Any, nd: int = 3) -> str:
-    if not finite(m):
-        return "–"
-    return f"{float(m):.{nd}f} ± {float(s):.{nd}f}" if finite(s) else f"{float(m):.{nd}f}"
+def _pct(x: Any) -> str:
+    """A change already in percent, signed: ``+12.5 %``."""
+    return value(x, fixed=1, sign=True, unit=" %")
 
 
-def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _sv(v: Any) -> str:
-    if not finite(v) and not isinstance(v, str):
-        return "–"
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return str(int(v))
-    return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v)
+def _epoch(x: Any, missing: str = "never") -> str:
+    return value(x, fixed=0, missing=missing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,22 +57,24 @@ def _sv(v: Any) -> str:
 def groups_md(res: ExperimentResult) -> str:
     rows = []
     for _, g in res.groups.iterrows():
-        ci = f"[{f3(g['fn_ci_low'])}, {f3(g['fn_ci_high'])}]" if finite(g["fn_ci_low"]) else "–"
-        rows.append([g["group"], g["N"], g["n_collapsed"], g["threshold"], pm(g["fn_mean"], g["fn_sd"]), ci,
-                     f"{100 * g['fn_cv']:.1f} %" if finite(g["fn_cv"]) else "–",
-                     pm(g["t_nc_mean"], g["t_nc_sd"], 1) if finite(g["t_nc_mean"]) else no_onset_text(g),
-                     f3(g["test_acc_mean"], 4), f3(g["min_nc1_mean"], 4)])
-    return md_table(["group", "N", "collapsed", "threshold", "fn* mean ± SD", "95 % CI", "CV",
+        ci = f"[{_n(g['fn_ci_low'])}, {_n(g['fn_ci_high'])}]" if finite(g["fn_ci_low"]) else MISSING
+        rows.append([g["group"], g["N"], g["n_collapsed"], g["threshold"],
+                     mean_sd(g["fn_mean"], g["fn_sd"], fixed=3), ci,
+                     value(g["fn_cv"], percent=True),
+                     mean_sd(g["t_nc_mean"], g["t_nc_sd"], fixed=1) if finite(g["t_nc_mean"]) else no_onset_text(g),
+                     _n(g["test_acc_mean"], 4), _n(g["min_nc1_mean"], 4)])
+    return _md(["group", "N", "collapsed", "threshold", "fn* mean ± SD", "95 % CI", "CV",
                      "T_NC mean ± SD", "test acc", "min nc1"], rows)
 
 
 def runs_md(runs: pd.DataFrame, keys: Sequence[str]) -> str:
     rows = []
     for _, r in runs.iterrows():
-        rows.append([r.get("name") or r["run_id"], r["group"], _sv(r.get("seed")), fint(r["t_nc"]), f3(r["fn_star"], 4),
-                     r["threshold"] or "none", r["phase_rule"], f3(r["test_acc"], 4), f3(r["min_nc1"], 4),
+        rows.append([r.get("name") or r["run_id"], r["group"], value(r.get("seed"), 6), _epoch(r["t_nc"]),
+                     _n(r["fn_star"], 4),
+                     r["threshold"] or "none", r["phase_rule"], _n(r["test_acc"], 4), _n(r["min_nc1"], 4),
                      r["origin"]])
-    return md_table(["run", "group", "seed", "T_NC", "fn*", "threshold", "onset phase", "test acc",
+    return _md(["run", "group", "seed", "T_NC", "fn*", "threshold", "onset phase", "test acc",
                      "min nc1", "from"], rows)
 
 
@@ -87,14 +83,14 @@ def across_md(res: ExperimentResult) -> str:
     for metric, kw_key, an_key in (("fn*", "kruskal_fn", "anova_fn"), ("T_NC", "kruskal_tnc", "anova_tnc")):
         kw, an = res.across.get(kw_key, {}), res.across.get(an_key, {})
         if kw.get("H") is not None:
-            out.append(f"- {metric}: Kruskal–Wallis H = {kw['H']:.2f}, df {kw['df']}, p = {fp(kw['p'])}, "
+            out.append(f"- {metric}: Kruskal–Wallis H = {kw['H']:.2f}, df {kw['df']}, p = {_n(kw['p'], 4)}, "
                        f"n = {kw['n']}, k = {kw['k']}; η²_H = (H − k + 1)/(n − k) = {kw['eta2_H']:.3f}, "
                        f"ε² = H/((n²−1)/(n+1)) = {kw['epsilon2']:.3f}")
         elif kw:
             out.append(f"- {metric}: Kruskal–Wallis not computed ({kw.get('note', 'n/a')})")
         if an.get("F") is not None:
             out.append(f"- {metric}: one-way ANOVA F({an['df_between']}, {an['df_within']}) = {an['F']:.2f}, "
-                       f"p = {fp(an['p'])}")
+                       f"p = {_n(an['p'], 4)}")
         elif an:
             out.append(f"- {metric}: one-way ANOVA not computed ({an.get('note', 'degenerate groups')})")
     return "\n".join(out)
@@ -105,44 +101,45 @@ def effects_md(res: ExperimentResult) -> str:
     out = []
     if e.get("architecture"):
         out.append("Architecture effect on mean fn* (" + e["reference_model"] + " → other):\n")
-        out.append(md_table(["dataset", "from", "to", "fn* from", "fn* to", "effect"],
-                            [[x["dataset"], x["from"], x["to"], f3(x["fn_from"]), f3(x["fn_to"]),
-                              f"{x['effect_pct']:+.1f} %"] for x in e["architecture"]]))
+        out.append(_md(["dataset", "from", "to", "fn* from", "fn* to", "effect"],
+                            [[x["dataset"], x["from"], x["to"], _n(x["fn_from"]), _n(x["fn_to"]),
+                              _pct(x["effect_pct"])] for x in e["architecture"]]))
     if e.get("dataset"):
         out.append("\nDataset effect on mean fn* (" + e["reference_dataset"] + " → other):\n")
-        out.append(md_table(["model", "from", "to", "fn* from", "fn* to", "effect"],
-                            [[x["model"], x["from"], x["to"], f3(x["fn_from"]), f3(x["fn_to"]),
-                              f"{x['effect_pct']:+.1f} %"] for x in e["dataset"]]))
+        out.append(_md(["model", "from", "to", "fn* from", "fn* to", "effect"],
+                            [[x["model"], x["from"], x["to"], _n(x["fn_from"]), _n(x["fn_to"]),
+                              _pct(x["effect_pct"])] for x in e["dataset"]]))
     if e.get("additivity"):
         out.append("\nAdditive model m(A, D) ≈ m(ref, D) + m(A, ref) − m(ref, ref) against the observed cell "
                    "(and its multiplicative counterpart m(ref, D)·m(A, ref)/m(ref, ref)):\n")
-        out.append(md_table(["cell", "observed", "additive prediction", "deviation", "multiplicative prediction",
+        out.append(_md(["cell", "observed", "additive prediction", "deviation", "multiplicative prediction",
                              "deviation"],
-                            [[f"{x['model']} / {x['dataset']}", f3(x["observed"]), f3(x["additive_prediction"]),
-                              f"{x['deviation']:+.3f} ({x['deviation_pct']:+.1f} %)",
-                              f3(x["multiplicative_prediction"]), f"{x['multiplicative_deviation_pct']:+.1f} %"]
+                            [[f"{x['model']} / {x['dataset']}", _n(x["observed"]), _n(x["additive_prediction"]),
+                              f"{value(x['deviation'], fixed=3, sign=True)} ({_pct(x['deviation_pct'])})",
+                              _n(x["multiplicative_prediction"]), _pct(x["multiplicative_deviation_pct"])]
                              for x in e["additivity"]]))
     return "\n".join(out)
 
 
 def wd_md(df: pd.DataFrame) -> str:
-    return md_table(["weight decay", "N", "collapsed", "T_NC mean ± SD", "vs fastest", "t-test vs fastest",
+    return _md(["weight decay", "N", "collapsed", "T_NC mean ± SD", "vs fastest", "t-test vs fastest",
                      "min nc1", "regime"],
-                    [[_sv(r["weight_decay"]), r["N"], r["n_collapsed"],
-                      pm(r["t_nc_mean"], r["t_nc_sd"], 1) if finite(r["t_nc_mean"]) else no_onset_text(r),
-                      f"{r['vs_fastest_pct']:+.1f} %" if finite(r["vs_fastest_pct"]) else "–",
-                      f"t = {r['t_vs_fastest']:.2f}, p = {fp(r['p_vs_fastest'])}" if finite(r["t_vs_fastest"]) else "–",
-                      f3(r["min_nc1_mean"], 4), r["regime"]] for _, r in df.iterrows()])
+                    [[value(r["weight_decay"], 6), r["N"], r["n_collapsed"],
+                      mean_sd(r["t_nc_mean"], r["t_nc_sd"], fixed=1) if finite(r["t_nc_mean"]) else no_onset_text(r),
+                      _pct(r["vs_fastest_pct"]),
+                      f"t = {r['t_vs_fastest']:.2f}, p = {_n(r['p_vs_fastest'], 4)}" if finite(r["t_vs_fastest"])
+                      else MISSING,
+                      _n(r["min_nc1_mean"], 4), r["regime"]] for _, r in df.iterrows()])
 
 
 def intervention_md(df: pd.DataFrame) -> str:
-    return md_table(["stratum", "alpha", "metric", "n (collapsed) treated", "n (collapsed) control",
+    return _md(["stratum", "alpha", "metric", "n (collapsed) treated", "n (collapsed) control",
                      "treated mean", "control mean", "change", "Student t", "df", "p"],
-                    [[r["stratum"], _sv(r["alpha"]), r["metric"], f"{r['n_treated']} ({r['n_treated_collapsed']})",
-                      f"{r['n_control']} ({r['n_control_collapsed']})", f3(r["treated_mean"]),
-                      f3(r["control_mean"]),
-                      f"{r['change_pct']:+.1f} %" if finite(r.get("change_pct")) else "–",
-                      f3(r["t"], 2), _sv(r["df"]), fp(r["p"])] for _, r in df.iterrows()])
+                    [[r["stratum"], value(r["alpha"], 6), r["metric"], f"{r['n_treated']} ({r['n_treated_collapsed']})",
+                      f"{r['n_control']} ({r['n_control_collapsed']})", _n(r["treated_mean"]),
+                      _n(r["control_mean"]),
+                      _pct(r.get("change_pct")),
+                      _n(r["t"], 2), value(r["df"], 6), _n(r["p"], 4)] for _, r in df.iterrows()])
 
 
 def lead_md(lead: dict[str, Any]) -> str:
@@ -157,18 +154,18 @@ def lead_md(lead: dict[str, Any]) -> str:
            f"- collapsed runs: {s['n_collapsed']}, with a per-epoch trajectory: {s['n_with_trajectory']}",
            f"- fn crossed its threshold: {s['n_cross']} of {s['n_with_trajectory']} "
            f"({s['n_cross_before_onset']} before T_NC)",
-           f"- lead T_NC − crossing: mean {pm(s['lead_mean'], s['lead_sd'], 1)} epochs, "
-           f"median {f3(s['lead_median'], 1)}"]
+           f"- lead T_NC − crossing: mean {mean_sd(s['lead_mean'], s['lead_sd'], fixed=1)} epochs, "
+           f"median {_n(s['lead_median'], 1)}"]
     if s.get("n_forecast"):
         out.append(f"- stopper's forecasts (tag forecast_epoch): {s['n_forecast']} runs, lead T_NC − forecast_epoch "
-                   f"{pm(s['forecast_lead_mean'], s.get('forecast_lead_sd'), 1)} epochs")
+                   f"{mean_sd(s['forecast_lead_mean'], s.get('forecast_lead_sd'), fixed=1)} epochs")
     pr = lead["per_run"]
     pr = pr[pr["has_trajectory"]]
     if len(pr):
-        out += ["", md_table(["run", "group", "T_NC", "fn threshold", "crossing", "lead"],
-                             [[r.get("name") or r["run_id"], r["group"], r["t_nc"], f3(r["fn_threshold"]),
-                               fint(r["crossing"]) if finite(r["crossing"]) else "none",
-                               fint(r["lead"]) if finite(r["lead"]) else "–"] for _, r in pr.iterrows()])]
+        out += ["", _md(["run", "group", "T_NC", "fn threshold", "crossing", "lead"],
+                             [[r.get("name") or r["run_id"], r["group"], r["t_nc"], _n(r["fn_threshold"]),
+                               _epoch(r["crossing"], "none"),
+                               _epoch(r["lead"], MISSING)] for _, r in pr.iterrows()])]
     return "\n".join(out)
 
 
@@ -200,7 +197,7 @@ def build_markdown(a: "Analysis", figures: Sequence[str], command: str | None = 
     if a.headline:
         L += ["## Reproduced numbers", "",
               "Computed from the logs by this analysis (ours) next to the reference README's table (paper).", "",
-              md_table(["quantity", "ours", "paper"], [[h["quantity"], h["ours"], h["paper"]] for h in a.headline]),
+              _md(["quantity", "ours", "paper"], [[h["quantity"], h["ours"], h["paper"]] for h in a.headline]),
               ""]
     for name, res in a.experiments.items():
         L += [f"## {res.spec.title} (`{name}`)", ""]
@@ -234,25 +231,25 @@ def build_markdown(a: "Analysis", figures: Sequence[str], command: str | None = 
         L += ["## Consistency with the author's tables", "",
               f"{n_agree} rows agree, {n_diff} differ (T_NC equal, fn* within 1e-3; a blank T_NC in the author's "
               "table means no strict onset).", "",
-              md_table(["table", "row", "their T_NC", "their fn*", "run", "our T_NC", "our fn*", "status"],
-                       [[r["table"], r["row"], fint(r["table_t_nc"]) if finite(r["table_t_nc"]) else "blank",
-                         f3(r["table_fn"], 4), r["run_id"] or "–", fint(r["t_nc"]), f3(r["fn_star"], 4), r["status"]]
+              _md(["table", "row", "their T_NC", "their fn*", "run", "our T_NC", "our fn*", "status"],
+                       [[r["table"], r["row"], _epoch(r["table_t_nc"], "blank"), _n(r["table_fn"], 4),
+                    r["run_id"] or MISSING, _epoch(r["t_nc"]), _n(r["fn_star"], 4), r["status"]]
                         for _, r in c.iterrows()]), ""]
     lc = a.lead_consistency
     if lc is not None and len(lc):
         L += ["### fn-crossing epochs against the author's table", "",
               "The in-sample crossing (threshold from the log-log fit) for runs with a per-epoch log here; the "
               "lead statistics themselves belong to the forecaster.", "",
-              md_table(["table", "row", "run", "their crossing", "our crossing", "fn threshold", "status"],
-                       [[r["table"], r["row"], r["run_id"], fint(r["their_crossing"]) if finite(r["their_crossing"])
-                         else "none", fint(r["our_crossing"]) if finite(r["our_crossing"]) else "none",
-                         f3(r["fn_threshold"]), r["status"]] for _, r in lc.iterrows()]), ""]
+              _md(["table", "row", "run", "their crossing", "our crossing", "fn threshold", "status"],
+                       [[r["table"], r["row"], r["run_id"], _epoch(r["their_crossing"], "none"),
+                         _epoch(r["our_crossing"], "none"),
+                         _n(r["fn_threshold"]), r["status"]] for _, r in lc.iterrows()]), ""]
     unused = t[t["experiments"] == ""]
     if len(unused):
         L += ["## Runs in no experiment", "",
-              md_table(["run", "T_NC", "fn*", "threshold", "min nc1", "note"],
-                       [[r["run_id"], fint(r["t_nc"]), f3(r["fn_star"], 4), r["threshold"] or "none",
-                         f3(r["min_nc1"], 4), r["note"]] for _, r in unused.iterrows()]), ""]
+              _md(["run", "T_NC", "fn*", "threshold", "min nc1", "note"],
+                       [[r["run_id"], _epoch(r["t_nc"]), _n(r["fn_star"], 4), r["threshold"] or "none",
+                         _n(r["min_nc1"], 4), r["note"]] for _, r in unused.iterrows()]), ""]
     if src.ignored_files:
         L += ["## Files not used", "", ", ".join(src.ignored_files), ""]
     L += ["Files: `runs.csv` (every run), `groups.csv` (every group of every experiment), `results.json` "

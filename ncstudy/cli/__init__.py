@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ncstudy import text
 from ncstudy.adapters.mlflow.server import group_alive  # noqa: F401 - the name tests import from here
 from ncstudy.errors import (
     EXIT_BAD_INPUT,
@@ -27,10 +28,6 @@ from ncstudy.errors import (
     TrackingUnavailable,
     signal_name,
 )
-
-
-def _fmt(v: float) -> str:
-    return "-" if not isinstance(v, (int, float)) or not math.isfinite(v) else f"{v:.4g}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -52,8 +49,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{'epoch':>6} {'phase':>5} {'loss':>10} {'train':>7} {'test':>7} {'fn':>8} {'NC1':>10}", flush=True)
 
     def on_eval(rec, tr) -> None:
-        print(f"{rec['epoch']:>6} {rec['phase']:>5} {_fmt(rec.get('train_loss')):>10} {_fmt(rec['train']):>7} "
-              f"{_fmt(rec['test']):>7} {_fmt(rec['feat_norm']):>8} {_fmt(rec['nc1']):>10}", flush=True)
+        cells = [text.value(rec.get(k)) for k in ("train_loss", "train", "test", "feat_norm", "nc1")]
+        print(f"{rec['epoch']:>6} {rec['phase']:>5} " + " ".join(c.rjust(w) for c, w in zip(cells, (10, 7, 7, 8, 10))),
+              flush=True)
         if args.out:
             write_log(tr.records, args.out)  # rewritten each evaluation: a killed run keeps its log
 
@@ -63,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if o.t_nc is not None:
         print(f"T_NC = {o.t_nc} ({o.threshold} threshold), fn* = {o.fn_star:.4f}")
     else:
-        print(f"no collapse onset (min NC1 {_fmt(o.min_nc1 if o.min_nc1 is not None else math.nan)})")
+        print(f"no collapse onset (min NC1 {text.value(o.min_nc1)})")
     if args.out:
         write_log(result.records, args.out)
         print(f"log written to {args.out}")

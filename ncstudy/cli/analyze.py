@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ncstudy import text
 from ncstudy.analyze.experiments import AnalysisOptions, no_onset_text
 from ncstudy.errors import InputError
 
@@ -77,16 +78,14 @@ def _install(tmp: Path, out: Path) -> None:
 def _summary(a) -> str:
     lines = []
     if a.headline:
-        w = max(len(h["quantity"]) for h in a.headline)
-        lines += [f"{h['quantity']:<{w}}  {h['ours']}" for h in a.headline]
+        lines.append(text.table(["reproduced", "ours"], [[h["quantity"], h["ours"]] for h in a.headline]))
     else:
         for name, r in a.experiments.items():
             lines.append(f"[{name}] grouped by {', '.join(r.spec.group_by)}")
             for _, g in r.groups.iterrows():
-                fn = f"fn* {g['fn_mean']:.3f}" if g["fn_mean"] is not None and g["fn_mean"] == g["fn_mean"] else "fn* -"
-                tn = (f"T_NC {g['t_nc_mean']:.0f}" if g["t_nc_mean"] is not None and g["t_nc_mean"] == g["t_nc_mean"]
-                      else f"T_NC {no_onset_text(g)}")
-                lines.append(f"  {g['group']}: N={g['N']} collapsed={g['n_collapsed']} {tn} {fn}")
+                tn = text.value(g["t_nc_mean"], fixed=0, missing=no_onset_text(g))
+                lines.append(f"  {g['group']}: N={g['N']} collapsed={g['n_collapsed']} T_NC {tn} "
+                             f"fn* {text.value(g['fn_mean'], fixed=3)}")
     return "\n".join(lines)
 
 

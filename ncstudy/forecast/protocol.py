@@ -15,7 +15,21 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
-from ncstudy.records import EPOCH, FN, LOSS, NC1, PHASE, TERMINAL, TRAIN, finite, num  # noqa: F401 (re-exported)
+from ncstudy.records import (  # noqa: F401 (re-exported)
+    EPOCH,
+    FN,
+    LOSS,
+    NC1,
+    P_ONSET,
+    PHASE,
+    T_NC_ESTIMATE,
+    T_NC_HIGH,
+    T_NC_LOW,
+    TERMINAL,
+    TRAIN,
+    finite,
+    num,
+)
 
 
 def phase_of(record: Mapping[str, Any]) -> int | None:
@@ -166,6 +180,21 @@ class Forecast:
             if not math.isfinite(d[k]):
                 d[k] = None if math.isnan(d[k]) else ("inf" if d[k] > 0 else "-inf")
         return d
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "Forecast | None":
+        """The forecast a result record carries (:data:`ncstudy.records.FORECAST_FIELDS`, as the
+        stopper writes them), made at the record's epoch; None when it carries none. A record with a
+        ``p_onset`` but no ``t_nc_estimate`` says no onset is expected within the budget: ``onset``
+        inf, decision :data:`NO_ONSET`. Unknown bounds are NaN; ``signal`` is ``""`` (a record does
+        not say which forecaster made it)."""
+        onset, p_onset, epoch = num(record.get(T_NC_ESTIMATE)), num(record.get(P_ONSET)), num(record.get(EPOCH))
+        if epoch is None or (onset is None and p_onset is None):
+            return None
+        low, high = (num(record.get(T_NC_LOW)), num(record.get(T_NC_HIGH))) if onset is not None else (None, None)
+        return cls(onset=math.inf if onset is None else onset, low=math.nan if low is None else low,
+                   high=math.nan if high is None else high, made_at=int(epoch), signal="", p_onset=p_onset,
+                   decision=ONSET if onset is not None else NO_ONSET)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Forecast":

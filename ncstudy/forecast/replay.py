@@ -38,6 +38,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from scipy import stats
 
 from ncstudy.onset import OnsetRule, onset_of
+from ncstudy.text import table
 
 from .calibration import Calibration, Prior, RunRecord, observation_from_records
 from .protocol import Forecast, first_crossing
@@ -351,22 +352,10 @@ def replay(trajectories: Sequence[Trajectory], forecaster: str = DEFAULT_FORECAS
 
 
 # ----------------------------------------------------------------------------------------------
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "inf" if v > 0 else "-" if math.isnan(v) else "-inf"
-        return f"{v:.3g}" if abs(v) < 1 else (str(int(v)) if v.is_integer() else f"{v:.1f}")
-    return str(v)
-
-
 def format_runs(result: ReplayResult) -> str:
     """One row per run with every :class:`RunReplay` field (the JSON ``runs`` entries)."""
     head = list(RunReplay.__dataclass_fields__)
-    return _table(head, [[_cell(getattr(r, k)) for k in head] for r in result.runs])
+    return table(head, [[getattr(r, k) for k in head] for r in result.runs])
 
 
 def format_summaries(summaries: Sequence[ReplaySummary], markdown: bool = False) -> str:
@@ -374,18 +363,8 @@ def format_summaries(summaries: Sequence[ReplaySummary], markdown: bool = False)
     forecaster."""
     fields = list(ReplaySummary.__dataclass_fields__)
     head = ["field"] + [s.forecaster for s in summaries]
-    rows = [[f] + [_cell(getattr(s, f)) for s in summaries] for f in fields if f != "forecaster"]
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    return _table(head, rows)
-
-
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    w = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    fmt = "  ".join("{:<%d}" % x for x in w)
-    return "\n".join([fmt.format(*head), fmt.format(*("-" * x for x in w))] + [fmt.format(*r) for r in rows])
+    rows = [[f] + [getattr(s, f) for s in summaries] for f in fields if f != "forecaster"]
+    return table(head, rows, markdown)
 
 
 def calibration_from_trajectories(trajectories: Sequence[Trajectory], min_observations: int = 3,

@@ -5,33 +5,23 @@ import math
 import sys
 import time
 from collections import deque
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 from ray.tune import Callback
 
 from ncstudy.adapters.trials import TrialSummary
+from ncstudy.deprecation import renamed_function
 from ncstudy.records import EARLY_STOPS, STOP_REASON, end_reason
+from ncstudy.text import table, value
 
 COLUMNS = ("trial", "status", "epoch", "phase", "fn", "NC1", "forecast", "T_NC", "fn*", "stop")
 
 
-def _f(v: Any, fmt: str = "{:.4g}") -> str:
-    if v is None or v == "":
-        return "-"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "-"
-        return str(int(v)) if v.is_integer() and abs(v) < 1e6 else fmt.format(v)
-    return str(v)
+def _table(rows: list[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
+    return table(list(columns), [[r.get(c) for c in columns] for r in rows])
 
 
-def render_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
-    cells = [[_f(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(out)
+render_table = renamed_function("ncstudy.study.progress.render_table", "ncstudy.text.table", _table)
 
 
 class ProgressTable(Callback):
@@ -105,13 +95,13 @@ class ProgressTable(Callback):
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         head = f"[{time.strftime('%H:%M:%S')}] {done}/{len(trials)} trials done"
         if len(trials) <= self.max_rows:
-            return head + "\n" + render_table([self.row(t) for t in trials])
+            return head + "\n" + _table([self.row(t) for t in trials])
         running = [t for t in trials if t.status == "RUNNING"]
         by_id = {t.trial_id: t for t in trials} if self._recent else {}
         recent = [by_id[i] for i in reversed(self._recent) if i in by_id and by_id[i].status != "RUNNING"]
         shown = running[:self.max_rows] + recent
         lines = [head + f" ({self.counts(trials)})"]
-        lines.append(render_table([self.row(t) for t in shown]))
+        lines.append(_table([self.row(t) for t in shown]))
         if len(running) > self.max_rows:
             lines.append(f"... and {len(running) - self.max_rows} more running")
         if len(trials) > len(shown):
@@ -158,7 +148,7 @@ class ProgressTable(Callback):
             return ""
         t = ranked[0]
         stop = (t.last_result or {}).get(STOP_REASON) or ""
-        return (f"best {self.metric} so far: {_f(float(t.last_result[self.metric]))} ({self.label(t)}"
+        return (f"best {self.metric} so far: {value(float(t.last_result[self.metric]))} ({self.label(t)}"
                 + (f", stop {stop}" if stop else "") + ")")
 
     def summary(self, trials: list) -> str:
@@ -175,7 +165,7 @@ class ProgressTable(Callback):
         head = "Study summary (epochs run = last evaluated epoch):"
         saved = self.saved(trials)
         if len(trials) <= self.max_rows:
-            return head + "\n" + render_table(rows(trials), cols) + (f"\n{saved}" if saved else "")
+            return head + "\n" + _table(rows(trials), cols) + (f"\n{saved}" if saved else "")
         lines = [head, f"{len(trials)} trials: {self.counts(trials)}"]
         if self.outcome is not None:
             outcomes: dict[str, int] = {}
@@ -186,7 +176,7 @@ class ProgressTable(Callback):
         ranked = self._ranked(trials)[:self.best]
         if ranked:
             lines.append(f"best {len(ranked)} by {self.metric} ({self.mode}):")
-            lines.append(render_table([dict(r, **{self.metric: (t.last_result or {}).get(self.metric)})
+            lines.append(_table([dict(r, **{self.metric: (t.last_result or {}).get(self.metric)})
                                        for r, t in zip(rows(ranked), ranked)],
                                       cols + ((self.metric,) if self.metric not in cols else ())))
         if saved:

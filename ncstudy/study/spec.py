@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from ncstudy import text
 from ncstudy.adapters.metric_names import MetricNames
 from ncstudy.config import STRICT, TrainConfig, flatten, format_validation_error, read_yaml, set_dotted
 from ncstudy.errors import ConfigError
@@ -336,7 +337,7 @@ class StudySpec(_Strict):
             def sub(m: re.Match) -> str:
                 if m.group(1) not in flat:
                     raise KeyError(f"trial_name: unknown key '{m.group(1)}'")
-                return _fmt(flat[m.group(1)])
+                return _name_part(flat[m.group(1)])
 
             return re.sub(r"\{([^{}]+)\}", sub, self.trial_name)
         parts = []
@@ -345,10 +346,10 @@ class StudySpec(_Strict):
                 continue
             v = params[k]
             if isinstance(v, dict):  # a bundle: its label, else its values
-                parts.append(str(v.get("label") or "-".join(_fmt(x) for x in expand_param(k, v).values())))
+                parts.append(str(v.get("label") or "-".join(_name_part(x) for x in expand_param(k, v).values())))
                 continue
             short = SHORT_NAMES.get(k, k.split(".")[-1])
-            parts.append(f"{short}{_fmt(v)}")
+            parts.append(f"{short}{_name_part(v)}")
         return "-".join(parts) or self.name
 
 
@@ -397,10 +398,9 @@ def _touches_data(values: dict[str, Any]) -> bool:
     return any(k.startswith("data.") or k == "model.name" for k in values)
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
+def _name_part(v: Any) -> str:
+    """A value in a trial's name: 3 significant digits (``lr0.001``), None as ``none``."""
+    return text.value(v, 3, missing="none")
 
 
 def _check_space_values(spec: StudySpec, source: str) -> None:

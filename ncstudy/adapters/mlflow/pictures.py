@@ -221,9 +221,6 @@ def _serve(idle_s: float) -> None:
     inp = os.fdopen(os.dup(0), "rb")
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # print() and warnings from drawing code go to stderr, not into the answers
-    import matplotlib
-
-    matplotlib.use("Agg")
     while True:
         ready, _, _ = select.select([inp], [], [], idle_s)
         if not ready:
