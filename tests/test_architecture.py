@@ -19,7 +19,7 @@ PKG = Path(__file__).resolve().parents[1] / "ncstudy"
 # and the ones listed for it.
 LAYERS = {
     "base": ("ncstudy.errors", "ncstudy.records", "ncstudy.deprecation"),
-    "format": ("ncstudy.config", "ncstudy.logs", "ncstudy.onset", "ncstudy.plots"),
+    "format": ("ncstudy.config", "ncstudy.logs", "ncstudy.runs", "ncstudy.onset", "ncstudy.plots"),
     "data": ("ncstudy.data", "ncstudy.models", "ncstudy.metrics"),
     "train": ("ncstudy.train",),
     "forecast": ("ncstudy.forecast",),
