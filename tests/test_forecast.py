@@ -463,3 +463,9 @@ def test_replay_cli_reads_an_mlflow_experiment(tmp_path, capsys, mlflow_uri):  #
     assert {r["group"] for r in runs} == {"mlp/synthetic"} and {r["t_nc"] for r in runs} == {320, 330, 340, 350}
     assert main(["replay", "--experiment", "no_such_experiment", "--tracking-uri", uri]) == 2
     assert "unknown experiment 'no_such_experiment'" in capsys.readouterr().err
+    # a study's stopper starting from this experiment's runs (fnstar.prior_experiment) reads the same runs
+    from ncstudy.study.runner import build_calibration
+    from ncstudy.study.spec import FnStarConfig
+
+    cal = build_calibration(FnStarConfig(forecaster="fn_star", prior_experiment=name, tracking_uri=uri))
+    assert cal.n_runs("mlp/synthetic") == 4 and len(cal.observations("mlp/synthetic")) == 4
