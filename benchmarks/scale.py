@@ -74,15 +74,15 @@ def reference_dir() -> Path:
 # -- trajectories ---------------------------------------------------------------------------------
 def trajectories(limit_epoch: int = BUDGET) -> tuple[list[list[dict[str, Any]]], str]:
     """Records to replay: the corpus when it has runs, else the reference MNIST MLP-5 logs."""
-    from ncstudy.forecast import load_logs, read_manifest
+    from ncstudy.runs import load_runs
 
     if CORPUS.is_dir() and any(CORPUS.glob("*.csv.gz")):
-        trajs, source = load_logs([CORPUS]), f"corpus ({CORPUS.relative_to(ROOT)})"
+        trajs, source = load_runs(CORPUS), f"corpus ({CORPUS.relative_to(ROOT)})"
     else:
         # what each reference file is: the rupa2026 preset's file map
-        manifest = read_manifest(ROOT / "ncstudy" / "analyze" / "presets" / "rupa2026_runs.csv")
-        trajs = [t for t in load_logs([reference_dir()], manifest)
-                 if (t.meta.get("model"), t.meta.get("dataset"), t.meta.get("depth"), t.meta.get("protocol"))
+        manifest = ROOT / "ncstudy" / "analyze" / "presets" / "rupa2026_runs.csv"
+        trajs = [t for t in load_runs(reference_dir(), manifest)
+                 if (t.attrs.get("model"), t.attrs.get("dataset"), t.attrs.get("depth"), t.attrs.get("protocol"))
                  == ("mlp", "mnist", 5, "two-phase")]
         source = "reference MNIST MLP-5 logs"
     out = []

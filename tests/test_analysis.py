@@ -191,16 +191,16 @@ def test_a_run_the_stopper_ended_early_is_censored_not_given_the_relaxed_onset()
     (NC1 < 0.05, reached early) must not rank them as collapsing first; a run that sat above 0.01 to
     its budget keeps the relaxed fallback of its cell."""
     from ncstudy.analyze.experiments import group_stats, no_onset_text, onset_table
-    from ncstudy.analyze.sources import RunInput
+    from ncstudy.runs import Run
 
     def traj(last: int) -> pd.DataFrame:  # NC1 0.2 -> 0.03: crosses 0.05 at epoch 60, never 0.01
         return pd.DataFrame([{"epoch": e, "phase": 2, "nc1": max(0.03, 0.2 - 0.003 * e), "feat_norm": 1.0,
                               "test": 0.9} for e in range(10, last + 1, 10)])
 
-    runs = [RunInput("cut", "mlflow:cut", {"width": 128}, traj(140), origin="mlflow-artifact", cell="a",
-                     tags={"stop_reason": "cannot_win"}),
-            RunInput("budget", "mlflow:budget", {"width": 256}, traj(400), origin="mlflow-artifact", cell="b",
-                     tags={"stop_reason": "budget"})]
+    runs = [Run("cut", attrs={"width": 128}, source="mlflow:cut", frame=traj(140), origin="mlflow-artifact",
+                cell="a", tags={"stop_reason": "cannot_win"}),
+            Run("budget", attrs={"width": 256}, source="mlflow:budget", frame=traj(400), origin="mlflow-artifact",
+                cell="b", tags={"stop_reason": "budget"})]
     t = onset_table(runs, AnalysisOptions()).set_index("run_id")
     assert t.loc["budget", "t_relaxed"] == 60 and t.loc["cut", "t_relaxed"] == 60
     assert t.loc["budget", "t_nc"] == 60 and t.loc["budget", "threshold"] == "relaxed"

@@ -19,7 +19,7 @@ PKG = Path(__file__).resolve().parents[1] / "ncstudy"
 # and the ones listed for it.
 LAYERS = {
     "base": ("ncstudy.errors", "ncstudy.records", "ncstudy.deprecation", "ncstudy.text"),
-    "format": ("ncstudy.config", "ncstudy.logs", "ncstudy.onset"),
+    "format": ("ncstudy.config", "ncstudy.logs", "ncstudy.runs", "ncstudy.onset"),
     "data": ("ncstudy.data", "ncstudy.models", "ncstudy.metrics"),
     "train": ("ncstudy.train",),
     "forecast": ("ncstudy.forecast",),

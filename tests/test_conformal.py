@@ -7,12 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from ncstudy.forecast import Calibration, Trajectory, replay, synthetic_trajectory
+from ncstudy.forecast import Calibration, replay, synthetic_trajectory
 from ncstudy.forecast.analog import AnalogPool, PoolRun, conformal_quantile, isotonic
 from ncstudy.forecast.calibration import RunRecord
 from ncstudy.forecast.forecasters import ConformalOnset
 from ncstudy.forecast.protocol import NO_ONSET, ONSET
 from ncstudy.forecast.state import FEATURES, State, trajectory_states
+from ncstudy.runs import Run
 
 
 # -- state features --------------------------------------------------------------------------------
@@ -120,12 +121,12 @@ def test_recalibrated_analogs_hold_their_stated_levels():
 
 
 # -- the forecaster on trajectories ----------------------------------------------------------------
-def _run(i: int, rng: np.random.Generator) -> Trajectory:
+def _run(i: int, rng: np.random.Generator) -> Run:
     if rng.uniform() < 0.3:  # plateaus above the threshold: censored at the budget (600)
         recs = synthetic_trajectory(collapse=False, nc1_floor=float(rng.uniform(0.02, 0.05)), noise=0.03, seed=i)
     else:
         recs = synthetic_trajectory(t_nc=int(rng.integers(25, 45)) * 10, noise=0.03, seed=i)
-    return Trajectory(f"r{i}", "g", recs, {"budget": 600})
+    return Run(f"r{i}", "g", recs, {"budget": 600})
 
 
 def _calibration(runs) -> Calibration:

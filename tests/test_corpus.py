@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from ncstudy.forecast.calibration import default_prior
-from ncstudy.forecast.trajectories import load_corpus
 from ncstudy.onset import onset_of
+from ncstudy.runs import load_corpus
 
 CORPUS = Path(__file__).resolve().parents[1] / "analysis" / "corpus"
 

@@ -212,3 +212,53 @@ def test_the_pictures_former_forecast_builds_the_one_forecast_with_a_warning():
                                                 r"use ncstudy\.forecast\.Forecast$"):
         fc = OldForecast(140, None, None, None, 0.1)
     assert type(fc) is Forecast and math.isinf(fc.onset) and fc.decision == "no_onset" and fc.p_onset == 0.1
+
+
+def test_the_two_former_run_types_construct_runs_with_a_warning():
+    import pandas as pd
+
+    from ncstudy.runs import Run
+
+    recs = [{"epoch": 10, "nc1": 0.5, "feat_norm": 3.0}]
+    with pytest.warns(DeprecationWarning, match=r"^Trajectory is deprecated .*; use ncstudy\.runs\.Run$") as record:
+        from ncstudy.forecast.trajectories import Trajectory
+
+        old = Trajectory("r", "g", recs, {"budget": 600}, "r.csv")  # the old positional call
+    assert record[0].filename == __file__
+    assert isinstance(old, Run) and (old.run_id, old.group, old.records, old.source, old.budget) == (
+        "r", "g", recs, "r.csv", 600)
+    with pytest.warns(DeprecationWarning, match=r"use ncstudy\.runs\.Run\.attrs$"):
+        assert old.meta == {"budget": 600}
+    frame = pd.DataFrame(recs)
+    with pytest.warns(DeprecationWarning, match=r"^RunInput is deprecated .*; use ncstudy\.runs\.Run$"):
+        from ncstudy.analyze import RunInput
+
+        run = RunInput("r", "mlflow:r", {"model": "mlp", "dataset": "mnist"}, frame, origin="mlflow-artifact",
+                       cell="c", tags={"stop_reason": "budget"})
+    assert (run.source, run.group, run.cell, run.origin, run.tags) == (
+        "mlflow:r", "mlp/mnist", "c", "mlflow-artifact", {"stop_reason": "budget"})
+    with pytest.warns(DeprecationWarning, match=r"use ncstudy\.runs\.Run\.frame$"):
+        assert run.trajectory is frame
+
+
+def test_the_former_log_loaders_warn_and_load_runs(tmp_path):
+    import ncstudy.analyze.sources as sources
+    import ncstudy.forecast
+    import ncstudy.forecast.trajectories as trajectories
+    import ncstudy.runs as runs
+
+    log = tmp_path / "width64_s3.csv"
+    log.write_text("epoch,nc1,feat_norm\n10,0.5,7.5\n")
+    with pytest.warns(DeprecationWarning, match=r"load_logs is deprecated .*; use ncstudy\.runs\.load_runs$"):
+        (run,) = trajectories.load_logs([log], group="g")
+    assert (run.run_id, run.group, run.attrs["seed"]) == ("width64_s3", "g", 3)
+    for name in ("load_corpus", "read_manifest", "load_logs", "Trajectory"):
+        with pytest.warns(DeprecationWarning, match=rf"^ncstudy\.forecast\.{name} is deprecated .*; use ncstudy\.runs"):
+            getattr(ncstudy.forecast, name)
+    for name in ("group_of", "frame_records", "log_stem", "GROUP_BY"):
+        with pytest.warns(DeprecationWarning, match=rf"use ncstudy\.runs\.{name}$"):
+            assert getattr(trajectories, name) is getattr(runs, name)
+    with pytest.warns(DeprecationWarning, match=r"use ncstudy\.runs\.attrs_from_filename$"):
+        assert sources.attrs_from_filename is runs.attrs_from_filename
+    with pytest.warns(DeprecationWarning, match=r"use ncstudy\.runs\.read_run$"):
+        assert sources.read_run_log(log)["feat_norm"].tolist() == [7.5]

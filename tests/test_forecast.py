@@ -21,20 +21,18 @@ from ncstudy.forecast import (
     Observation,
     Prior,
     TrainLossExtrapolation,
-    Trajectory,
     calibration_from_trajectories,
     default_group_key,
     first_crossing,
     lead_statistics,
-    load_logs,
     observation_from_records,
     paper_insample_rule,
-    read_manifest,
     replay,
     synthetic_trajectory,
 )
 from ncstudy.logs import read_log
 from ncstudy.onset import onset_of
+from ncstudy.runs import Run, load_runs, read_manifest
 
 _ROOT = Path(__file__).resolve().parents[1]
 _CANDIDATES = [os.environ.get("NCSTUDY_REFERENCE_LOGS"), _ROOT.parent / "shared" / "reference" / "rupa2026_logs",
@@ -44,9 +42,9 @@ needs_ref = pytest.mark.skipif(not REF.is_dir(), reason="reference logs not avai
 RUNS = _ROOT / "ncstudy" / "analyze" / "presets" / "rupa2026_runs.csv"  # what each reference file is
 
 
-def _mnist_mlp5(t: Trajectory) -> bool:
+def _mnist_mlp5(t: Run) -> bool:
     """The two-phase MNIST MLP runs of depth 5 (any width, activation or weight decay)."""
-    m = t.meta
+    m = t.attrs
     return (m.get("model"), m.get("dataset"), m.get("depth"), m.get("protocol")) == ("mlp", "mnist", 5, "two-phase")
 
 
@@ -224,7 +222,7 @@ def test_calibration_mean_median_priors_groups_and_json(tmp_path):
 
 
 def test_calibration_remove_run_takes_out_run_observation_and_pool_states():
-    runs = [Trajectory(f"r{i}", "g", synthetic_trajectory(t_nc=300 + 10 * i, seed=i), {"budget": 600})
+    runs = [Run(f"r{i}", "g", synthetic_trajectory(t_nc=300 + 10 * i, seed=i), {"budget": 600})
             for i in range(3)]
     cal = calibration_from_trajectories(runs)
     before = cal.analog_pool()
@@ -297,9 +295,9 @@ def test_monitor_rewinds_on_repeated_epochs():
 # -- replay ---------------------------------------------------------------------------------------
 @needs_ref
 def test_manifest_gives_reference_logs_their_groups():
-    trajs = {t.run_id: t for t in load_logs([REF], read_manifest(RUNS))}
-    assert trajs["mnist_twophase"].meta["cell"] == "baseline" and trajs["mnist_twophase"].group == "mlp/mnist"
-    m = trajs["wd1e-05_s2"].meta
+    trajs = {t.run_id: t for t in load_runs([REF], read_manifest(RUNS))}
+    assert trajs["mnist_twophase"].attrs["cell"] == "baseline" and trajs["mnist_twophase"].group == "mlp/mnist"
+    m = trajs["wd1e-05_s2"].attrs
     assert (m["model"], m["dataset"], m["weight_decay"], m["seed"]) == ("mlp", "mnist", 1e-5, 2)
     assert trajs["cifar10_s0"].group == "resnet20/cifar10" and trajs["mlp5_cifar10_s1"].group == "mlp/cifar10"
     assert not _mnist_mlp5(trajs["depth7_s0"]) and not _mnist_mlp5(trajs["baseline"])
@@ -307,13 +305,13 @@ def test_manifest_gives_reference_logs_their_groups():
     # phase from the manifest's ce_epochs where a file has no phase column (gelu_s3)
     assert {r["phase"] for r in trajs["gelu_s3"].records if r["epoch"] > 200} == {2}
     # without a manifest every log is in one group, and --group names it
-    assert {t.group for t in load_logs([REF / "width128_s0.csv"])} == {"default"}
-    assert {t.group for t in load_logs([REF / "width128_s0.csv"], group="mlp/mnist")} == {"mlp/mnist"}
+    assert {t.group for t in load_runs([REF / "width128_s0.csv"])} == {"default"}
+    assert {t.group for t in load_runs([REF / "width128_s0.csv"], group="mlp/mnist")} == {"mlp/mnist"}
 
 
 @needs_ref
 def test_leave_one_out_replay_matches_independent_computation():
-    trajs = [t for t in load_logs([REF], read_manifest(RUNS)) if _mnist_mlp5(t)]
+    trajs = [t for t in load_runs([REF], read_manifest(RUNS)) if _mnist_mlp5(t)]
     assert len(trajs) == 27
     res = replay(trajs, "fn_star", "leave-one-out", "stop_at_forecast", budget=600)
     by = {r.run_id: r for r in res.runs}
@@ -354,8 +352,8 @@ def test_leave_one_out_replay_matches_independent_computation():
 
 
 def test_leave_one_out_uses_only_the_same_group():
-    a = [Trajectory(f"a{i}", "A", synthetic_trajectory(t_nc=330 + 10 * i, fn_end=1.0, seed=i)) for i in range(4)]
-    b = [Trajectory(f"b{i}", "B", synthetic_trajectory(t_nc=330 + 10 * i, fn_start=30.0, fn_end=10.0, seed=i))
+    a = [Run(f"a{i}", "A", synthetic_trajectory(t_nc=330 + 10 * i, fn_end=1.0, seed=i)) for i in range(4)]
+    b = [Run(f"b{i}", "B", synthetic_trajectory(t_nc=330 + 10 * i, fn_start=30.0, fn_end=10.0, seed=i))
          for i in range(4)]
     cal = calibration_from_trajectories(a + b)
     for t in a + b:  # what replay's leave-one-out gives each run: the other runs of its own group only
@@ -366,8 +364,8 @@ def test_leave_one_out_uses_only_the_same_group():
 
 
 def test_replay_prior_mode_and_never_collapsing_runs():
-    runs = [Trajectory("c", "g", synthetic_trajectory(t_nc=350, fn_end=1.0)),
-            Trajectory("n", "g", synthetic_trajectory(collapse=False, nc1_floor=0.08, fn_end=1.0))]
+    runs = [Run("c", "g", synthetic_trajectory(t_nc=350, fn_end=1.0)),
+            Run("n", "g", synthetic_trajectory(collapse=False, nc1_floor=0.08, fn_end=1.0))]
     res = replay(runs, "fn_star", "prior", "stop_at_forecast", priors={"g": Prior(1.1, 50.0)}, budget=600)
     c, n = res.runs
     assert (c.crossing_epoch, c.forecast_onset, c.stop_epoch, c.t_nc, c.error, c.lead) == \
@@ -438,7 +436,7 @@ def test_replay_calibration_round_trips(tmp_path, capsys):
         assert main(["replay", *other, "--group", "mlp/mnist", "--json", "--budget", "600", *args]) == 0
         outs.append(json.loads(capsys.readouterr().out)["results"])
     assert outs[0] == outs[1]
-    trajs = load_logs(other, group="mlp/mnist")
+    trajs = load_runs(other, group="mlp/mnist")
     mem = replay(trajs, "conformal", "prior", prior=saved, budget=600)
     assert [r.to_dict() for r in [mem]][0]["runs"] == outs[0][0]["runs"]
 
@@ -465,6 +463,12 @@ def test_replay_cli_reads_an_mlflow_experiment(tmp_path, capsys, mlflow_uri):  #
     assert {r["group"] for r in runs} == {"mlp/synthetic"} and {r["t_nc"] for r in runs} == {320, 330, 340, 350}
     assert main(["replay", "--experiment", "no_such_experiment", "--tracking-uri", uri]) == 2
     assert "unknown experiment 'no_such_experiment'" in capsys.readouterr().err
+    # a study's stopper starting from this experiment's runs (fnstar.prior_experiment) reads the same runs
+    from ncstudy.study.runner import build_calibration
+    from ncstudy.study.spec import FnStarConfig
+
+    cal = build_calibration(FnStarConfig(forecaster="fn_star", prior_experiment=name, tracking_uri=uri))
+    assert cal.n_runs("mlp/synthetic") == 4 and len(cal.observations("mlp/synthetic")) == 4
 
 
 def test_forecast_read_back_from_a_result_record():

@@ -14,8 +14,9 @@ import pytest
 
 from ncstudy.adapters.optuna_pruner import OnsetPruner
 from ncstudy.adapters.ray_tune import OnsetStopper
-from ncstudy.forecast import ForecastStopper, load_corpus
+from ncstudy.forecast import ForecastStopper
 from ncstudy.forecast.calibration import default_prior
+from ncstudy.runs import load_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "analysis" / "corpus"
@@ -104,9 +105,9 @@ def replay_trainable(config):
     """A trainable that replays a logged corpus run (the 'training'), reporting a record per evaluation."""
     from ray import tune
 
-    from ncstudy.forecast import load_logs
+    from ncstudy.runs import load_runs
 
-    (traj,) = load_logs([config["log"]])
+    (traj,) = load_runs([config["log"]])
     for rec in traj.records:
         tune.report(dict(rec, collapse_epoch=math.nan))
 

@@ -9,21 +9,22 @@ from pathlib import Path
 import pytest
 
 from ncstudy.cli import main
-from ncstudy.forecast import Trajectory, load_corpus, synthetic_trajectory
+from ncstudy.forecast import synthetic_trajectory
 from ncstudy.forecast.search import SEARCH_STOPPERS, _Asha, prepare, replay_search
+from ncstudy.runs import Run, load_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "analysis" / "corpus"
 REF = ROOT.parent / "shared" / "reference" / "rupa2026_logs"
 
 
-def _runs() -> list[Trajectory]:
+def _runs() -> list[Run]:
     """Six synthetic runs of known onsets (one never collapses), budget 600."""
     onsets = [330, 300, 420, None, 350, 390]
     out = []
     for i, t in enumerate(onsets):
         recs = synthetic_trajectory(t_nc=t or 300, collapse=t is not None, nc1_floor=0.03, seed=i)
-        out.append(Trajectory(f"r{i}", "g", recs, {"budget": 600}))
+        out.append(Run(f"r{i}", "g", recs, {"budget": 600}))
     return out
 
 

@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 from ncstudy.adapters.mlflow.reader import StudyReader  # noqa: E402
 from ncstudy.forecast.calibration import DEFAULT_PRIOR  # noqa: E402
 from ncstudy.forecast.replay import calibration_from_trajectories  # noqa: E402
-from ncstudy.forecast.trajectories import load_corpus  # noqa: E402
 from ncstudy.onset import onset_of  # noqa: E402
 from ncstudy.records import num  # noqa: E402
+from ncstudy.runs import load_corpus  # noqa: E402
 
 PARAMS = {"data.name": "dataset", "model.name": "model", "model.depth": "depth", "model.width": "width",
           "model.activation": "activation", "optimizer.name": "optimizer", "optimizer.schedule": "schedule",

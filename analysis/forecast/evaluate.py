@@ -43,10 +43,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ncstudy.forecast import ForecastStopper, load_corpus, load_logs, read_manifest, replay  # noqa: E402
+from ncstudy.forecast import ForecastStopper, replay  # noqa: E402
 from ncstudy.forecast.replay import calibration_from_trajectories, infer_budgets  # noqa: E402
 from ncstudy.forecast.search import SEARCH_STOPPERS, replay_search  # noqa: E402
 from ncstudy.onset import onset_of  # noqa: E402
+from ncstudy.runs import load_corpus, load_runs  # noqa: E402
 from ncstudy.text import table, value  # noqa: E402
 
 CORPUS = ROOT / "analysis" / "corpus"
@@ -75,8 +76,8 @@ def corpus_runs(corpus: Path = CORPUS):
 
 def reference_runs():
     """The author's 42 two-phase MLP/MNIST logs (the rest are other models or single-phase runs)."""
-    runs = load_logs([REFERENCE], read_manifest(REFERENCE_MANIFEST))
-    return [t for t in runs if t.group == "mlp/mnist" and t.meta.get("protocol") == "two-phase"]
+    runs = load_runs(REFERENCE, REFERENCE_MANIFEST)
+    return [t for t in runs if t.group == "mlp/mnist" and t.attrs.get("protocol") == "two-phase"]
 
 
 def _summary(res) -> dict[str, Any]:
@@ -95,7 +96,7 @@ def _task(spec: tuple) -> tuple[str, dict[str, Any]]:
         elif split == "reference->corpus":
             res = replay(corpus, forecaster, "prior", prior=calibration_from_trajectories(reference_runs()))
         elif split == "reference, no manifest":
-            trajs = load_logs([REFERENCE], group=None)
+            trajs = load_runs(REFERENCE)
             res = replay(trajs, forecaster, "leave-one-out", prior=calibration_from_trajectories(corpus))
         else:
             res = replay(corpus, forecaster, "leave-one-group-out", holdout_by=split)

@@ -20,11 +20,12 @@ import pandas as pd
 from scipy import stats
 
 from ncstudy import text
-from ncstudy.analyze.sources import ATTR_KEYS, RunInput
+from ncstudy.analyze.sources import ATTR_KEYS
 from ncstudy.deprecation import renamed_function
 from ncstudy.forecast.insample import crossing_epoch, loglog_fit
 from ncstudy.onset import OnsetRule, onset_of
 from ncstudy.records import CENSORED_STOPS, FORECAST_EPOCH, num
+from ncstudy.runs import Run
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def _records(traj: pd.DataFrame) -> list[dict[str, Any]]:
     return traj[cols].to_dict("records")
 
 
-def onset_table(runs: Sequence[RunInput], opts: AnalysisOptions) -> pd.DataFrame:
+def onset_table(runs: Sequence[Run], opts: AnalysisOptions) -> pd.DataFrame:
     """One row per run: attributes, the onset under its rule, test accuracy."""
     rows = []
     for r in runs:
@@ -103,8 +104,8 @@ def onset_table(runs: Sequence[RunInput], opts: AnalysisOptions) -> pd.DataFrame
                    origin=r.origin, source=r.source, experiments=";".join(r.experiments), note=r.note,
                    stop_reason=r.tags.get("stop_reason"),
                    forecast_epoch=num(r.tags.get(FORECAST_EPOCH)))
-        if r.trajectory is not None:
-            tr = r.trajectory
+        if r.has_log:
+            tr = r.frame
             o = onset_of(_records(tr), OnsetRule(opts.strict, opts.relaxed, p2), relaxed_fallback=False)
             row.update(t_strict=o.t_strict, t_relaxed=o.t_relaxed, fn_strict=num(o.fn_strict),
                        fn_relaxed=num(o.fn_relaxed), min_nc1=num(o.min_nc1),
@@ -157,7 +158,7 @@ def onset_table(runs: Sequence[RunInput], opts: AnalysisOptions) -> pd.DataFrame
     if "given_t" in df.columns:
         df = df.drop(columns=[c for c in ("given_t", "given_fn", "given_threshold") if c in df.columns])
     df["test_acc_at_onset"] = [
-        _at_epoch(r.trajectory, "test", None if pd.isna(t) else int(t)) if r.trajectory is not None else None
+        _at_epoch(r.frame, "test", None if pd.isna(t) else int(t)) if r.has_log else None
         for r, t in zip(runs, df["t_nc"])]
     return df
 

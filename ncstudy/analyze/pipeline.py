@@ -17,8 +17,9 @@ from ncstudy.analyze.experiments import (
     onset_table,
 )
 from ncstudy.analyze.presets import Preset, consistency, get_preset, lead_consistency
-from ncstudy.analyze.sources import RunInput, SourceInfo, load_log_folder, load_mlflow, log_folder
+from ncstudy.analyze.sources import SourceInfo, load_log_folder, load_mlflow, log_folder
 from ncstudy.errors import InputError
+from ncstudy.runs import Run
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Analysis:
     figures: list[str] = field(default_factory=list)
 
 
-def _attr_frame(runs: Sequence[RunInput]) -> pd.DataFrame:
+def _attr_frame(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.DataFrame([{"run_id": r.run_id, **r.attrs} for r in runs])
 
 
@@ -47,7 +48,7 @@ def _check_keys(keys: Sequence[str], columns: Sequence[str]) -> None:
                                  f"{', '.join(avail) or 'no attributes'}")
 
 
-def analyze_runs(runs: list[RunInput], info: SourceInfo, opts: AnalysisOptions,
+def analyze_runs(runs: list[Run], info: SourceInfo, opts: AnalysisOptions,
                  preset: Preset | None = None) -> Analysis:
     if not runs:
         raise InputError(f"{info.location}: no runs to analyse")
@@ -71,7 +72,7 @@ def analyze_runs(runs: list[RunInput], info: SourceInfo, opts: AnalysisOptions,
             if r.cell is None:  # relaxed fallback per group: "cells that never reach 0.01"
                 r.cell = group_label(keys, [row.get(k) for k in keys])
     table = onset_table(runs, opts)
-    trajectories = {r.run_id: r.trajectory for r in runs if r.trajectory is not None}
+    trajectories = {r.run_id: r.frame for r in runs if r.has_log}
     experiments = {}
     for spec in specs:
         sub = table[table["experiments"].map(lambda e, n=spec.name: n in e.split(";"))]

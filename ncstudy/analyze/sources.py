@@ -1,10 +1,11 @@
 """Where the runs of an analysis come from.
 
-Two sources give the same :class:`RunInput` records:
+Two sources give the same :class:`ncstudy.runs.Run` records:
 
 * a folder of reference-format CSVs (``../shared/reference/README.md``), either generic (one run
-  per file, attributes parsed from the file name) or through a preset that maps the files of a
-  known folder to models, datasets, sweeps and threshold rules (:mod:`ncstudy.analyze.presets`);
+  per file, attributes parsed from the file name; read by :func:`ncstudy.runs.load_runs`) or
+  through a preset that maps the files of a known folder to models, datasets, sweeps and threshold
+  rules (:mod:`ncstudy.analyze.presets`);
 * an MLflow experiment written by a study (``docs/CONTRACTS.md``): one child run per trial with
   params, metrics at ``step=epoch`` and a ``trajectory.csv`` artifact, under a parent run tagged
   ``ncstudy.role=study``.
@@ -14,16 +15,17 @@ message that names the missing thing; the CLI turns it into exit status 2.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
-from ncstudy.errors import InputError, LogFormatError
-from ncstudy.logs import REFERENCE_COLUMNS, REQUIRED_COLUMNS, read_log
+from ncstudy.deprecation import moved_names, warn_renamed
+from ncstudy.errors import InputError
+from ncstudy.logs import REQUIRED_COLUMNS
 from ncstudy.records import num
+from ncstudy.runs import Run, group_of, load_runs, log_files, numeric_log, read_run
 
 # Run attributes the analysis knows how to group by, in display order.
 ATTR_KEYS = ("model", "dataset", "depth", "width", "activation", "weight_decay", "lr", "seed",
@@ -32,23 +34,19 @@ NUMERIC_ATTRS = {"depth", "width", "weight_decay", "lr", "seed", "intervention_a
 THRESHOLD_RULES = ("strict", "relaxed", "relaxed-fallback")
 
 
-@dataclass
-class RunInput:
-    """One run to analyse: its attributes and either a trajectory or tabulated onset values."""
+class RunInput(Run):
+    """Deprecated name of :class:`ncstudy.runs.Run` (constructing it warns): ``trajectory`` is now
+    ``frame``, and the group is derived from the attributes."""
 
-    run_id: str
-    source: str  # file path, "<table>.csv row ...", or "mlflow:<run id>"
-    attrs: dict[str, Any]
-    trajectory: pd.DataFrame | None = None
-    origin: str = "log"  # log | table | mlflow-artifact | mlflow-metrics | mlflow-tags
-    cell: str | None = None  # unit of the relaxed fallback ("cells that never reach 0.01 ...")
-    rule: str | None = None  # strict | relaxed | relaxed-fallback; None = the analysis default
-    phase2_only: bool | None = None  # None = the analysis default
-    given: dict[str, Any] | None = None  # t_nc, fn_star, test_acc, threshold (no trajectory)
-    experiments: tuple[str, ...] = ()
-    note: str = ""
-    tags: dict[str, str] = field(default_factory=dict)
-    name: str | None = None  # display name (MLflow run name); default run_id
+    def __init__(self, run_id: str, source: str, attrs: Mapping[str, Any], trajectory: pd.DataFrame | None = None,
+                 origin: str = "log", cell: str | None = None, rule: str | None = None,
+                 phase2_only: bool | None = None, given: Mapping[str, Any] | None = None,
+                 experiments: tuple[str, ...] = (), note: str = "", tags: Mapping[str, str] | None = None,
+                 name: str | None = None) -> None:
+        warn_renamed("RunInput", "ncstudy.runs.Run")
+        super().__init__(run_id, group_of(attrs, run_id=run_id), attrs=attrs, source=source, frame=trajectory,
+                         origin=origin, cell=cell, rule=rule, phase2_only=phase2_only, given=given,
+                         experiments=experiments, note=note, tags=tags, name=name)
 
 
 @dataclass
@@ -67,65 +65,10 @@ class SourceInfo:
 # ---------------------------------------------------------------------------------------------
 # Reference-format logs
 # ---------------------------------------------------------------------------------------------
-def _numeric_log(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Coerce the metric columns to numbers; a log without usable epochs is an input error."""
-    if df.empty:
-        raise InputError(f"{path}: no rows (a log needs one row per evaluation)")
-    df = df.copy()
-    for c in df.columns:
-        if c in REFERENCE_COLUMNS or df[c].dtype == object:
-            converted = pd.to_numeric(df[c], errors="coerce")
-            if c in REFERENCE_COLUMNS or converted.notna().sum() == df[c].notna().sum():
-                df[c] = converted
-    if df["epoch"].isna().any():
-        raise InputError(f"{path}: column epoch has missing or non-numeric values")
-    return df.sort_values("epoch").reset_index(drop=True)
-
-
 def read_run_log(path: Path, phase1_epochs: int | None = None) -> pd.DataFrame:
-    try:
-        df = read_log(path, REQUIRED_COLUMNS, phase1_epochs=phase1_epochs)
-    except LogFormatError as e:
-        raise InputError(str(e)) from None
-    return _numeric_log(df, path)
-
-
-_TOKEN_RULES = [
-    (re.compile(r"^s(\d+)$"), "seed", int),
-    (re.compile(r"^seed(\d+)$"), "seed", int),
-    (re.compile(r"^depth(\d+)$"), "depth", int),
-    (re.compile(r"^width(\d+)$"), "width", int),
-    (re.compile(r"^wd([0-9.ep+-]+)$"), "weight_decay", lambda s: float(s.replace("p", "."))),
-    (re.compile(r"^lr([0-9.ep+-]+)$"), "lr", lambda s: float(s.replace("p", "."))),
-    (re.compile(r"^alpha([0-9.p]+)$"), "intervention_alpha", lambda s: float(s.replace("p", "."))),
-    (re.compile(r"^act([A-Za-z_]+)$"), "activation", str.lower),
-]
-
-
-def attrs_from_filename(stem: str) -> dict[str, Any]:
-    """Attributes a file name spells out: ``width128_s0`` -> width 128, seed 0, group ``width128``.
-
-    Tokens are separated by ``_``: ``s<N>``/``seed<N>``, ``depth<N>``, ``width<N>``, ``wd<x>``,
-    ``lr<x>``, ``alpha<x>`` (``p`` may stand for the decimal point: ``wd0p0005``) and
-    ``act<Name>``. ``group`` is the name without its seed token.
-    """
-    attrs: dict[str, Any] = {}
-    rest = []
-    for tok in stem.split("_"):
-        is_seed = False
-        for rx, key, conv in _TOKEN_RULES:
-            m = rx.match(tok)
-            if m:
-                try:
-                    attrs[key] = conv(m.group(1))
-                except ValueError:
-                    continue
-                is_seed = key == "seed"
-                break
-        if not is_seed:
-            rest.append(tok)
-    attrs["group"] = "_".join(rest) or stem
-    return attrs
+    """Deprecated: :func:`ncstudy.runs.read_run` (its ``frame``)."""
+    warn_renamed("ncstudy.analyze.sources.read_run_log", "ncstudy.runs.read_run")
+    return read_run(path, ce_epochs=phase1_epochs).frame
 
 
 def log_folder(folder: str | Path) -> tuple[Path, list[Path]]:
@@ -133,25 +76,19 @@ def log_folder(folder: str | Path) -> tuple[Path, list[Path]]:
     d = Path(folder)
     if not d.is_dir():
         raise InputError(f"{d}: no such folder (--logs needs a folder of reference-format CSVs)")
-    csvs = sorted(p for p in d.glob("*.csv") if p.is_file())
+    csvs = log_files(d)
     if not csvs:
         raise InputError(f"{d}: empty, no *.csv log files found (--logs needs a folder of "
                          f"reference-format CSVs with columns {', '.join(REQUIRED_COLUMNS)})")
     return d, csvs
 
 
-def load_log_folder(folder: str | Path, phase1_epochs: int | None = None) -> tuple[list[RunInput], SourceInfo]:
-    """A generic folder: one run per CSV, attributes from the file name (:func:`attrs_from_filename`)."""
-    d, csvs = log_folder(folder)
-    runs, errors = [], []
-    for p in csvs:
-        try:
-            traj = read_run_log(p, phase1_epochs)
-        except InputError as e:
-            errors.append(str(e))
-            continue
-        runs.append(RunInput(run_id=p.stem, source=str(p), attrs=attrs_from_filename(p.stem),
-                             trajectory=traj, origin="log"))
+def load_log_folder(folder: str | Path, phase1_epochs: int | None = None) -> tuple[list[Run], SourceInfo]:
+    """A generic folder: one run per CSV (:func:`ncstudy.runs.load_runs`), attributes from the file
+    name (:func:`ncstudy.runs.attrs_from_filename`); every file must be a log."""
+    d, _ = log_folder(folder)
+    errors: list[str] = []
+    runs = load_runs(d, ce_epochs=phase1_epochs, skipped=errors)
     if errors:
         raise InputError(
             "cannot use these files as run logs:\n  " + "\n  ".join(errors) +
@@ -186,7 +123,7 @@ def _convert(key: str, value: Any) -> Any:
     return s
 
 
-def load_mlflow(experiment: str, tracking_uri: str | None = None) -> tuple[list[RunInput], SourceInfo]:
+def load_mlflow(experiment: str, tracking_uri: str | None = None) -> tuple[list[Run], SourceInfo]:
     """The trial runs of a study (read through :class:`~ncstudy.adapters.mlflow.reader.StudyReader`)."""
     from ncstudy.adapters.mlflow.layout import FN_STAR_TAG, T_NC_TAG, THRESHOLD_TAG
     from ncstudy.adapters.mlflow.reader import StudyReader
@@ -222,15 +159,20 @@ def load_mlflow(experiment: str, tracking_uri: str | None = None) -> tuple[list[
             for k in MLP_ONLY:  # MLP-only fields of the flattened config mean nothing here
                 attrs[k] = None
         info.warnings.extend(t.warnings)
-        traj = None if t.trajectory is None else _numeric_log(t.trajectory, Path(f"mlflow:{t.run_id}"))
+        traj = None if t.trajectory is None else numeric_log(t.trajectory, f"mlflow:{t.run_id}")
         given = None
         if traj is None:
             tn = num(tags.get(T_NC_TAG))
             given = {"t_nc": tn, "fn_star": num(tags.get(FN_STAR_TAG)), "test_acc": t.metrics.get("test"),
                      "threshold": tags.get(THRESHOLD_TAG) if tn is not None else None}
         p2 = params.get("eval.onset_phase2_only")
-        runs.append(RunInput(
-            run_id=t.run_id, source=f"mlflow:{t.run_id}", attrs=attrs, trajectory=traj, origin=t.origin,
+        runs.append(Run(
+            t.run_id, group_of(attrs, run_id=t.run_id), attrs=attrs, source=f"mlflow:{t.run_id}", frame=traj,
+            origin=t.origin,
             phase2_only=None if p2 is None else str(p2).lower() == "true", given=given, name=t.name,
             tags={k: v for k, v in tags.items() if not k.startswith("mlflow.")}))
     return runs, info
+
+
+# Moved to ncstudy.runs (issue 26): read from here, with a warning.
+__getattr__ = moved_names(__name__, {"attrs_from_filename": "ncstudy.runs"})

@@ -50,8 +50,8 @@ from ncstudy.forecast.settings import (
     forecaster_settings,
     option_help,
 )
-from ncstudy.forecast.trajectories import GROUP_BY, Trajectory, load_logs, read_manifest
 from ncstudy.onset import OnsetRule
+from ncstudy.runs import GROUP_BY, Run, load_runs, read_manifest
 
 #: Forecaster options a flag sets (``phases`` is ``--any-phase``; ``weights`` only from Python).
 _OPTION_FLAGS = tuple(k for k in OPTION_OWNERS if k not in ("phases", "weights"))
@@ -185,7 +185,7 @@ def _prior(args) -> Calibration | None:
     return cal
 
 
-def calibration_report(trajs: Sequence[Trajectory], prior: Calibration | None, mode: str) -> dict[str, Any]:
+def calibration_report(trajs: Sequence[Run], prior: Calibration | None, mode: str) -> dict[str, Any]:
     """Per replayed group, what its calibration rests on; priors that match no replayed group."""
     groups = sorted({t.group for t in trajs})
     prior_groups = set(prior.groups()) if prior is not None else set()
@@ -239,10 +239,11 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
         raise InputError("give log files/folders or --experiment NAME")
     prior = _prior(args)
     skipped: list[str] = []
-    trajs: list[Trajectory] = []
+    trajs: list[Run] = []
     manifest = read_manifest(args.manifest) if args.manifest else None
     if args.logs:
-        trajs += load_logs(args.logs, manifest, args.group, args.group_by, args.ce_epochs, skipped)
+        trajs += load_runs(args.logs, manifest, group=args.group, group_by=args.group_by, ce_epochs=args.ce_epochs,
+                           skipped=skipped)
     if args.experiment:
         from ncstudy.adapters.mlflow.reader import mlflow_trajectories
 
@@ -302,7 +303,7 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _search(args, trajs: Sequence[Trajectory], forecaster: str, prior: Calibration | None, rule: OnsetRule,
+def _search(args, trajs: Sequence[Run], forecaster: str, prior: Calibration | None, rule: OnsetRule,
             opts: dict[str, Any], report: dict[str, Any]) -> int:
     """``--search``: replayed searches, one row (``summary``) per stopper."""
     stoppers = list(dict.fromkeys(args.stopper or SEARCH_STOPPERS))

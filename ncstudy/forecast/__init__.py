@@ -59,7 +59,6 @@ from .stopper import (
                           TrialMonitor,
 )
 from .synthetic import synthetic_trajectory
-from .trajectories import Trajectory, load_corpus, load_logs, read_manifest
 
 __all__ = [
     "PAPER_PRIORS", "Calibration", "Estimate", "LevelEstimate", "Observation", "Prior", "default_group_key",
@@ -72,5 +71,21 @@ __all__ = [
     "FORECASTER_SETTINGS", "MODES", "POLICIES", "ConformalSettings", "ExtrapolationSettings", "FnStarSettings",
     "StopperSettings", "default_mode", "CANNOT_WIN_STOP", "CAPPED_STOP", "FORECAST_STOP", "NO_ONSET_STOP", "ONSET_STOP",
     "Decision", "ForecastStopper", "TrialForecast", "TrialMonitor", "synthetic_trajectory",
-    "Trajectory", "load_corpus", "load_logs", "read_manifest",
 ]
+
+# Names that moved to ncstudy.runs (issue 26): read from here, with a warning naming the new one.
+_MOVED = {"Trajectory": "ncstudy.runs.Run", "load_logs": "ncstudy.runs.load_runs",
+          "load_corpus": "ncstudy.runs.load_corpus", "read_manifest": "ncstudy.runs.read_manifest"}
+
+
+def __getattr__(name: str) -> object:
+    new = _MOVED.get(name)
+    if new is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    from ncstudy.deprecation import warn_renamed
+
+    warn_renamed(f"ncstudy.forecast.{name}", new)
+    home = "ncstudy.forecast.trajectories" if name in ("Trajectory", "load_logs") else "ncstudy.runs"
+    return getattr(importlib.import_module(home), name)

@@ -38,13 +38,13 @@ from typing import Any, Iterator, Mapping, Sequence
 from scipy import stats
 
 from ncstudy.onset import OnsetRule, onset_of
+from ncstudy.runs import Run
 from ncstudy.text import table
 
 from .calibration import Calibration, Prior, RunRecord, observation_from_records
 from .protocol import Forecast, first_crossing
 from .settings import DEFAULT_FORECASTER, POLICIES
 from .stopper import FORECAST_STOP, NO_ONSET_STOP, ONSET_STOP, TrialMonitor
-from .trajectories import Trajectory
 
 CALIBRATION_MODES = ("prior", "leave-one-out", "leave-one-group-out")
 
@@ -135,7 +135,7 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-def infer_budgets(trajectories: Sequence[Trajectory], budget: int | None = None,
+def infer_budgets(trajectories: Sequence[Run], budget: int | None = None,
                   rule: OnsetRule = OnsetRule()) -> dict[str, int]:
     """Each run's budget (see the module docs): its metadata's, else ``budget``; else, for a run
     that never collapsed, its own last epoch (it ran to its end); for one whose log stops at its
@@ -195,7 +195,7 @@ class EvalLog:
             self.covered_if_onset.append(lo <= t_nc <= hi)
 
 
-def replay_run(traj: Trajectory, calibration: Calibration, forecaster: str = DEFAULT_FORECASTER,
+def replay_run(traj: Run, calibration: Calibration, forecaster: str = DEFAULT_FORECASTER,
                policy: str = "stop_at_forecast", rule: OnsetRule = OnsetRule(), budget: int | None = None,
                terminal_acc: float = 0.99, forecaster_options: Mapping[str, Any] | None = None,
                log: EvalLog | None = None) -> RunReplay:
@@ -285,19 +285,19 @@ def _base_brier(outcomes: Sequence[float]) -> float | None:
     return None if m is None else m * (1 - m)
 
 
-def cluster_of(t: Trajectory) -> str:
+def cluster_of(t: Run) -> str:
     """The configuration a logged run is a seed of (metadata ``config``, as the corpus manifest
     has it): the pool holds it out with its twins when it calibrates."""
-    c = t.meta.get("config")
+    c = t.attrs.get("config")
     return str(c) if c not in (None, "") and not (isinstance(c, float) and math.isnan(c)) else ""
 
 
-def held_out_calibrations(trajectories: Sequence[Trajectory], budgets: Mapping[str, int],
+def held_out_calibrations(trajectories: Sequence[Run], budgets: Mapping[str, int],
                           calibration: str = "leave-one-out", prior: Calibration | None = None,
                           priors: Mapping[str, Prior] | None = None, min_observations: int = 3,
                           rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99, holdout_by: str | None = None,
                           use_relaxed: bool = False,
-                          needs_prior: bool = True) -> Iterator[tuple[Trajectory, Calibration]]:
+                          needs_prior: bool = True) -> Iterator[tuple[Run, Calibration]]:
     """Each trajectory with the calibration it is replayed with (the module docs' modes): the
     ``prior`` (plus ``priors``) and, under ``leave-one-out`` / ``leave-one-group-out``, every other
     replayed run outside the run's holdout unit -- never the run itself."""
@@ -324,13 +324,13 @@ def held_out_calibrations(trajectories: Sequence[Trajectory], budgets: Mapping[s
         if calibration == "leave-one-out":
             yield t, base.without(t.run_id)
         elif calibration == "leave-one-group-out":
-            key = t.meta.get(holdout_by)
-            yield t, base.without_runs(u.run_id for u in trajectories if u.meta.get(holdout_by) == key)
+            key = t.attrs.get(holdout_by)
+            yield t, base.without_runs(u.run_id for u in trajectories if u.attrs.get(holdout_by) == key)
         else:
             yield t, base
 
 
-def replay(trajectories: Sequence[Trajectory], forecaster: str = DEFAULT_FORECASTER,
+def replay(trajectories: Sequence[Run], forecaster: str = DEFAULT_FORECASTER,
            calibration: str = "leave-one-out", policy: str = "stop_at_forecast", prior: Calibration | None = None,
            min_observations: int = 3, rule: OnsetRule = OnsetRule(), budget: int | None = None,
            terminal_acc: float = 0.99, forecaster_options: Mapping[str, Any] | None = None,
@@ -367,7 +367,7 @@ def format_summaries(summaries: Sequence[ReplaySummary], markdown: bool = False)
     return table(head, rows, markdown)
 
 
-def calibration_from_trajectories(trajectories: Sequence[Trajectory], min_observations: int = 3,
+def calibration_from_trajectories(trajectories: Sequence[Run], min_observations: int = 3,
                                   rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
                                   use_relaxed: bool = False, priors: Mapping[str, Prior] | None = None,
                                   budget: int | None = None, prior: Calibration | None = None) -> Calibration:
@@ -389,7 +389,7 @@ def calibration_from_trajectories(trajectories: Sequence[Trajectory], min_observ
     return cal
 
 
-def priors_from_trajectories(trajectories: Sequence[Trajectory], margin: float = 0.0,
+def priors_from_trajectories(trajectories: Sequence[Run], margin: float = 0.0,
                              phases: Sequence[int] | None = (2,), confirm: int = 1,
                              rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
                              source: str = "previous runs") -> dict[str, Prior]:

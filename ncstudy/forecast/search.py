@@ -51,6 +51,7 @@ import numpy as np
 
 from ncstudy.onset import OnsetRule, onset_of
 from ncstudy.records import EPOCH, NC1, finite
+from ncstudy.runs import Run
 
 from .calibration import Calibration, Prior
 from .forecasters import make_forecaster
@@ -58,7 +59,6 @@ from .protocol import Forecast
 from .replay import held_out_calibrations, infer_budgets
 from .settings import DEFAULT_FORECASTER
 from .stopper import ONSET_STOP, ForecastStopper
-from .trajectories import Trajectory
 
 SEARCH_STOPPERS = ("none", "capping", "asha", "median", "fn_star", "search")
 #: ASHA as a study file configures it (``ncstudy.study.spec.AshaConfig``): evaluations, reduction factor.
@@ -257,7 +257,7 @@ def _search_once(runs: Sequence[SearchRun], order: Sequence[int], concurrent: in
     return used, reasons, (min(values)[2] if values else None)
 
 
-def prepare(trajectories: Sequence[Trajectory], budget: int | None = None,
+def prepare(trajectories: Sequence[Run], budget: int | None = None,
             rule: OnsetRule = OnsetRule()) -> list[SearchRun]:
     """The benchmark's runs: each trajectory up to its onset (or its budget)."""
     budgets = infer_budgets(trajectories, budget, rule)
@@ -272,7 +272,7 @@ def prepare(trajectories: Sequence[Trajectory], budget: int | None = None,
     return out
 
 
-def replay_search(trajectories: Sequence[Trajectory], stoppers: Sequence[str] = SEARCH_STOPPERS, *,
+def replay_search(trajectories: Sequence[Run], stoppers: Sequence[str] = SEARCH_STOPPERS, *,
                   concurrent: int = 4, repeats: int = 200, seed: int = 0, forecaster: str = DEFAULT_FORECASTER,
                   calibration: str = "leave-one-out", prior: Calibration | None = None,
                   priors: Mapping[str, Prior] | None = None, min_observations: int = 3,

@@ -148,8 +148,8 @@ def build_calibration(cfg: FnStarConfig, groups: Sequence[str] = ()):
         cal = Calibration()
     cal.min_observations = cfg.min_observations
     if cfg.prior_experiment:
+        from ncstudy.adapters.mlflow.reader import mlflow_trajectories
         from ncstudy.forecast.replay import calibration_from_trajectories, priors_from_trajectories
-        from ncstudy.forecast.trajectories import mlflow_trajectories
 
         trajs = mlflow_trajectories(cfg.prior_experiment, cfg.tracking_uri)
         # its runs join the pool (conformal analogs) and give each group's fn*/lead prior (fn_star)

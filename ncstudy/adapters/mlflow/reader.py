@@ -17,6 +17,7 @@ import pandas as pd
 
 from ncstudy.errors import InputError, LogFormatError, TrackingUnavailable
 from ncstudy.records import EPOCH, REFERENCE_COLUMNS
+from ncstudy.runs import Run, frame_records, group_of
 
 from .layout import (
     HISTORY_KEYS,
@@ -266,12 +267,10 @@ class _quiet_downloads:
             os.environ[self.KEY] = self.old
 
 
-def mlflow_trajectories(experiment: str, tracking_uri: str | None = None, ce_epochs: int | None = None) -> list:
-    """A study's trial runs as :class:`~ncstudy.forecast.trajectories.Trajectory` (replay, priors):
-    group from the ``model``/``dataset`` tags, metadata from the params (``budget`` = the trial
-    config's total epochs)."""
-    from ncstudy.forecast.trajectories import Trajectory, frame_records, group_of
-
+def mlflow_trajectories(experiment: str, tracking_uri: str | None = None, ce_epochs: int | None = None) -> list[Run]:
+    """A study's trial runs as :class:`~ncstudy.runs.Run` (replay, priors): group from the
+    ``model``/``dataset`` tags, attributes from the params (``budget`` = the trial config's total
+    epochs)."""
     from .layout import DATASET_TAG, MODEL_TAG
 
     reader = StudyReader(tracking_uri)
@@ -286,8 +285,8 @@ def mlflow_trajectories(experiment: str, tracking_uri: str | None = None, ce_epo
         if ce is not None and mse is not None:
             meta["budget"] = int(float(ce)) + int(float(mse))
         ce_eff = ce_epochs if ce_epochs is not None else (int(float(ce)) if ce is not None else None)
-        out.append(Trajectory(t.trial_id, group_of(meta), frame_records(t.trajectory, ce_eff), meta,
-                              f"mlflow:{t.run_id}"))
+        out.append(Run(t.trial_id, group_of(meta, run_id=t.trial_id), frame_records(t.trajectory, ce_eff), meta,
+                       f"mlflow:{t.run_id}", name=t.name, origin=t.origin))
     if not out:
         raise InputError(f"MLflow experiment {experiment!r} at {reader.uri} has no trial runs with a trajectory")
     return out

@@ -22,9 +22,10 @@ from typing import Any, Callable
 import pandas as pd
 
 from ncstudy.analyze.experiments import ExperimentSpec
-from ncstudy.analyze.sources import RunInput, SourceInfo, read_run_log
+from ncstudy.analyze.sources import SourceInfo
 from ncstudy.errors import InputError
 from ncstudy.records import num
+from ncstudy.runs import Run, group_of, read_run
 
 #: Where named presets live: the modules of this package (``ncstudy/analyze/presets/<name>.py``).
 PRESETS = Path(__file__).resolve().parent
@@ -98,7 +99,7 @@ class Preset:
     lead_checks: list[LeadCheck] = field(default_factory=list)
     extra_files: tuple[str, ...] = ()  # known files that are neither runs nor checks
 
-    def load(self, folder: Path) -> tuple[list[RunInput], SourceInfo]:
+    def load(self, folder: Path) -> tuple[list[Run], SourceInfo]:
         missing = [f.file for f in self.files if not f.optional and not (folder / f.file).is_file()]
         missing += sorted({t.file for t in self.table_rows if not (folder / t.file).is_file()})
         if missing:
@@ -110,16 +111,16 @@ class Preset:
             if not p.is_file():
                 continue
             try:
-                traj = read_run_log(p, phase1_epochs=f.phase1_epochs)
+                run = read_run(p, f.attrs, ce_epochs=f.phase1_epochs)
             except InputError as e:
                 errors.append(str(e))
                 continue
             note = f.note
             if f.phase1_epochs is not None and "phase" not in pd.read_csv(p, nrows=0).columns:
                 note = (note + "; " if note else "") + f"no phase column: epochs > {f.phase1_epochs} taken as phase 2"
-            runs.append(RunInput(run_id=p.stem, source=str(p), attrs=dict(f.attrs), trajectory=traj, origin="log",
-                                 cell=f.cell, rule=f.rule, phase2_only=f.phase2_only,
-                                 experiments=f.experiments, note=note))
+            run.cell, run.rule, run.phase2_only, run.experiments, run.note = (
+                f.cell, f.rule, f.phase2_only, f.experiments, note)
+            runs.append(run)
         for t in self.table_rows:
             p = folder / t.file
             tab = pd.read_csv(p)
@@ -136,9 +137,10 @@ class Preset:
                 continue
             row = sel.iloc[0]
             rid = f"{p.stem}[" + ",".join(f"{c}={v}" for c, v in t.match.items()) + "]"
-            runs.append(RunInput(
-                run_id=rid, source=f"{p} row " + ", ".join(f"{c}={v}" for c, v in t.match.items()),
-                attrs=dict(t.attrs), trajectory=None, origin="table", cell=t.cell, rule=t.rule,
+            runs.append(Run(
+                rid, group_of(t.attrs, run_id=rid), attrs=t.attrs,
+                source=f"{p} row " + ", ".join(f"{c}={v}" for c, v in t.match.items()), origin="table",
+                cell=t.cell, rule=t.rule,
                 given={"t_nc": row[t.t_col], "fn_star": row[t.fn_col],
                        "test_acc": row[t.test_col] if t.test_col else None, "threshold": t.rule},
                 experiments=t.experiments, note=t.note))

@@ -15,7 +15,7 @@ from typing import Any
 
 from ncstudy.analyze.experiments import ExperimentSpec
 from ncstudy.analyze.presets import Check, FileRun, LeadCheck, Preset, TableRow
-from ncstudy.forecast.trajectories import read_manifest
+from ncstudy.runs import read_manifest
 
 RUNS = Path(__file__).with_name("rupa2026_runs.csv")
 RUN_KEYS = ("model", "dataset", "depth", "width", "activation", "weight_decay", "lr", "seed")
