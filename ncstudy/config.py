@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ncstudy.errors import ConfigError
+from ncstudy.onset import RELAXED_NC1, STRICT_NC1, TERMINAL_ACC
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "mnist5k", "synthetic"]
 ModelName = Literal["mlp", "resnet20"]
@@ -79,9 +80,9 @@ class OptimizerConfig(_Strict):
 
 class EvalConfig(_Strict):
     nc_every: int = Field(10, gt=0, description="evaluate every this many epochs (and at each phase end)")
-    terminal_acc: float = Field(0.99, gt=0, le=1, description="train accuracy that starts NC logging")
-    strict_threshold: float = Field(0.01, gt=0, lt=1)
-    relaxed_threshold: float = Field(0.05, gt=0, lt=1)
+    terminal_acc: float = Field(TERMINAL_ACC, gt=0, le=1, description="train accuracy that starts NC logging")
+    strict_threshold: float = Field(STRICT_NC1, gt=0, lt=1)
+    relaxed_threshold: float = Field(RELAXED_NC1, gt=0, lt=1)
     onset_phase2_only: bool = Field(True, description="T_NC counts only phase-2 evaluations")
     stop_at_onset: bool = False
     batch_size: int = Field(4096, gt=0, description="evaluation batch size")

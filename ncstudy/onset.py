@@ -10,11 +10,16 @@ from typing import Iterable, Mapping
 
 from ncstudy.records import EPOCH, FN, NC1, PHASE, finite
 
+#: The paper's thresholds (``../shared/reference``): the onset T_NC is the first evaluation with NC1
+#: below STRICT_NC1 (RELAXED_NC1: the relaxed onset, reported); NC is measured from the first
+#: evaluation with training accuracy >= TERMINAL_ACC (the terminal phase).
+STRICT_NC1, RELAXED_NC1, TERMINAL_ACC = 0.01, 0.05, 0.99
+
 
 @dataclass(frozen=True)
 class OnsetRule:
-    strict: float = 0.01
-    relaxed: float = 0.05
+    strict: float = STRICT_NC1
+    relaxed: float = RELAXED_NC1
     phase2_only: bool = True
 
 

@@ -27,9 +27,10 @@ from ncstudy import text
 from ncstudy.deprecation import renamed_function
 from ncstudy.figure import log_axis, new_figure, save, tick_label
 from ncstudy.forecast import protocol
+from ncstudy.onset import RELAXED_NC1, STRICT_NC1
 from ncstudy.records import EARLY_STOPS, EPOCH, FN, FORECAST_EPOCH, NC1, P_ONSET, PHASE, T_NC_ESTIMATE, num
 
-STRICT, RELAXED = 0.01, 0.05  # the paper's NC1 thresholds (ncstudy.onset.OnsetRule's defaults)
+STRICT, RELAXED = STRICT_NC1, RELAXED_NC1  # the paper's NC1 thresholds
 FN_COLOUR, NC1_COLOUR, BAND_COLOUR = "tab:blue", "tab:red", "tab:orange"
 CROSS_COLOUR, FORECAST_COLOUR, ONSET_COLOUR = "tab:green", "tab:purple", "black"
 

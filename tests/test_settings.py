@@ -24,7 +24,7 @@ from ncstudy.forecast.settings import (
     default_mode,
     forecaster_settings,
 )
-from ncstudy.onset import OnsetRule
+from ncstudy.onset import RELAXED_NC1, STRICT_NC1, TERMINAL_ACC, OnsetRule
 from ncstudy.study.runner import build_stopper
 from ncstudy.study.spec import FnStarConfig, StudySpec
 
@@ -57,6 +57,9 @@ def test_the_study_file_section_is_the_settings():
     assert set(OPTION_OWNERS) <= set(FnStarConfig.model_fields) and f.options() == {}
     e = EvalConfig()
     assert (e.strict_threshold, e.relaxed_threshold, e.terminal_acc) == (s.strict, s.relaxed, s.terminal_acc)
+    # the paper's thresholds are defined once (ncstudy.onset) and every default is them
+    assert (s.strict, s.relaxed, s.terminal_acc) == (STRICT_NC1, RELAXED_NC1, TERMINAL_ACC) == (0.01, 0.05, 0.99)
+    assert OnsetRule() == OnsetRule(STRICT_NC1, RELAXED_NC1, True)
 
 
 def test_the_study_file_refuses_options_of_another_forecaster():

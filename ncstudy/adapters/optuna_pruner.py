@@ -44,7 +44,7 @@ from ncstudy.forecast.settings import (
     Policy,
     StopperSettings,
 )
-from ncstudy.onset import OnsetRule
+from ncstudy.onset import TERMINAL_ACC, OnsetRule
 from ncstudy.records import EPOCH, FORECAST_FIELDS, STOP_REASON, T_NC, finite
 
 #: A search reads the study's completed trials for their onsets at a trial's first record and every
@@ -80,7 +80,7 @@ class OnsetPruner(BasePruner):
                  mode: Mode | None = None, budget: int | str | Callable[[Mapping[str, Any]], int] | None = None,
                  metrics: MetricNames | Mapping[str, str | None] | None = None, prior: str | Calibration = "corpus",
                  group_key: Callable[[Mapping[str, Any]], str] | Sequence[str] | None = None,
-                 rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99, learn: bool = True,
+                 rule: OnsetRule = OnsetRule(), terminal_acc: float = TERMINAL_ACC, learn: bool = True,
                  forecaster_options: Mapping[str, Any] | None = None, min_observations: int = 3,
                  settings: StopperSettings | None = None) -> None:
         where = type(self).__name__

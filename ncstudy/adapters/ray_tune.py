@@ -43,7 +43,7 @@ from ncstudy.forecast.settings import (
     Policy,
     StopperSettings,
 )
-from ncstudy.onset import OnsetRule
+from ncstudy.onset import TERMINAL_ACC, OnsetRule
 from ncstudy.records import COLLAPSE_EPOCH
 
 
@@ -69,7 +69,8 @@ class OnsetStopper(Stopper, Callback):
                  mode: Mode | None = None, budget: int | str | Callable[[Mapping[str, Any]], int] | None = None,
                  metrics: MetricNames | Mapping[str, str | None] | None = None, prior: str | Calibration = "corpus",
                  group_key: Callable[[Mapping[str, Any]], str] | Sequence[str] | None = None,
-                 objective: str | None = COLLAPSE_EPOCH, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
+                 objective: str | None = COLLAPSE_EPOCH, rule: OnsetRule = OnsetRule(),
+                 terminal_acc: float = TERMINAL_ACC,
                  learn: bool = True, forecaster_options: Mapping[str, Any] | None = None,
                  min_observations: int = 3, learn_batch: float = LEARN_BATCH, max_pool: int | None = MAX_POOL,
                  settings: StopperSettings | None = None) -> None:

@@ -23,7 +23,7 @@ from ncstudy import text
 from ncstudy.analyze.sources import ATTR_KEYS
 from ncstudy.deprecation import renamed_function
 from ncstudy.forecast.insample import crossing_epoch, loglog_fit
-from ncstudy.onset import OnsetRule, onset_of
+from ncstudy.onset import RELAXED_NC1, STRICT_NC1, OnsetRule, onset_of
 from ncstudy.records import CENSORED_STOPS, FORECAST_EPOCH, num
 from ncstudy.runs import Run
 
@@ -47,8 +47,8 @@ class AnalysisOptions:
     threshold: str | None = None  # strict | relaxed-fallback; None: preset per cell, else fallback
     phase2_only: bool | None = None  # None: per run (preset / trainer config), else phase 2 only
     group_by: tuple[str, ...] | None = None
-    strict: float = 0.01
-    relaxed: float = 0.05
+    strict: float = STRICT_NC1
+    relaxed: float = RELAXED_NC1
     slow_margin: float = 0.10  # weight-decay regime "slow": mean T_NC > (1 + margin) x fastest
     ci: float = 0.95
 

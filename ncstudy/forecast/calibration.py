@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ncstudy.config import flatten
-from ncstudy.onset import OnsetRule, onset_of
+from ncstudy.onset import STRICT_NC1, TERMINAL_ACC, OnsetRule, onset_of
 from ncstudy.records import EPOCH, FN, GRAD_NORM, LOSS, NC1, PHASE, TERMINAL, WEIGHT_NORM, finite
 
 from .protocol import TerminalGate, first_crossing, phase_of
@@ -143,7 +143,8 @@ class RunRecord:
 
     @classmethod
     def from_records(cls, run_id: str, records: Iterable[Mapping[str, Any]], budget: int,
-                     rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99, cluster: str = "") -> "RunRecord":
+                     rule: OnsetRule = OnsetRule(), terminal_acc: float = TERMINAL_ACC,
+                     cluster: str = "") -> "RunRecord":
         rows = sorted((dict(r) for r in records), key=lambda r: float(r[EPOCH]))
         t = onset_of(rows, rule, relaxed_fallback=False).t_strict
         gate, keep, last_ce = TerminalGate(terminal_acc), [], None
@@ -281,7 +282,7 @@ class Calibration:
         """The group's fn* as the fn* forecaster sees it (observed mean, else its prior)."""
         return self.estimate(group).fn_star
 
-    def analog_pool(self, window: int = 5, strict: float = 0.01, terminal_acc: float = 0.99,
+    def analog_pool(self, window: int = 5, strict: float = STRICT_NC1, terminal_acc: float = TERMINAL_ACC,
                     features: Sequence[str] | None = None, weights: Mapping[str, float] | None = None,
                     k: int = 15, group_penalty: float = 0.5):
         """The :class:`~ncstudy.forecast.analog.AnalogPool` of the pooled runs (cached)."""
@@ -473,7 +474,7 @@ class Calibration:
 
 
 def observation_from_records(run_id: str, records: Iterable[Mapping[str, Any]], rule=None,
-                             terminal_acc: float = 0.99, relaxed_fallback: bool = True) -> Observation | None:
+                             terminal_acc: float = TERMINAL_ACC, relaxed_fallback: bool = True) -> Observation | None:
     """The calibration observation of a logged run (None when it never reached onset).
     Uses :func:`ncstudy.onset.onset_of` for T_NC and fn*."""
     rows = [dict(r) for r in records]

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import stats
 
+from ncstudy.onset import STRICT_NC1, TERMINAL_ACC
 from ncstudy.records import EPOCH, FN, LOSS, NC1, finite, num
 
 from .analog import EpochDistribution
@@ -39,7 +40,8 @@ class FnStarCrossing:
 
     signal = "fn_star_crossing"
 
-    def __init__(self, calibration: Calibration, group: str, *, terminal_acc: float = 0.99, **options: Any) -> None:
+    def __init__(self, calibration: Calibration, group: str, *, terminal_acc: float = TERMINAL_ACC,
+                 **options: Any) -> None:
         self.settings = s = forecaster_settings("fn_star", options)
         assert isinstance(s, FnStarSettings)
         self.calibration, self.group = calibration, group
@@ -83,7 +85,7 @@ class _LogLinearExtrapolation(ABC):
 
     name = "nc1"
 
-    def __init__(self, *, terminal_acc: float = 0.99, **options: Any) -> None:
+    def __init__(self, *, terminal_acc: float = TERMINAL_ACC, **options: Any) -> None:
         self.settings = s = forecaster_settings(self.name, options)
         assert isinstance(s, ExtrapolationSettings)
         if s.window < s.min_points:
@@ -141,7 +143,7 @@ class NC1Extrapolation(_LogLinearExtrapolation):
     key = NC1
     name = "nc1"
 
-    def __init__(self, *, strict: float = 0.01, terminal_acc: float = 0.99, **options: Any) -> None:
+    def __init__(self, *, strict: float = STRICT_NC1, terminal_acc: float = TERMINAL_ACC, **options: Any) -> None:
         super().__init__(terminal_acc=terminal_acc, **options)
         self.strict = float(strict)
 
@@ -159,7 +161,8 @@ class TrainLossExtrapolation(_LogLinearExtrapolation):
     key = LOSS
     name = "train_loss"
 
-    def __init__(self, calibration: Calibration, group: str, *, terminal_acc: float = 0.99, **options: Any) -> None:
+    def __init__(self, calibration: Calibration, group: str, *, terminal_acc: float = TERMINAL_ACC,
+                 **options: Any) -> None:
         super().__init__(terminal_acc=terminal_acc, **options)
         self.calibration, self.group = calibration, group
 
@@ -196,8 +199,8 @@ class ConformalOnset:
     name = "conformal"
     use_fn = True
 
-    def __init__(self, calibration: Calibration, group: str, budget: float | None, *, strict: float = 0.01,
-                 terminal_acc: float = 0.99, **options: Any) -> None:
+    def __init__(self, calibration: Calibration, group: str, budget: float | None, *, strict: float = STRICT_NC1,
+                 terminal_acc: float = TERMINAL_ACC, **options: Any) -> None:
         self.settings = s = forecaster_settings(self.name, options)
         assert isinstance(s, ConformalSettings)
         if not (budget and budget > 0):
@@ -282,7 +285,8 @@ assert tuple(FORECASTERS) == FORECASTER_NAMES
 
 
 def make_forecaster(name: str, calibration: Calibration, group: str, budget: float | None = None, *,
-                    strict: float = 0.01, terminal_acc: float = 0.99, lenient: bool = False, **options: Any):
+                    strict: float = STRICT_NC1, terminal_acc: float = TERMINAL_ACC, lenient: bool = False,
+                    **options: Any):
     """Build a forecaster by name (see :data:`FORECASTERS`) for one trial of ``budget`` epochs, its
     options validated by :data:`~ncstudy.forecast.settings.FORECASTER_SETTINGS` (``ValueError``
     naming a bad one). ``lenient``: drop options that only other forecasters take (one option set

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
+from ncstudy.onset import TERMINAL_ACC
 from ncstudy.records import (  # noqa: F401 (re-exported)
     EPOCH,
     FN,
@@ -48,7 +49,7 @@ class TerminalGate:
     never unset. Precedence per record: an explicit ``terminal`` flag, else ``train``, else a
     finite ``feat_norm`` (the reference logs leave fn empty until terminal)."""
 
-    def __init__(self, terminal_acc: float = 0.99) -> None:
+    def __init__(self, terminal_acc: float = TERMINAL_ACC) -> None:
         self.terminal_acc = terminal_acc
         self.terminal = False
 

@@ -37,7 +37,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from scipy import stats
 
-from ncstudy.onset import OnsetRule, onset_of
+from ncstudy.onset import TERMINAL_ACC, OnsetRule, onset_of
 from ncstudy.runs import Run
 from ncstudy.text import table
 
@@ -197,7 +197,7 @@ class EvalLog:
 
 def replay_run(traj: Run, calibration: Calibration, forecaster: str = DEFAULT_FORECASTER,
                policy: str = "stop_at_forecast", rule: OnsetRule = OnsetRule(), budget: int | None = None,
-               terminal_acc: float = 0.99, forecaster_options: Mapping[str, Any] | None = None,
+               terminal_acc: float = TERMINAL_ACC, forecaster_options: Mapping[str, Any] | None = None,
                log: EvalLog | None = None) -> RunReplay:
     if not traj.records:
         raise ValueError(f"{traj.run_id}: no evaluations")
@@ -295,7 +295,8 @@ def cluster_of(t: Run) -> str:
 def held_out_calibrations(trajectories: Sequence[Run], budgets: Mapping[str, int],
                           calibration: str = "leave-one-out", prior: Calibration | None = None,
                           priors: Mapping[str, Prior] | None = None, min_observations: int = 3,
-                          rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99, holdout_by: str | None = None,
+                          rule: OnsetRule = OnsetRule(), terminal_acc: float = TERMINAL_ACC,
+                          holdout_by: str | None = None,
                           use_relaxed: bool = False,
                           needs_prior: bool = True) -> Iterator[tuple[Run, Calibration]]:
     """Each trajectory with the calibration it is replayed with (the module docs' modes): the
@@ -333,7 +334,7 @@ def held_out_calibrations(trajectories: Sequence[Run], budgets: Mapping[str, int
 def replay(trajectories: Sequence[Run], forecaster: str = DEFAULT_FORECASTER,
            calibration: str = "leave-one-out", policy: str = "stop_at_forecast", prior: Calibration | None = None,
            min_observations: int = 3, rule: OnsetRule = OnsetRule(), budget: int | None = None,
-           terminal_acc: float = 0.99, forecaster_options: Mapping[str, Any] | None = None,
+           terminal_acc: float = TERMINAL_ACC, forecaster_options: Mapping[str, Any] | None = None,
            priors: Mapping[str, Prior] | None = None, holdout_by: str | None = None,
            use_relaxed: bool = False) -> ReplayResult:
     """Replay the stopper over ``trajectories`` (see the module docs). ``prior``: the calibration
@@ -368,7 +369,7 @@ def format_summaries(summaries: Sequence[ReplaySummary], markdown: bool = False)
 
 
 def calibration_from_trajectories(trajectories: Sequence[Run], min_observations: int = 3,
-                                  rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
+                                  rule: OnsetRule = OnsetRule(), terminal_acc: float = TERMINAL_ACC,
                                   use_relaxed: bool = False, priors: Mapping[str, Prior] | None = None,
                                   budget: int | None = None, prior: Calibration | None = None) -> Calibration:
     """A calibration holding every trajectory as a pooled run (collapsed or censored, budgets as in
@@ -391,7 +392,7 @@ def calibration_from_trajectories(trajectories: Sequence[Run], min_observations:
 
 def priors_from_trajectories(trajectories: Sequence[Run], margin: float = 0.0,
                              phases: Sequence[int] | None = (2,), confirm: int = 1,
-                             rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
+                             rule: OnsetRule = OnsetRule(), terminal_acc: float = TERMINAL_ACC,
                              source: str = "previous runs") -> dict[str, Prior]:
     """Per-group priors (fn* mean and SD, median lead and gap SD, loss-at-onset) from logged runs,
     e.g. a previous MLflow experiment's trials."""

@@ -49,7 +49,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ncstudy.onset import OnsetRule, onset_of
+from ncstudy.onset import TERMINAL_ACC, OnsetRule, onset_of
 from ncstudy.records import EPOCH, NC1, finite
 from ncstudy.runs import Run
 
@@ -276,7 +276,7 @@ def replay_search(trajectories: Sequence[Run], stoppers: Sequence[str] = SEARCH_
                   concurrent: int = 4, repeats: int = 200, seed: int = 0, forecaster: str = DEFAULT_FORECASTER,
                   calibration: str = "leave-one-out", prior: Calibration | None = None,
                   priors: Mapping[str, Prior] | None = None, min_observations: int = 3,
-                  rule: OnsetRule = OnsetRule(), budget: int | None = None, terminal_acc: float = 0.99,
+                  rule: OnsetRule = OnsetRule(), budget: int | None = None, terminal_acc: float = TERMINAL_ACC,
                   forecaster_options: Mapping[str, Any] | None = None,
                   holdout_by: str | None = None) -> list[SearchSummary]:
     """Replay ``repeats`` searches over ``trajectories`` with each of ``stoppers`` (module docs)."""

@@ -25,7 +25,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ncstudy.onset import OnsetRule
+from ncstudy.onset import RELAXED_NC1, STRICT_NC1, TERMINAL_ACC, OnsetRule
 from ncstudy.records import COLLAPSE_EPOCH, T_NC
 
 POLICIES = ("record", "stop_at_forecast", "stop_at_onset")
@@ -150,10 +150,10 @@ class StopperSettings(_Settings):
                                              "ncstudy's trajectory corpus, or nothing (only the study's own runs)")
     objective: str | None = Field(COLLAPSE_EPOCH, description="the collapse-time metric the stopper fills in "
                                   "(None: leave the trial's metrics alone)")
-    strict: float = Field(0.01, gt=0, lt=1, description="onset: first evaluation with NC1 below this")
-    relaxed: float = Field(0.05, gt=0, lt=1, description="relaxed onset threshold (reported, never acted on)")
+    strict: float = Field(STRICT_NC1, gt=0, lt=1, description="onset: first evaluation with NC1 below this")
+    relaxed: float = Field(RELAXED_NC1, gt=0, lt=1, description="relaxed onset threshold (reported, never acted on)")
     phase2_only: bool = Field(True, description="onsets count in the MSE phase only (when phases are reported)")
-    terminal_acc: float = Field(0.99, gt=0, le=1, description="training accuracy from which NC metrics count")
+    terminal_acc: float = Field(TERMINAL_ACC, gt=0, le=1, description="training accuracy from which NC metrics count")
     min_observations: int = Field(3, ge=1, description="runs of a group before its own fn* replaces its prior")
     learn: bool = Field(True, description="completed trials join the calibration pool")
     options: dict[str, Any] = Field(default_factory=dict, description="the forecaster's options "

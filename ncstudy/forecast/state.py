@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from ncstudy.onset import STRICT_NC1, TERMINAL_ACC
 from ncstudy.records import EPOCH, FN, GRAD_NORM, LOSS, NC1, WEIGHT_NORM, finite, num
 
 from .protocol import TerminalGate, phase_of
@@ -96,9 +97,9 @@ class StateTracker:
     """
 
     budget: float
-    strict: float = 0.01
+    strict: float = STRICT_NC1
     window: int = 5
-    terminal_acc: float = 0.99
+    terminal_acc: float = TERMINAL_ACC
     fn_star: Callable[[], float | None] = field(default=lambda: None)
     _gate: TerminalGate = field(init=False)
     _start: float | None = field(default=None, init=False)  # last epoch before the collapse phase
@@ -172,7 +173,8 @@ class StateTracker:
         return f
 
 
-def trajectory_states(records, budget: float, strict: float = 0.01, window: int = 5, terminal_acc: float = 0.99,
+def trajectory_states(records, budget: float, strict: float = STRICT_NC1, window: int = 5,
+                      terminal_acc: float = TERMINAL_ACC,
                       fn_star: float | None = None) -> list[State]:
     """Every :class:`State` of a logged run (offline: the pool of a calibration)."""
     tr = StateTracker(budget, strict, window, terminal_acc, fn_star=lambda: fn_star)

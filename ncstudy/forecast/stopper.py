@@ -51,7 +51,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from ncstudy.onset import Onset, OnsetRule, OnsetTracker
+from ncstudy.onset import TERMINAL_ACC, Onset, OnsetRule, OnsetTracker
 from ncstudy.records import (
     EPOCH,
     FN,
@@ -116,7 +116,8 @@ class TrialMonitor:
     hands in forecasts computed once)."""
 
     def __init__(self, trial_id: str, group: str, policy: str, calibration: Calibration,
-                 forecaster: str = DEFAULT_FORECASTER, rule: OnsetRule = OnsetRule(), terminal_acc: float = 0.99,
+                 forecaster: str = DEFAULT_FORECASTER, rule: OnsetRule = OnsetRule(),
+                 terminal_acc: float = TERMINAL_ACC,
                  forecaster_options: Mapping[str, Any] | None = None, budget: float | None = None, *,
                  mode: str = "sweep", incumbent: Callable[[], float] = _no_incumbent,
                  make: Callable[["TrialMonitor"], Any] | None = None) -> None:
@@ -390,7 +391,7 @@ class ForecastStopper:
 
     def __init__(self, policy: str = "record", forecaster: str = DEFAULT_FORECASTER,
                  calibration: Calibration | None = None, rule: OnsetRule = OnsetRule(),
-                 terminal_acc: float = 0.99, learn: bool = True,
+                 terminal_acc: float = TERMINAL_ACC, learn: bool = True,
                  forecaster_options: Mapping[str, Any] | None = None, budget: float | None = None,
                  learn_batch: float = 0.0, journal: bool = False, max_pool: int | None = None,
                  mode: str = "sweep", make: Callable[[TrialMonitor], Any] | None = None) -> None:

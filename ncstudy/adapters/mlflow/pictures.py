@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ncstudy.onset import TERMINAL_ACC
 from ncstudy.records import EPOCH, FN, num
 
 from .layout import OVERVIEW_PNG, STUDY_METRICS, SUMMARY_ARTIFACT, SWEEP_PNG
@@ -50,7 +51,7 @@ def trial_view(rows: list[dict[str, Any]], plot: dict[str, Any]):
     band = Band.from_dict(plot.get("band"))
     crossing = None
     if band is not None:
-        gate = TerminalGate(float(plot.get("terminal_acc") or 0.99))
+        gate = TerminalGate(float(plot.get("terminal_acc") or TERMINAL_ACC))
         pts = [(int(r[EPOCH]), phase_of(r), r.get(FN)) for r in rows if num(r.get(EPOCH)) is not None
                and gate.update(r)]
         c = first_crossing(pts, band.value)
