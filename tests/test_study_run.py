@@ -197,11 +197,11 @@ def test_a_diverging_trial_fails_the_study(tmp_path, mlflow_uri, ray_local):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         rc = run_study(spec, RunOptions(tracking_uri=mlflow_uri, storage=str(tmp_path / "res"), progress_interval_s=0))
     assert rc == 1, out.getvalue()
-    assert "1 complete, 1 diverged" in out.getvalue() and "failed or diverged: lr1e+03" in out.getvalue()
+    assert "1 complete, 1 diverged" in out.getvalue() and "failed or diverged: lr1000" in out.getvalue()
     _, parents, children = child_runs(mlflow_uri, "study_diverge")
     assert parents[0].info.status == "FAILED"
     by = {c.info.run_name: c for c in children}
-    assert by["lr1e+03"].info.status == "FAILED" and by["lr1e+03"].data.tags["status"] == "diverged"
+    assert by["lr1000"].info.status == "FAILED" and by["lr1000"].data.tags["status"] == "diverged"
     assert by["lr0.02"].info.status == "FINISHED" and by["lr0.02"].data.tags["status"] == "completed"
 
 
