@@ -404,19 +404,21 @@ def main() -> int:
 
 
 def print_table(res: dict[str, Any]) -> None:
+    from ncstudy import text  # pure Python: importable on a torch-only machine
+
     print()
     print(f"GPU check on {res['device']} (torch {res['torch']}, CUDA {res['cuda']}){' SMOKE' if res['smoke'] else ''}; "
           f"epoch = training epoch + evaluation/{EVAL_EVERY} (NC metrics at each evaluation)")
-    print(f"{'model':<10}{'variant':<46}{'s/epoch':>9}{'epochs/s':>10}{'compile s':>11}{'GiB':>7}")
+    rows = []
     for key, name in (("resnet20", "ResNet-20"), ("mlp5", "MLP-5")):
         for label, r in res[key].items():
-            if "amortised_epoch_s" not in r:
-                print(f"{name:<10}{label:<46}{next(iter(r.values())) if r else '':>9}")
+            if "amortised_epoch_s" not in r:  # a variant that did not run: why, in the s/epoch column
+                rows.append([name, label, text.value(next(iter(r.values())) if r else None), "", "", ""])
                 continue
-            comp = r.get("compile_overhead_s")
-            mem = r.get("max_memory_gib")
-            print(f"{name:<10}{label:<46}{r['amortised_epoch_s']:>9.3f}{r['epochs_per_s']:>10.2f}"
-                  f"{(f'{comp:.0f}' if comp is not None else '-'):>11}{(f'{mem:.1f}' if mem else '-'):>7}")
+            rows.append([name, label, text.value(r["amortised_epoch_s"], fixed=3),
+                         text.value(r["epochs_per_s"], fixed=2), text.value(r.get("compile_overhead_s"), fixed=1),
+                         text.value(r.get("max_memory_gib") or None, fixed=1)])
+    print(text.table(["model", "variant", "s/epoch", "epochs/s", "compile s", "GiB"], rows))
     base = res["resnet20"].get("fp32", {})
     if "amortised_epoch_s" in base:
         best = min((r["amortised_epoch_s"], k) for k, r in res["resnet20"].items() if "amortised_epoch_s" in r)

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from ncstudy import text  # noqa: E402
 from ncstudy.metrics import METRIC_KEYS, NCAccumulator  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "nc_metrics.json"
@@ -320,7 +321,6 @@ def _print(r: dict[str, Any]) -> None:
           f"{c['cpu_count']} CPUs, threads per implementation: {c['threads']} (torch and BLAS), "
           f"median of {c['repeats']} interleaved repeats, load avg "
           f"{c['load_avg_1min_at_start']:.1f} -> {c['load_avg_1min_at_end']:.1f}")
-    print(f"{'implementation':<34}{'seconds':>10}{'x engine':>10}{'memory MB':>12}")
     rows = [
         ("engine, nc4 cached (default)", s["engine_cached"],
          (mem["engine_stats"] + mem["engine_staging_buffer"] + mem["engine_ncc_cache"]) * mb),
@@ -332,8 +332,9 @@ def _print(r: dict[str, Any]) -> None:
         ("per-sample Python loop (scaled)", r["loop"]["median_estimated_full_s"],
          float("nan")),
     ]
-    for name, sec, m in rows:
-        print(f"{name:<34}{sec:>10.3f}{sec / s['engine_cached']:>10.2f}{m:>12.1f}")
+    print(text.table(["implementation", "seconds", "x engine", "memory MB"],
+                     [[name, text.value(sec, fixed=3), text.value(sec / s["engine_cached"], fixed=2),
+                       text.value(m, fixed=1)] for name, sec, m in rows]))
     print(f"loop: {r['loop']['note']}")
     print(f"speed-up vs naive (median of paired ratios): "
           f"{r['speedup']['vs_naive_median_of_paired_ratios']:.2f}x; vs loop: "

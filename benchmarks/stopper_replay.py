@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analysis.forecast import evaluate  # noqa: E402
+from ncstudy import text  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "stopper_replay.json"
 TASKS = [("search", "corpus", "config"), ("search", "reference", "reference"),
@@ -48,9 +49,9 @@ def targets(res: dict) -> list[dict]:
                  "met": s["found_best"] >= 0.95}]
     for split in ("optimizer", "corpus->reference"):
         s = res[f"conformal|{split}"]["summary"]
-        for key, op, val, text in evaluate.SWEEP_TARGETS[:3]:
+        for key, op, val, what in evaluate.SWEEP_TARGETS[:3]:
             v = s[key]
-            out.append({"figure": f"sweep, {split} held out: {text}", "target": f"{op} {val:g}", "value": v,
+            out.append({"figure": f"sweep, {split} held out: {what}", "target": f"{op} {text.value(val)}", "value": v,
                         "met": evaluate.check(v, op, val)})
     ms = res["cost"]["ms_per_observation"]
     out.append({"figure": "conformal forecaster CPU per observation", "target": "<= 1 ms", "value": round(ms, 3),
@@ -76,6 +77,6 @@ def main(jobs: int = 2) -> dict:
 
 if __name__ == "__main__":
     res = main()
-    for t in res["targets"]:
-        print(f"{t['figure']:80s} {t['target']:>8s}  {t['value']!s:>8.8s}  {t['met']}")
+    print(text.table(["figure", "target", "value", "met"],
+                     [[t["figure"], t["target"], text.value(t["value"]), t["met"]] for t in res["targets"]]))
     print(f"wrote {OUT} in {res['seconds']} s")

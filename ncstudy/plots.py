@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ncstudy import text
 from ncstudy.deprecation import renamed_function
-from ncstudy.figure import log_axis, new_figure, save, tick_label
+from ncstudy.figure import heading, log_axis, new_figure, save, value_ticks, wrap
 from ncstudy.forecast import protocol
 from ncstudy.onset import RELAXED_NC1, STRICT_NC1
 from ncstudy.records import EARLY_STOPS, EPOCH, FN, FORECAST_EPOCH, NC1, P_ONSET, PHASE, T_NC_ESTIMATE, num
@@ -45,8 +45,8 @@ class Band:
     source: str = ""  # e.g. "3 trials of this study", "paper prior"
 
     def label(self) -> str:
-        spread = "" if self.low is None or self.high is None else f" [{self.low:.3g}, {self.high:.3g}]"
-        return f"fn* {self.value:.3g}{spread}" + (f" ({self.source})" if self.source else "")
+        spread = "" if self.low is None or self.high is None else f" [{_text(self.low)}, {_text(self.high)}]"
+        return f"fn* {_text(self.value)}{spread}" + (f" ({self.source})" if self.source else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"value": self.value, "low": self.low, "high": self.high, "source": self.source}
@@ -60,11 +60,13 @@ class Band:
 
 def forecast_label(fc: protocol.Forecast) -> str:
     """What a picture's legend says of a forecast: ``forecast @ 140: onset 202 [180, 230]``."""
+    at = f"forecast @ {text.value(fc.made_at)}"
     if not math.isfinite(fc.onset):
-        p = "" if fc.p_onset is None else f", P(onset) {fc.p_onset:.2f}"
-        return f"forecast @ {fc.made_at:g}: no onset within budget{p}"
-    iv = f" [{fc.low:.0f}, {fc.high:.0f}]" if math.isfinite(fc.low) and math.isfinite(fc.high) else ""
-    return f"forecast @ {fc.made_at:g}: onset {fc.onset:.0f}{iv}"
+        p = "" if fc.p_onset is None else f", P(onset) {text.value(fc.p_onset, fixed=2)}"
+        return f"{at}: no onset within budget{p}"
+    iv = (f" [{text.value(fc.low, fixed=0)}, {text.value(fc.high, fixed=0)}]"
+          if math.isfinite(fc.low) and math.isfinite(fc.high) else "")
+    return f"{at}: onset {text.value(fc.onset, fixed=0)}{iv}"
 
 
 # The pictures' former copy, Forecast(made_at, onset, low, high, p_onset) with None for "none": it
@@ -157,20 +159,19 @@ def _vline(axes, x: float, colour: str, ls: str = "-", lw: float = 1.0, alpha: f
         ax.axvline(x, color=colour, ls=ls, lw=lw, alpha=alpha, zorder=1)
 
 
-def draw_band(ax, band: Band, colour: str = BAND_COLOUR, label: bool = True) -> None:
-    """fn* as a line and its spread as a shaded band, labelled at the right edge."""
+def draw_band(ax, band: Band, colour: str = BAND_COLOUR) -> None:
+    """fn* as a line and its spread as a shaded band (its numbers are the legend's: a label at the
+    band ran into the lines that cross it)."""
     if band.low is not None and band.high is not None and band.high > band.low:
         ax.axhspan(band.low, band.high, color=colour, alpha=0.22, lw=0, zorder=0)
     ax.axhline(band.value, color=colour, ls="--", lw=1.2, zorder=1)
-    if label:
-        _label_right(ax, band.high if band.high is not None else band.value, band.label(), "tab:brown")
 
 
 def draw_thresholds(ax, strict: float = STRICT, relaxed: float = RELAXED) -> None:
     ax.axhline(strict, color="0.25", ls=":", lw=1.0, zorder=1)
     ax.axhline(relaxed, color="0.55", ls=":", lw=1.0, zorder=1)
-    _label_right(ax, strict, f"strict {strict:g} (onset)", "0.25", va="top", left=True)
-    _label_right(ax, relaxed, f"relaxed {relaxed:g}", "0.45", left=True)
+    _label_right(ax, strict, f"strict {text.value(strict)} (onset)", "0.25", va="top", left=True)
+    _label_right(ax, relaxed, f"relaxed {text.value(relaxed)}", "0.45", left=True)
 
 
 def _fn_limits(ax, ys: Iterable[float], band: Band | None) -> None:
@@ -254,18 +255,20 @@ def plot_trajectory(view: TrialView, path: str | Path, strict: float = STRICT, r
                              label=view.band.label()))
     if view.crossing is not None:
         handles.append(Line2D([], [], color=CROSS_COLOUR, ls="-.", marker="o", mfc="none",
-                              label=f"fn crosses fn* @ {view.crossing:g}"))
+                              label=f"fn crosses fn* @ {text.value(view.crossing)}"))
     if fc is not None:
         handles.append(Patch(facecolor=FORECAST_COLOUR, alpha=0.3, edgecolor=FORECAST_COLOUR,
                              label=forecast_label(fc)))
     if view.t_nc is not None:
-        lead = "" if view.crossing is None else f", {view.t_nc - view.crossing:g} after the crossing"
-        handles.append(Line2D([], [], color=ONSET_COLOUR, label=f"onset T_NC {view.t_nc:g} (NC1 < {strict:g}{lead})"))
+        lead = "" if view.crossing is None else f", {text.value(view.t_nc - view.crossing)} after the crossing"
+        handles.append(Line2D([], [], color=ONSET_COLOUR,
+                              label=f"onset T_NC {text.value(view.t_nc)} (NC1 < {text.value(strict)}{lead})"))
     if sw is not None:
-        handles.append(Line2D([], [], color="0.5", label=f"CE \u2192 MSE @ {sw:g}"))
-    ax_fn.legend(handles=handles, loc="upper right", fontsize=7.5, framealpha=0.85)
+        handles.append(Line2D([], [], color="0.5", label=f"CE \u2192 MSE @ {text.value(sw)}"))
+    # Where it hides the fewest points (a trial's ~100 points: cheap); upper right hid a late forecast.
+    ax_fn.legend(handles=handles, loc="best", fontsize=7.5, framealpha=0.85)
 
-    fig.suptitle(_trial_title(view), fontsize=10, y=0.985)  # not an axes title: no title layout pass
+    heading(fig, _trial_title(view), 10)  # not an axes title: no title layout pass
     return save(fig, path)
 
 
@@ -280,6 +283,7 @@ def _trial_title(view: TrialView) -> str:
 
 
 def _text(v: Any) -> str:
+    """A number as a picture shows it (a searched key's value, fn*): three significant digits."""
     return text.value(v, 3)
 
 
@@ -343,7 +347,7 @@ def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = ""
     band_marks = []
     for i, (g, b) in enumerate(sorted(bands.items())):
         col = band_cols[i % len(band_cols)]
-        draw_band(ax_fn, b, col, label=False)
+        draw_band(ax_fn, b, col)
         band_marks.append(Patch(facecolor=col, alpha=0.4, edgecolor=col,
                                 label=(f"{g}: " if len(bands) > 1 else "") + b.label()))
     switches = sorted({s for s in (t.switch() for t in trials) if s is not None})
@@ -393,11 +397,15 @@ def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = ""
     ax_nc.set_xlabel("epoch")
     n_on = sum(t.t_nc is not None for t in trials)
     n_fc = sum(t.stop_reason in EARLY_STOPS for t in trials)
-    ax_fn.set_title(f"{title + ': ' if title else ''}{len(trials)} trial(s), {n_on} reached onset, "
-                    f"{n_fc} stopped early by the stopper", fontsize=11)
-    handles = [Line2D([], [], color=c, lw=2.5, label=v) for v, c in legend_vals[:20]]
-    if len(legend_vals) > 20:
-        handles.append(Line2D([], [], color="white", label=f"... {len(legend_vals) - 20} more"))
+    ax_fn.set_title(wrap(f"{title + ': ' if title else ''}{len(trials)} trial(s), {n_on} reached onset, "
+                         f"{n_fc} stopped early by the stopper", 0.73 * 11, 11), fontsize=11)
+    shown = legend_vals
+    if len(legend_vals) > 12:  # many values (a continuous key): a dozen across the range, ends included
+        step = (len(legend_vals) - 1) / 11
+        shown = [legend_vals[round(i * step)] for i in range(12)]
+    handles = [Line2D([], [], color=c, lw=2.5, label=v) for v, c in shown]
+    if len(shown) < len(legend_vals):
+        handles.append(Line2D([], [], color="white", label=f"({len(legend_vals)} values; {len(shown)} shown)"))
     marks = [*(band_marks or [Patch(facecolor=BAND_COLOUR, alpha=0.4, edgecolor=BAND_COLOUR,
                                     label="fn* of the group (spread)")]),
              Line2D([], [], ls="", marker="o", color="0.7", mec="black", label="onset T_NC (NC1 < strict)"),
@@ -444,8 +452,7 @@ def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", k
             keys += [k for k in t.keys if k not in keys]
     keys = list(keys)[:5] or ["trial"]
     n = len(keys)
-    fig = new_figure(max(4.2 * n, 6.5), 6.2, dpi)
-    fig.subplots_adjust(left=0.13 if n == 1 else 0.09, right=0.98, bottom=0.2, top=0.9, wspace=0.25, hspace=0.1)
+    fig = new_figure(max(4.2 * n, 6.5), 6.2, dpi, fit=True)  # drawn once a study: laid out to fit its text
     axes = fig.subplots(2, n, sharex="col", squeeze=False)
     bands = _group_bands(trials)
     for j, k in enumerate(keys):
@@ -467,28 +474,14 @@ def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", k
             if t.fn_star is not None:
                 ax_f.plot([x], [t.fn_star], "o", color="tab:blue", ms=6, zorder=3)
         for i, (g, b) in enumerate(sorted(bands.items())):
-            draw_band(ax_f, b, ["tab:orange", "tab:brown", "tab:pink"][i % 3], label=False)
+            draw_band(ax_f, b, ["tab:orange", "tab:brown", "tab:pink"][i % 3])
         if log:
             log_axis(ax_f, "x")
         if labels is not None:
-            ax_f.set_xticks(range(len(labels)))
-            ax_f.set_xticklabels(labels, rotation=30 if max(len(s) for s in labels) > 6 else 0, ha="right"
-                                 if max(len(s) for s in labels) > 6 else "center", fontsize=8)
-            ax_f.set_xlim(-0.5, len(labels) - 0.5)
-        else:
-            lo, hi = min(pos), max(pos)
-            distinct = sorted(set(pos))
-            if len(distinct) <= 8:  # a grid: ticks at its values
-                from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
-                ax_f.xaxis.set_major_locator(FixedLocator(distinct))
-                ax_f.xaxis.set_major_formatter(FuncFormatter(tick_label))
-                ax_f.xaxis.set_minor_locator(NullLocator())
-            if not log:
-                pad = (hi - lo) * 0.08 or max(abs(lo) * 0.1, 0.5)
-                ax_f.set_xlim(lo - pad, hi + pad)
-            else:
-                ax_f.set_xlim(lo / 1.3, hi * 1.3)
+            ax_f.tick_params(axis="x", labelsize=8)
+            value_ticks(ax_f, range(len(labels)), labels)
+        else:  # a grid: ticks at its values
+            value_ticks(ax_f, pos, log=log)
         ax_f.set_xlabel(k)
         ax_t.grid(alpha=0.3)
         ax_f.grid(alpha=0.3)
@@ -501,6 +494,6 @@ def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", k
                Line2D([], [], ls="", marker="^", color="0.5", label="no onset: last epoch run"),
                Line2D([], [], ls="", marker="X", color="0.5", label="stopped early by the stopper: last epoch run"),
                Line2D([], [], ls="--", color=BAND_COLOUR, label="fn* of the group (band: spread)")]
-    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.suptitle(f"{title + ': ' if title else ''}onset and fn* against the searched keys", fontsize=11)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    heading(fig, f"{title + ': ' if title else ''}onset and fn* against the searched keys", 11)
     return save(fig, path)

@@ -39,3 +39,32 @@ def test_no_pyplot_and_no_backend_chosen_by_the_figure_modules():
             "assert 'matplotlib.pyplot' not in sys.modules; "
             "assert matplotlib.rcParams._get_backend_or_none() == b, matplotlib.rcParams._get_backend_or_none()")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_heading_wraps_to_the_figure_and_makes_room_under_fixed_margins():
+    from ncstudy.figure import heading, wrap
+
+    assert wrap("a b c", 5, 10) == "a b c"
+    long = "trial w256-wd5e-05-s1 (model.width=256, optim.weight_decay=5e-05, seed=1) stopped at its forecast"
+    assert all(len(line) * 0.6 * 10 / 72 <= 4 for line in wrap(long, 4, 10).split("\n"))
+    fig = new_figure(4, 3)
+    fig.subplots_adjust(top=0.95)
+    assert heading(fig, long, 10) > 1
+    assert fig.subplotpars.top < 0.95 and "\n" in fig._suptitle.get_text()
+
+
+def test_value_ticks_at_the_values_run_turned_where_they_would_touch_limits_padded(tmp_path):
+    from ncstudy.figure import value_ticks
+
+    fig = new_figure(3, 3, fit=True)
+    crowded, roomy, cats = fig.subplots(1, 3)
+    log_axis(crowded, "x")
+    value_ticks(crowded, [1e-5, 5e-5, 1e-4, 5e-4, 1e-3], log=True)
+    value_ticks(roomy, [2, 3, 5, 7])
+    value_ticks(cats, [0, 1], ["relu", "gelu"])
+    save(fig, tmp_path / "ticks.png")
+    assert [t.get_text() for t in crowded.get_xticklabels()] == ["1e-05", "5e-05", "1e-04", "5e-04", "0.001"]
+    assert crowded.get_xticklabels()[0].get_rotation() == 30
+    assert [t.get_text() for t in roomy.get_xticklabels()] == ["2", "3", "5", "7"]
+    lo, hi = roomy.get_xlim()
+    assert lo < 2 and hi > 7 and cats.get_xlim() == (-0.5, 1.5)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from ncstudy import text
 from ncstudy.analyze.experiments import ExperimentResult
-from ncstudy.figure import log_axis, new_figure, save, tick_label
+from ncstudy.figure import heading, log_axis, new_figure, save, value_ticks, wrap
 from ncstudy.records import finite
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,14 +22,6 @@ DPI = 110
 SWEEP_KEYS = ("depth", "width", "weight_decay")
 LOG_X = {"width", "weight_decay", "lr"}
 MAX_GROUPS_PER_FIGURE = 12
-
-
-def _label(v: Any) -> str:
-    return text.value(v, 6, missing="")
-
-
-def _save(fig, path: Path, tight: bool = True) -> str:
-    return str(save(fig, path, tight))
 
 
 def trajectories(res: ExperimentResult, trajs: dict[str, pd.DataFrame], out: Path, strict: float,
@@ -49,18 +40,18 @@ def trajectories(res: ExperimentResult, trajs: dict[str, pd.DataFrame], out: Pat
         chunk = groups[part:part + MAX_GROUPS_PER_FIGURE]
         ncol = min(len(chunk), 4)
         nrow = math.ceil(len(chunk) / ncol)
-        fig = new_figure(3.4 * ncol, 5.2 * nrow, DPI)
+        fig = new_figure(3.4 * ncol, 5.2 * nrow, DPI, fit=True)
         axes = fig.subplots(2 * nrow, ncol, squeeze=False)
         for i, g in enumerate(chunk):
             ax_fn, ax_nc = axes[2 * (i // ncol), i % ncol], axes[2 * (i // ncol) + 1, i % ncol]
             sub = runs[runs["group"] == g]
             colors = colormaps["viridis"](np.linspace(0, 0.85, max(len(sub), 1)))
-            seeds = [_label(s) for s in sub["seed"]] if "seed" in sub else []
+            seeds = [text.value(s, 6, missing="") for s in sub["seed"]] if "seed" in sub else []
             by_seed = len(set(seeds)) == len(sub) and "" not in seeds
             thresholds = set()
             for c, (_, r) in zip(colors, sub.iterrows()):
                 t = trajs[r["run_id"]]
-                lab = f"seed {_label(r['seed'])}" if by_seed else str(r["run_id"])
+                lab = f"seed {text.value(r['seed'], 6)}" if by_seed else str(r["run_id"])
                 ax_fn.plot(t["epoch"], t["feat_norm"], color=c, lw=1.2, label=lab)
                 ax_nc.plot(t["epoch"], t["nc1"], color=c, lw=1.2)
                 if finite(r["t_nc"]):
@@ -84,20 +75,22 @@ def trajectories(res: ExperimentResult, trajs: dict[str, pd.DataFrame], out: Pat
             for ax in (ax_fn, ax_nc):
                 log_axis(ax, labelsize=7)
                 ax.tick_params(axis="x", labelsize=7)
-            ax_fn.set_title(g, fontsize=9)
+            ax_fn.set_title(wrap(g, 3.0, 9), fontsize=9)
             ax_fn.set_ylabel("fn")
             ax_nc.set_ylabel("NC1")
             ax_nc.set_xlabel("epoch")
-            ax_fn.legend(fontsize=6 if len(sub) > 4 else 7, loc="upper right", ncol=2 if len(sub) > 6 else 1)
+            if len(sub) > 6:  # a long legend hides the lines: under the panel, in two columns
+                ax_nc.legend(*ax_fn.get_legend_handles_labels(), fontsize=6, ncol=2, loc="upper center",
+                             bbox_to_anchor=(0.5, -0.22), frameon=False)
+            else:
+                ax_fn.legend(fontsize=6 if len(sub) > 4 else 7, loc="best", framealpha=0.7)
         for j in range(len(chunk), nrow * ncol):
             axes[2 * (j // ncol), j % ncol].axis("off")
             axes[2 * (j // ncol) + 1, j % ncol].axis("off")
-        fig.suptitle(f"{res.spec.title}: fn and NC1 (dotted: T_NC, o: onset, x: fn crossing, dashed: thresholds)",
-                     fontsize=9, y=0.995)
-        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.07, top=0.90 if nrow == 1 else 0.95, wspace=0.32,
-                            hspace=0.3)
+        heading(fig, f"{res.spec.title}: fn and NC1 (dotted: T_NC, o: onset, x: fn crossing, dashed: thresholds)",
+                9)
         suffix = "" if part == 0 else f"_{part // MAX_GROUPS_PER_FIGURE + 1}"
-        files.append(_save(fig, out / f"trajectories_{res.spec.name}{suffix}.png", tight=False))
+        files.append(str(save(fig, out / f"trajectories_{res.spec.name}{suffix}.png")))
     return files
 
 
@@ -106,7 +99,7 @@ def fn_star_by_group(res: ExperimentResult, out: Path) -> str | None:
     if g.empty:
         return None
     runs = res.runs
-    fig = new_figure(max(4.5, 1.3 * len(g) + 2), 4, DPI)
+    fig = new_figure(max(4.5, 1.3 * len(g) + 2), 4, DPI, fit=True)
     ax = fig.subplots()
     rng = np.random.default_rng(0)
     for i, (_, row) in enumerate(g.iterrows()):
@@ -122,14 +115,14 @@ def fn_star_by_group(res: ExperimentResult, out: Path) -> str | None:
         else:
             ax.text(i, 0.5, "no collapse", transform=ax.get_xaxis_transform(), ha="center", fontsize=8,
                     color="crimson")
-    ax.set_xticks(range(len(g)))
     keys = list(res.spec.group_by)
-    short = [" / ".join(_label(row[k]) or str(row[k]) for k in keys) for _, row in g.iterrows()]
-    ax.set_xticklabels([f"{lab}\n(n={n})" for lab, n in zip(short, g["n_collapsed"])], fontsize=8)
+    short = [" / ".join(text.value(row[k], 6, missing="none") for k in keys) for _, row in g.iterrows()]
+    ax.tick_params(axis="x", labelsize=8)
+    value_ticks(ax, range(len(g)), [f"{lab}\n(n={n})" for lab, n in zip(short, g["n_collapsed"])])
     ax.set_xlabel(" / ".join(keys))
     ax.set_ylabel("fn* (feature norm at T_NC)")
-    ax.set_title(f"{res.spec.title}: fn* per run, mean and 95 % Student-t CI", fontsize=9)
-    return _save(fig, out / f"fn_star_{res.spec.name}.png")
+    heading(fig, f"{res.spec.title}: fn* per run, mean and 95 % Student-t CI", 9)
+    return str(save(fig, out / f"fn_star_{res.spec.name}.png"))
 
 
 def tnc_vs(res: ExperimentResult, key: str, out: Path) -> str | None:
@@ -139,8 +132,8 @@ def tnc_vs(res: ExperimentResult, key: str, out: Path) -> str | None:
         return None
     others = [k for k in res.spec.group_by if k != key]
     runs = runs.assign(_x=x)
-    runs["_line"] = [", ".join(f"{k}={r[k]}" for k in others) if others else "" for _, r in runs.iterrows()]
-    fig = new_figure(5.5, 4, DPI)
+    runs["_line"] = [", ".join(f"{k}={text.value(r[k], 6)}" for k in others) for _, r in runs.iterrows()]
+    fig = new_figure(5.5, 4, DPI, fit=True)
     ax = fig.subplots()
     top = pd.to_numeric(runs["t_nc"], errors="coerce").max()
     top = 1.1 * top if finite(top) else 1.0
@@ -156,18 +149,19 @@ def tnc_vs(res: ExperimentResult, key: str, out: Path) -> str | None:
             cut = sub.loc[sub["_x"] == xv, "stopped_early"].all()
             ax.scatter([xv], [top], marker="v", color="crimson", s=50, zorder=3)
             ax.annotate("stopped early" if cut else "no collapse", (xv, top), textcoords="offset points",
-                        xytext=(0, 6), ha="center", fontsize=8, color="crimson")
-    if key in LOG_X:  # ticks at the values run
+                        xytext=(0, -8), ha="center", va="top", fontsize=8, color="crimson")  # under it: inside
+    log = key in LOG_X
+    if log:
         log_axis(ax, "x", minor_labels=False)
-        ax.xaxis.set_major_locator(FixedLocator(sorted(runs["_x"].dropna().unique())))
-        ax.xaxis.set_major_formatter(FuncFormatter(tick_label))
-        ax.xaxis.set_minor_locator(NullLocator())
+    value_ticks(ax, runs["_x"].dropna().unique(), log=log)  # ticks at the values run
+    if runs["_x"].nunique() > runs.loc[runs["collapsed"], "_x"].nunique():  # room for the notes
+        ax.set_ylim(top=top * 1.04)
     ax.set_xlabel(key.replace("_", " "))
     ax.set_ylabel("T_NC (epochs)")
-    ax.set_title(f"{res.spec.title}: T_NC against {key.replace('_', ' ')} (mean +- SD)", fontsize=9)
+    heading(fig, f"{res.spec.title}: T_NC against {key.replace('_', ' ')} (mean \u00b1 SD)", 9)
     if any(ax.get_legend_handles_labels()[1]):
         ax.legend(fontsize=7)
-    return _save(fig, out / f"tnc_vs_{key}_{res.spec.name}.png")
+    return str(save(fig, out / f"tnc_vs_{key}_{res.spec.name}.png"))
 
 
 def activation_comparison(res: ExperimentResult, out: Path) -> str | None:
@@ -175,7 +169,7 @@ def activation_comparison(res: ExperimentResult, out: Path) -> str | None:
     if "activation" not in res.spec.group_by or g["activation"].nunique() < 2:
         return None
     runs = res.runs
-    fig = new_figure(9, 3.8, DPI)
+    fig = new_figure(9, 3.8, DPI, fit=True)
     a1, a2 = fig.subplots(1, 2)
     for ax, col, mean, sd, lab in ((a1, "t_nc", "t_nc_mean", "t_nc_sd", "T_NC (epochs)"),
                                    (a2, "fn_star", "fn_mean", "fn_sd", "fn*")):
@@ -186,11 +180,11 @@ def activation_comparison(res: ExperimentResult, out: Path) -> str | None:
                        alpha=0.6, hatch=hatch, edgecolor="k")
             vals = runs[(runs["group"] == row["group"]) & runs["collapsed"]][col].astype(float)
             ax.scatter(np.full(len(vals), i), vals, color="k", s=12, zorder=3)
-        ax.set_xticks(range(len(g)))
-        ax.set_xticklabels([f"{lab_}\n({t})" for lab_, t in zip(g["group"], g["threshold"])], fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+        value_ticks(ax, range(len(g)), [f"{lab_}\n({t})" for lab_, t in zip(g["group"], g["threshold"])])
         ax.set_ylabel(lab)
-    fig.suptitle(f"{res.spec.title}: activation comparison (hatched: relaxed threshold)", fontsize=9)
-    return _save(fig, out / f"activation_{res.spec.name}.png")
+    heading(fig, f"{res.spec.title}: activation comparison (hatched: relaxed threshold)", 9)
+    return str(save(fig, out / f"activation_{res.spec.name}.png"))
 
 
 def make_figures(a: "Analysis", out: Path) -> list[str]:
