@@ -12,6 +12,10 @@ trajectory corpus carries one (``analysis/corpus/manifest.csv``, :func:`load_cor
 the ``rupa2026`` preset for the author's logs (``ncstudy/analyze/presets/rupa2026_runs.csv``,
 shipped with the package). A log the manifest does not list (or every log, without a manifest)
 gets the attributes its file name spells out (:func:`attrs_from_filename`).
+A study's trials get theirs from their flattened-config params (:func:`attrs_from_params`,
+:data:`PARAM_MAP`: ``model.width`` -> ``width``); the MLflow reader
+(:func:`ncstudy.adapters.mlflow.reader.read_study`) builds their runs. One name per attribute, whatever
+the source.
 
 A run's **group** (the calibration unit of the forecasters) follows one set of rules,
 :func:`group_of`: ``model/dataset`` by default, or per ``cell``, ``file``, or ``all`` in one.
@@ -30,7 +34,8 @@ from ncstudy.errors import InputError, LogFormatError
 from ncstudy.logs import REFERENCE_COLUMNS, REQUIRED_COLUMNS, read_log
 from ncstudy.records import EPOCH, PHASE, finite
 
-__all__ = ["GROUP_BY", "DEFAULT_GROUP", "LOG_SUFFIXES", "Run", "attrs_from_filename", "frame_records", "group_of",
+__all__ = ["ATTR_KEYS", "GROUP_BY", "DEFAULT_GROUP", "LOG_SUFFIXES", "MLP_ONLY", "NUMERIC_ATTRS", "PARAM_MAP", "Run",
+           "attr_key", "attrs_from_filename", "attrs_from_params", "convert_attr", "frame_records", "group_of",
            "load_corpus", "load_runs", "log_files", "log_stem", "numeric_log", "read_manifest", "read_run"]
 
 GROUP_BY = ("model-dataset", "cell", "file", "all")
@@ -44,7 +49,8 @@ class Run:
     * identity: ``run_id`` (unique within a load), ``source`` (file path, ``"<table>.csv row ..."``
       or ``"mlflow:<run id>"``), ``name`` (display name, e.g. the MLflow run name; default ``run_id``);
     * ``attrs``: what the run is (``model``, ``dataset``, ``depth``, ``seed``, ``budget``,
-      ``ce_epochs``, ... -- a manifest row, the file name's tokens or an MLflow run's params);
+      ``ce_epochs``, ... -- a manifest row, the file name's tokens or an MLflow run's params,
+      :func:`attrs_from_params`);
     * the per-epoch log, given either as ``records`` (dicts in epoch order, what the forecasters
       read) or as ``frame`` (a :func:`ncstudy.logs.read_log` DataFrame, what the analysis reads);
       the other form is derived on first use. A run with neither has no log (:attr:`has_log`);
@@ -104,6 +110,11 @@ class Run:
         if self._frame is None and self._records is not None:
             self._frame = _numbers(pd.DataFrame(self._records))
         return self._frame
+
+    def attr(self, key: str) -> Any:
+        """``attrs[key]``, else the attribute a flattened-config key names (``model.width`` ->
+        ``width``, :func:`attr_key`), else None."""
+        return self.attrs[key] if key in self.attrs else self.attrs.get(attr_key(key))
 
     @property
     def budget(self) -> int | None:
@@ -198,6 +209,70 @@ def attrs_from_filename(stem: str) -> dict[str, Any]:
             rest.append(tok)
     attrs["group"] = "_".join(rest) or stem
     return attrs
+
+
+# What a run of a study is, from its flattened config (a study's MLflow params, docs/CONTRACTS.md):
+# the keys the analysis describes runs by, under the names a manifest and a file name use too.
+ATTR_KEYS = ("model", "dataset", "depth", "width", "activation", "weight_decay", "lr", "seed",
+             "intervention_alpha")
+NUMERIC_ATTRS = {"depth", "width", "weight_decay", "lr", "seed", "intervention_alpha"}
+PARAM_MAP = {
+    "model.name": "model", "data.name": "dataset", "model.depth": "depth", "model.width": "width",
+    "model.activation": "activation", "optimizer.weight_decay": "weight_decay",
+    "optimizer.lr": "lr", "seed": "seed", "intervention_alpha": "intervention_alpha",
+}
+MLP_ONLY = ("depth", "width", "activation")  # blanked for other models: the flattened config still has them
+EPOCH_PARAMS = ("ce_epochs", "mse_epochs")  # the protocol's two phases; budget = their sum
+_INTEGER_ATTRS = {"depth", "width", "seed", *EPOCH_PARAMS}
+
+
+def convert_attr(key: str, value: Any) -> Any:
+    """An attribute's value from its text (an MLflow param): None for an empty or null one, a number
+    for a numeric attribute (an int for depth, width, seed and the epoch counts), else the text."""
+    if value is None:
+        return None
+    s = str(value).strip()
+    if s in ("", "None", "none", "null", "nan", "NaN"):
+        return None
+    if key in NUMERIC_ATTRS or key in _INTEGER_ATTRS:
+        try:
+            x = float(s)
+        except ValueError:
+            return s
+        return int(x) if key in _INTEGER_ATTRS and x.is_integer() else x
+    return s
+
+
+def attrs_from_params(params: Mapping[str, Any], fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a run is, from its flattened config (``model.width`` ...; a study's MLflow params).
+
+    The keys of :data:`PARAM_MAP` under their attribute names (:data:`ATTR_KEYS`: ``width``, ...),
+    typed (:func:`convert_attr`); ``model``/``dataset`` from ``fallback`` (a trial's tags) when the
+    params lack them; :data:`MLP_ONLY` blanked for other models; ``ce_epochs``, ``mse_epochs`` as
+    ints and ``budget`` their sum; every other param under its own dotted name, as given. One name
+    per quantity: ``width`` is never also ``model.width`` (:func:`attr_key` maps the dotted name).
+    """
+    attrs: dict[str, Any] = {}
+    for p, a in PARAM_MAP.items():
+        if p in params:
+            attrs[a] = convert_attr(a, params[p])
+    for a in ("model", "dataset"):
+        attrs.setdefault(a, convert_attr(a, (fallback or {}).get(a)))
+    if attrs.get("model") not in (None, "mlp"):
+        for k in MLP_ONLY:
+            attrs[k] = None
+    for k in EPOCH_PARAMS:
+        if k in params:
+            attrs[k] = convert_attr(k, params[k])
+    if all(isinstance(attrs.get(k), int) for k in EPOCH_PARAMS):
+        attrs["budget"] = attrs["ce_epochs"] + attrs["mse_epochs"]
+    attrs.update((k, v) for k, v in params.items() if k not in PARAM_MAP and k not in EPOCH_PARAMS)
+    return attrs
+
+
+def attr_key(key: str) -> str:
+    """The attribute a flattened-config key names (``model.width`` -> ``width``), else ``key``."""
+    return PARAM_MAP.get(key, key)
 
 
 def group_of(attrs: Mapping[str, Any], group_by: str = "model-dataset", run_id: str | None = None) -> str:

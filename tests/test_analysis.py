@@ -381,6 +381,42 @@ def test_mlflow_study(mlflow_study, tmp_path):
     assert "Intervention against control" in Path(local).read_text()
 
 
+def test_one_reading_of_a_study_for_analysis_replay_and_log_files(mlflow_study, tmp_path):
+    """A trial read from MLflow (by the analysis, by replay) and the same trial's log file read by
+    ncstudy.runs carry one attribute naming: model, dataset, width, seed, typed alike."""
+    from ncstudy.adapters.mlflow.reader import mlflow_trajectories, read_study
+    from ncstudy.analyze.sources import load_mlflow
+    from ncstudy.runs import ATTR_KEYS, load_runs
+
+    uri, parent, children = mlflow_study
+    study = read_study(STUDY, uri)
+    assert [r.run_id for r in study.runs] == children and study.parent_run_ids == [parent]
+    first = study.runs[0]
+    w, _, seed, _, _ = TRIALS[0]
+    keys = ("model", "dataset", "width", "seed")
+    assert {k: first.attrs[k] for k in keys} == {"model": "mlp", "dataset": "synthetic", "width": w, "seed": seed}
+    assert "model.width" not in first.attrs and first.attrs["trial_id"] == "t000"
+    logs = tmp_path / "logs"
+    write_log(first.records, logs / f"width{w}_s{seed}.csv")
+    (tmp_path / "manifest.csv").write_text(f"file,model,dataset,width,seed\n"
+                                           f"width{w}_s{seed}.csv,mlp,synthetic,{w},{seed}\n")
+    from_manifest, = load_runs(logs, tmp_path / "manifest.csv")
+    from_name, = load_runs(logs)
+    assert {k: from_manifest.attrs[k] for k in keys} == {k: first.attrs[k] for k in keys}
+    assert {k: from_name.attrs[k] for k in ("width", "seed")} == {k: first.attrs[k] for k in ("width", "seed")}
+    assert from_manifest.group == first.group == "mlp/synthetic"
+    assert from_manifest.records == first.records
+    # replay and the priors: the same runs and attributes, named by trial id
+    replayed = mlflow_trajectories(STUDY, uri)
+    assert [r.run_id for r in replayed] == [f"t{i:03d}" for i in range(len(TRIALS))]
+    assert [r.attrs for r in replayed] == [r.attrs for r in study.runs]
+    # the analysis: the same runs, described by the analysis attributes
+    runs, info = load_mlflow(STUDY, uri)
+    assert [r.run_id for r in runs] == children and info.parent_run_id == parent
+    assert all(set(r.attrs) <= set(ATTR_KEYS) for r in runs)
+    assert [{k: r.attrs.get(k) for k in keys} for r in runs] == [{k: r.attrs.get(k) for k in keys} for r in study.runs]
+
+
 def test_mlflow_unknown_experiment(mlflow_study, tmp_path, capsys):
     uri, _, _ = mlflow_study
     out = tmp_path / "out"

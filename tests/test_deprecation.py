@@ -258,7 +258,8 @@ def test_the_former_log_loaders_warn_and_load_runs(tmp_path):
     for name in ("group_of", "frame_records", "log_stem", "GROUP_BY"):
         with pytest.warns(DeprecationWarning, match=rf"use ncstudy\.runs\.{name}$"):
             assert getattr(trajectories, name) is getattr(runs, name)
-    with pytest.warns(DeprecationWarning, match=r"use ncstudy\.runs\.attrs_from_filename$"):
-        assert sources.attrs_from_filename is runs.attrs_from_filename
+    for name in ("attrs_from_filename", "ATTR_KEYS", "NUMERIC_ATTRS", "PARAM_MAP", "MLP_ONLY"):
+        with pytest.warns(DeprecationWarning, match=rf"use ncstudy\.runs\.{name}$"):
+            assert getattr(sources, name) is getattr(runs, name)
     with pytest.warns(DeprecationWarning, match=r"use ncstudy\.runs\.read_run$"):
         assert sources.read_run_log(log)["feat_norm"].tolist() == [7.5]

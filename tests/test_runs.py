@@ -12,6 +12,7 @@ from ncstudy.errors import InputError, LogFormatError
 from ncstudy.runs import (
     Run,
     attrs_from_filename,
+    attrs_from_params,
     group_of,
     load_corpus,
     load_runs,
@@ -65,6 +66,27 @@ def test_the_manifest_gives_attributes_group_and_phases():
     # one group rule set for every consumer
     assert {r.group for r in load_runs(REF / "width128_s0.csv", MANIFEST, group_by="cell")} == {"mlp/mnist/width128"}
     assert {r.group for r in load_runs(REF / "width128_s0.csv", group="mine")} == {"mine"}
+
+
+def test_attributes_from_a_flattened_config_one_name_per_quantity():
+    params = {"model.name": "mlp", "data.name": "mnist", "model.width": "128", "model.depth": "3",
+              "optimizer.lr": "0.001", "optimizer.weight_decay": "5e-4", "seed": "2", "intervention_alpha": "None",
+              "ce_epochs": "200", "mse_epochs": "400", "optimizer.momentum": "0.9"}
+    a = attrs_from_params(params)
+    assert a == {"model": "mlp", "dataset": "mnist", "depth": 3, "width": 128, "weight_decay": 0.0005, "lr": 0.001,
+                 "seed": 2, "intervention_alpha": None, "ce_epochs": 200, "mse_epochs": 400, "budget": 600,
+                 "optimizer.momentum": "0.9"}
+    # the same names and types a file name gives
+    f = attrs_from_filename("depth3_width128_wd0p0005_lr0p001_s2")
+    assert {k: f[k] for k in ("depth", "width", "weight_decay", "lr", "seed")} == \
+        {k: a[k] for k in ("depth", "width", "weight_decay", "lr", "seed")}
+    # model/dataset from the tags when the params lack them; MLP-only keys mean nothing for others
+    b = attrs_from_params({"model.width": "64", "seed": "1"}, {"model": "resnet20", "dataset": "cifar10"})
+    assert b == {"width": None, "seed": 1, "model": "resnet20", "dataset": "cifar10", "depth": None, "activation": None}
+    # a dotted config key reads the attribute it names
+    run = Run("r", attrs=a)
+    assert run.attr("model.width") == run.attr("width") == 128 and run.attr("optimizer.momentum") == "0.9"
+    assert run.attr("config") is None and run.budget == 600
 
 
 def test_file_name_tokens_and_group_rules():

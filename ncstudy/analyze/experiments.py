@@ -20,12 +20,11 @@ import pandas as pd
 from scipy import stats
 
 from ncstudy import text
-from ncstudy.analyze.sources import ATTR_KEYS
 from ncstudy.deprecation import renamed_function
 from ncstudy.forecast.insample import crossing_epoch, loglog_fit
 from ncstudy.onset import RELAXED_NC1, STRICT_NC1, OnsetRule, onset_of
 from ncstudy.records import CENSORED_STOPS, FORECAST_EPOCH, num
-from ncstudy.runs import Run
+from ncstudy.runs import ATTR_KEYS, Run
 
 
 @dataclass(frozen=True)

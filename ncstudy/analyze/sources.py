@@ -24,13 +24,9 @@ import pandas as pd
 from ncstudy.deprecation import moved_names, warn_renamed
 from ncstudy.errors import InputError
 from ncstudy.logs import REQUIRED_COLUMNS
-from ncstudy.records import num
-from ncstudy.runs import Run, group_of, load_runs, log_files, numeric_log, read_run
+from ncstudy.runs import ATTR_KEYS as _ATTR_KEYS
+from ncstudy.runs import Run, group_of, load_runs, log_files, read_run
 
-# Run attributes the analysis knows how to group by, in display order.
-ATTR_KEYS = ("model", "dataset", "depth", "width", "activation", "weight_decay", "lr", "seed",
-             "intervention_alpha")
-NUMERIC_ATTRS = {"depth", "width", "weight_decay", "lr", "seed", "intervention_alpha"}
 THRESHOLD_RULES = ("strict", "relaxed", "relaxed-fallback")
 
 
@@ -99,80 +95,32 @@ def load_log_folder(folder: str | Path, phase1_epochs: int | None = None) -> tup
 # ---------------------------------------------------------------------------------------------
 # MLflow
 # ---------------------------------------------------------------------------------------------
-# Flattened-config params (CONTRACTS.md) -> analysis attributes.
-PARAM_MAP = {
-    "model.name": "model", "data.name": "dataset", "model.depth": "depth", "model.width": "width",
-    "model.activation": "activation", "optimizer.weight_decay": "weight_decay",
-    "optimizer.lr": "lr", "seed": "seed", "intervention_alpha": "intervention_alpha",
-}
-MLP_ONLY = ("depth", "width", "activation")
-
-
-def _convert(key: str, value: Any) -> Any:
-    if value is None:
-        return None
-    s = str(value).strip()
-    if s in ("", "None", "none", "null", "nan", "NaN"):
-        return None
-    if key in NUMERIC_ATTRS:
-        try:
-            x = float(s)
-        except ValueError:
-            return s
-        return int(x) if key in ("depth", "width", "seed") and x.is_integer() else x
-    return s
-
-
 def load_mlflow(experiment: str, tracking_uri: str | None = None) -> tuple[list[Run], SourceInfo]:
-    """The trial runs of a study (read through :class:`~ncstudy.adapters.mlflow.reader.StudyReader`)."""
-    from ncstudy.adapters.mlflow.layout import FN_STAR_TAG, T_NC_TAG, THRESHOLD_TAG
-    from ncstudy.adapters.mlflow.reader import StudyReader
+    """The trial runs of a study (:func:`ncstudy.adapters.mlflow.reader.read_study`, the reading
+    replay and the priors share), those without a trajectory with their tabulated onsets; the
+    analysis describes a run by :data:`ncstudy.runs.ATTR_KEYS`."""
+    from ncstudy.adapters.mlflow.reader import read_study
 
-    reader = StudyReader(tracking_uri)
-    exp = reader.experiment(experiment)
-    uri = reader.uri
-    info = SourceInfo(kind="mlflow", location=f"{experiment} @ {uri}", experiment_id=exp.experiment_id,
-                      tracking_uri=uri)
-    parents = reader.study_runs(exp.experiment_id)
-    info.parent_run_ids = [r.info.run_id for r in parents]
-    if parents:
-        info.parent_run_id = parents[0].info.run_id
-        if len(parents) > 1:
-            info.warnings.append(f"{len(parents)} study (parent) runs in the experiment; trials of all "
-                                 f"of them are analysed, the report goes to the latest ({info.parent_run_id})")
+    study = read_study(experiment, tracking_uri)
+    uri = study.tracking_uri
+    info = SourceInfo(kind="mlflow", location=f"{experiment} @ {uri}", experiment_id=study.experiment_id,
+                      tracking_uri=uri, parent_run_ids=study.parent_run_ids)
+    if study.parent_run_ids:
+        info.parent_run_id = study.parent_run_ids[0]
+        if len(study.parent_run_ids) > 1:
+            info.warnings.append(f"{len(study.parent_run_ids)} study (parent) runs in the experiment; trials of "
+                                 f"all of them are analysed, the report goes to the latest ({info.parent_run_id})")
     else:
         info.warnings.append("no study (parent) run in the experiment: report and figures are not logged "
                              "to MLflow")
-    trials = reader.trials(exp.experiment_id)
-    if not trials:
+    if not study.runs:
         raise InputError(f"experiment '{experiment}' at {uri} has no trial runs")
-    runs = []
-    for t in trials:
-        params, tags = t.params, t.tags
-        attrs: dict[str, Any] = {}
-        for p, a in PARAM_MAP.items():
-            if p in params:
-                attrs[a] = _convert(a, params[p])
-        attrs.setdefault("model", _convert("model", tags.get("model")))
-        attrs.setdefault("dataset", _convert("dataset", tags.get("dataset")))
-        if attrs.get("model") not in (None, "mlp"):
-            for k in MLP_ONLY:  # MLP-only fields of the flattened config mean nothing here
-                attrs[k] = None
-        info.warnings.extend(t.warnings)
-        traj = None if t.trajectory is None else numeric_log(t.trajectory, f"mlflow:{t.run_id}")
-        given = None
-        if traj is None:
-            tn = num(tags.get(T_NC_TAG))
-            given = {"t_nc": tn, "fn_star": num(tags.get(FN_STAR_TAG)), "test_acc": t.metrics.get("test"),
-                     "threshold": tags.get(THRESHOLD_TAG) if tn is not None else None}
-        p2 = params.get("eval.onset_phase2_only")
-        runs.append(Run(
-            t.run_id, group_of(attrs, run_id=t.run_id), attrs=attrs, source=f"mlflow:{t.run_id}", frame=traj,
-            origin=t.origin,
-            phase2_only=None if p2 is None else str(p2).lower() == "true", given=given, name=t.name,
-            tags={k: v for k, v in tags.items() if not k.startswith("mlflow.")}))
-    return runs, info
+    info.warnings.extend(study.warnings)
+    for r in study.runs:
+        r.attrs = {k: v for k, v in r.attrs.items() if k in _ATTR_KEYS}
+    return study.runs, info
 
 
 # Moved to ncstudy.runs (issue 26): read from here, with a warning.
-__getattr__ = moved_names(__name__, {"attrs_from_filename": "ncstudy.runs"})
+__getattr__ = moved_names(__name__, {name: "ncstudy.runs" for name in (
+    "attrs_from_filename", "ATTR_KEYS", "NUMERIC_ATTRS", "PARAM_MAP", "MLP_ONLY")})

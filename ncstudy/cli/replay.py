@@ -76,8 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default="leave-one-out", metavar="MODE|FILE",
                    help=f"{', '.join(CALIBRATION_MODES)} (default leave-one-out), or a calibration JSON file "
                         "(= --calibration prior --prior FILE)")
-    p.add_argument("--holdout-by", metavar="KEY", help="leave-one-group-out: manifest key of the holdout unit "
-                                                       "(e.g. config)")
+    p.add_argument("--holdout-by", metavar="KEY", help="leave-one-group-out: run attribute of the holdout unit "
+                                                       "(a manifest column, e.g. config; with --experiment an "
+                                                       "attribute such as width or seed, or a param such as "
+                                                       "model.width)")
     p.add_argument("--prior", default="corpus",
                    help="calibration every run starts from: 'corpus' (ncstudy's trajectory corpus, default), "
                         "'none', 'paper' (the paper's fn*/lead, for fn_star) or a calibration JSON file")

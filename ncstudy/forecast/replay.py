@@ -7,7 +7,8 @@ modes:
 * ``prior`` -- the prior calibration only (by default ncstudy's trajectory corpus);
 * ``leave-one-out`` -- the prior plus every *other* replayed run;
 * ``leave-one-group-out`` -- the prior plus the replayed runs outside the run's holdout group
-  (``holdout_by``: a metadata key such as the corpus's ``config``, a configuration without its seed).
+  (``holdout_by``: a metadata key such as the corpus's ``config``, a configuration without its seed;
+  a flattened-config key such as ``model.width`` names its attribute, ``width``: :meth:`Run.attr`).
 
 **Scoring** (every figure against the *strict* onset; a run that never reaches NC1 < 0.01 within its
 budget is *censored*):
@@ -325,8 +326,8 @@ def held_out_calibrations(trajectories: Sequence[Run], budgets: Mapping[str, int
         if calibration == "leave-one-out":
             yield t, base.without(t.run_id)
         elif calibration == "leave-one-group-out":
-            key = t.attrs.get(holdout_by)
-            yield t, base.without_runs(u.run_id for u in trajectories if u.attrs.get(holdout_by) == key)
+            key = t.attr(holdout_by)
+            yield t, base.without_runs(u.run_id for u in trajectories if u.attr(holdout_by) == key)
         else:
             yield t, base
 

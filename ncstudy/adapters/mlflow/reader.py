@@ -16,15 +16,21 @@ from typing import Any, Iterable
 import pandas as pd
 
 from ncstudy.errors import InputError, LogFormatError, TrackingUnavailable
-from ncstudy.records import EPOCH, REFERENCE_COLUMNS
-from ncstudy.runs import Run, frame_records, group_of
+from ncstudy.logs import infer_phase
+from ncstudy.records import EPOCH, PHASE, REFERENCE_COLUMNS, num
+from ncstudy.runs import Run, attrs_from_params, group_of, numeric_log
 
 from .layout import (
+    DATASET_TAG,
+    FN_STAR_TAG,
     HISTORY_KEYS,
+    MODEL_TAG,
     PARENT_TAG,
     ROLE_STUDY,
     ROLE_TAG,
     STEP_KEY,
+    T_NC_TAG,
+    THRESHOLD_TAG,
     TRAJECTORY_CSV,
     TRIAL_TAG,
     VIEW_TAG,
@@ -267,26 +273,78 @@ class _quiet_downloads:
             os.environ[self.KEY] = self.old
 
 
-def mlflow_trajectories(experiment: str, tracking_uri: str | None = None, ce_epochs: int | None = None) -> list[Run]:
-    """A study's trial runs as :class:`~ncstudy.runs.Run` (replay, priors): group from the
-    ``model``/``dataset`` tags, attributes from the params (``budget`` = the trial config's total
-    epochs)."""
-    from .layout import DATASET_TAG, MODEL_TAG
+@dataclass
+class StudyRuns:
+    """A study's trial runs as :class:`~ncstudy.runs.Run` (:func:`read_study`), with where they came from."""
 
+    experiment: str
+    experiment_id: str
+    tracking_uri: str
+    runs: list[Run]  # every trial run, in start order; those without a trajectory have ``given`` onsets
+    parent_run_ids: list[str] = field(default_factory=list)  # study (parent) runs, the latest first
+    warnings: list[str] = field(default_factory=list)  # trajectories that could not be read as logged
+
+    @property
+    def with_logs(self) -> list[Run]:
+        """The runs with a trajectory (what replay and the priors take)."""
+        return [r for r in self.runs if r.has_log]
+
+
+def trial_run(t: TrialRun, ce_epochs: int | None = None) -> Run:
+    """One trial run as a :class:`~ncstudy.runs.Run`: the one reading of a study's trials.
+
+    * ``run_id`` = the MLflow run id (``source`` = ``mlflow:<run id>``), ``name`` = the run name;
+    * ``attrs`` = :func:`ncstudy.runs.attrs_from_params` of the params (``model``, ``dataset``,
+      ``depth``, ``width``, ``activation``, ``weight_decay``, ``lr``, ``seed``, ``intervention_alpha``,
+      ``ce_epochs``, ``mse_epochs``, ``budget``, the other params by their dotted names), ``model``
+      and ``dataset`` from the tags when the params lack them, plus ``trial_id``;
+    * ``group`` by :func:`ncstudy.runs.group_of`; ``frame`` the trajectory (numbers, in epoch order;
+      phases from ``ce_epochs``, default the param, when it has no ``phase`` column);
+    * without a trajectory, ``given`` = the ``t_nc``/``fn_star``/``threshold`` tags and the last
+      ``test`` metric; ``phase2_only`` from the param ``eval.onset_phase2_only``; ``tags`` without
+      MLflow's own (``mlflow.*``).
+    """
+    attrs = attrs_from_params(t.params, {"model": t.tags.get(MODEL_TAG), "dataset": t.tags.get(DATASET_TAG)})
+    attrs["trial_id"] = t.trial_id
+    source = f"mlflow:{t.run_id}"
+    frame, given = None, None
+    if t.trajectory is not None:
+        frame = numeric_log(t.trajectory, source)
+        ce = ce_epochs if ce_epochs is not None else attrs.get("ce_epochs")
+        if PHASE not in frame.columns and isinstance(ce, int):
+            frame = infer_phase(frame, ce)
+    else:
+        tn = num(t.tags.get(T_NC_TAG))
+        given = {"t_nc": tn, "fn_star": num(t.tags.get(FN_STAR_TAG)), "test_acc": t.metrics.get("test"),
+                 "threshold": t.tags.get(THRESHOLD_TAG) if tn is not None else None}
+    p2 = t.params.get("eval.onset_phase2_only")
+    return Run(t.run_id, group_of(attrs, run_id=t.run_id), attrs=attrs, source=source, frame=frame, name=t.name,
+               origin=t.origin, phase2_only=None if p2 is None else str(p2).lower() == "true", given=given,
+               tags={k: v for k, v in t.tags.items() if not k.startswith("mlflow.")})
+
+
+def read_study(experiment: str, tracking_uri: str | None = None, ce_epochs: int | None = None) -> StudyRuns:
+    """Every trial run of study ``experiment`` as a :class:`~ncstudy.runs.Run` (:func:`trial_run`):
+    what ``ncstudy analyze --experiment``, ``ncstudy replay --experiment`` and a study's priors from
+    a previous experiment (``fnstar.prior_experiment``) read. :class:`InputError` for an unknown
+    experiment; no trial runs is an empty list."""
     reader = StudyReader(tracking_uri)
     exp = reader.experiment(experiment)
-    out = []
-    for t in reader.trials(exp.experiment_id):
-        if t.trajectory is None:
-            continue  # a trial that logged nothing (e.g. failed early)
-        meta: dict[str, Any] = {"run_id": t.trial_id, "model": t.tags.get(MODEL_TAG),
-                                "dataset": t.tags.get(DATASET_TAG), "mlflow_run_id": t.run_id, **t.params}
-        ce, mse = meta.get("ce_epochs"), meta.get("mse_epochs")
-        if ce is not None and mse is not None:
-            meta["budget"] = int(float(ce)) + int(float(mse))
-        ce_eff = ce_epochs if ce_epochs is not None else (int(float(ce)) if ce is not None else None)
-        out.append(Run(t.trial_id, group_of(meta, run_id=t.trial_id), frame_records(t.trajectory, ce_eff), meta,
-                       f"mlflow:{t.run_id}", name=t.name, origin=t.origin))
+    parents = [r.info.run_id for r in reader.study_runs(exp.experiment_id)]
+    trials = reader.trials(exp.experiment_id)
+    return StudyRuns(experiment, exp.experiment_id, reader.uri, [trial_run(t, ce_epochs) for t in trials],
+                     parents, [w for t in trials for w in t.warnings])
+
+
+def mlflow_trajectories(experiment: str, tracking_uri: str | None = None, ce_epochs: int | None = None) -> list[Run]:
+    """The trial runs of a study with a trajectory (:func:`read_study`), as replay and the priors
+    take them: named by their trial id (as the stopper and the progress table name them);
+    :class:`InputError` when there is none."""
+    study = read_study(experiment, tracking_uri, ce_epochs)
+    out = study.with_logs
+    for r in out:
+        r.run_id = r.attrs["trial_id"]
     if not out:
-        raise InputError(f"MLflow experiment {experiment!r} at {reader.uri} has no trial runs with a trajectory")
+        raise InputError(f"MLflow experiment {experiment!r} at {study.tracking_uri} has no trial runs with a "
+                         f"trajectory")
     return out
