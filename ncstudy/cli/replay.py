@@ -285,8 +285,9 @@ def replay_main(argv: Sequence[str] | None = None) -> int:
     for line in _describe(report):
         print(f"ncstudy replay: {line}", file=sys.stderr)
     if skipped:
+        more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         print(f"ncstudy replay: skipped {len(skipped)} CSV file(s) that are not trajectory logs: "
-              f"{'; '.join(skipped[:5])}", file=sys.stderr)
+              f"{'; '.join(skipped[:5])}{more}", file=sys.stderr)
     budgets = infer_budgets(trajs, args.budget, rule)
     if args.json:
         json.dump({"results": [r.to_dict() for r in results], "calibration": report,
