@@ -9,7 +9,8 @@ Markdown for reports).
   infinities as ``inf``; a mapping as ``k=v`` pairs; anything else as ``str``;
 * :func:`mean_sd` -- ``mean ± sd`` (the mean alone when the SD is unknown);
 * :func:`table` -- a header and rows of cells (strings as they are, anything else through
-  :func:`value`) as aligned plain text or as a Markdown table.
+  :func:`value`) as aligned plain text or as a Markdown table; :func:`row` -- one line of a plain
+  table printed as it grows, with fixed column widths.
 
 Pure Python: no pandas or numpy import (their scalars and ``pd.NA`` are recognised by duck typing).
 """
@@ -21,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 MISSING = "-"
 
-__all__ = ["MISSING", "mean_sd", "table", "value"]
+__all__ = ["MISSING", "mean_sd", "row", "table", "value"]
 
 
 def _missing(v: Any) -> bool:
@@ -89,8 +90,17 @@ def table(head: Sequence[str], rows: Iterable[Sequence[Any]], markdown: bool = F
         lines = ["| " + " | ".join(md(h) for h in head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         return "\n".join(lines + ["| " + " | ".join(md(c) for c in r) + " |" for r in cells])
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(head)]
+    return "\n".join([_line(head, widths), _line(["-" * w for w in widths])] + [_line(r, widths) for r in cells])
 
-    def line(parts: Sequence[str]) -> str:
-        return "  ".join(p.ljust(w) for p, w in zip(parts, widths)).rstrip()
 
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in cells])
+def row(cells: Sequence[Any], widths: Sequence[int], digits: int = 4, missing: str = MISSING) -> str:
+    """One line of a plain-text table printed as it grows (a training run's evaluations, one at a
+    time), laid out as :func:`table` lays out its lines: cells through :func:`value`, left-aligned
+    to the given column ``widths`` (a wider cell pushes the rest), two spaces apart. The header is
+    ``row(names, widths)``."""
+    return _line([c if isinstance(c, str) else value(c, digits, missing=missing) for c in cells], widths)
+
+
+def _line(parts: Sequence[str], widths: Sequence[int] | None = None) -> str:
+    widths = widths if widths is not None else [len(p) for p in parts]
+    return "  ".join(p.ljust(w) for p, w in zip(parts, widths)).rstrip()

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ncstudy.text import mean_sd, table, value
+from ncstudy.text import mean_sd, row, table, value
 
 
 @pytest.mark.parametrize("v, kw, out", [
@@ -57,3 +57,12 @@ def test_table_plain_text_is_aligned_and_markdown_escapes():
     assert table(["run", "fn", "note"], rows, markdown=True).splitlines() == [
         "| run | fn | note |", "|---|---|---|", "| a | 1.235 | - |", "| longer name | 12 | x\\|y |"]
     assert table(["a", "b"], []) == "a  b\n-  -"
+
+
+def test_a_growing_table_prints_its_rows_as_table_lays_them_out():
+    widths = (5, 10, 6)
+    lines = [row(("epoch", "nc1", "note"), widths), row((10, 0.012345, None), widths), row((20, 1e-05, "x"), widths)]
+    assert lines == ["epoch  nc1         note", "10     0.01235     -", "20     1e-05       x"]
+    # the same layout as a whole table whose columns are that wide
+    assert table(("epoch", "nc1", "note"), [(10, 0.012345, None)]).splitlines()[2] == "10     0.01235  -"
+    assert row(("a-much-wider-cell", 1), (3, 3)) == "a-much-wider-cell  1"

@@ -46,12 +46,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {cfg.model.name} (depth {cfg.model.depth}, width {cfg.model.width}, {cfg.model.activation}) "
           f"on {cfg.data.name}: {cfg.ce_epochs} CE + {cfg.mse_epochs} MSE epochs, device {trainer.device}",
           flush=True)
-    print(f"{'epoch':>6} {'phase':>5} {'loss':>10} {'train':>7} {'test':>7} {'fn':>8} {'NC1':>10}", flush=True)
+    cols, widths = ("epoch", "phase", "train_loss", "train", "test", "feat_norm", "nc1"), (5, 5, 10, 7, 7, 9, 10)
+    print(text.row(cols, widths), flush=True)
 
     def on_eval(rec, tr) -> None:
-        cells = [text.value(rec.get(k)) for k in ("train_loss", "train", "test", "feat_norm", "nc1")]
-        print(f"{rec['epoch']:>6} {rec['phase']:>5} " + " ".join(c.rjust(w) for c, w in zip(cells, (10, 7, 7, 8, 10))),
-              flush=True)
+        print(text.row([rec.get(k) for k in cols], widths), flush=True)
         if args.out:
             write_log(tr.records, args.out)  # rewritten each evaluation: a killed run keeps its log
 
