@@ -36,14 +36,7 @@ from ncstudy.adapters.metric_names import MetricNames
 from ncstudy.adapters.stopper_core import OnsetStopperCore, adapter_settings
 from ncstudy.deprecation import renamed_class
 from ncstudy.forecast import Calibration
-from ncstudy.forecast.settings import (
-    DEFAULT_FORECASTER,
-    DEFAULT_POLICY,
-    ForecasterName,
-    Mode,
-    Policy,
-    StopperSettings,
-)
+from ncstudy.forecast.settings import DEFAULT_FORECASTER, DEFAULT_POLICY, ForecasterName, Mode, Policy, StopperSettings
 from ncstudy.onset import TERMINAL_ACC, OnsetRule
 from ncstudy.records import EPOCH, FORECAST_FIELDS, STOP_REASON, T_NC, finite
 
