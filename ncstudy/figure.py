@@ -77,6 +77,24 @@ def tick_label(x: float, _pos: Any = None) -> str:
     return f"{x:g}" if x == 0 or 1e-3 <= abs(x) < 1e4 else f"{x:.0e}"
 
 
+def value_labels(values: Sequence[float]) -> list[str]:
+    """Tick texts of a set of values, one notation for all: :func:`tick_label`'s plain numbers, or,
+    when any of them needs scientific notation, all in it with the fewest digits that give the value
+    (``3e-05, 1e-04, 3e-04, 1e-03``, not ``... 3e-04, 0.001``)."""
+    plain = [tick_label(v) for v in values]
+    if not any("e" in t for t in plain):
+        return plain
+
+    def sci(v: float) -> str:
+        for d in range(3):
+            t = f"{v:.{d}e}"
+            if math.isclose(float(t), v, rel_tol=1e-9):
+                return t
+        return f"{v:.2e}"
+
+    return ["0" if v == 0 else sci(v) for v in values]
+
+
 def _minor_labels(axis):
     """The 2x and 5x labels of a log axis, blank where a decade is shorter than
     :data:`MIN_DECADE_INCHES` (the labels would run into each other)."""
@@ -140,7 +158,7 @@ def value_ticks(ax, values: Sequence[float], labels: Sequence[str] | None = None
     (ax.set_xlim if axis == "x" else ax.set_ylim)(*lims)
     if labels is None and len(pos) > most:
         return
-    texts = list(labels) if labels is not None else [tick_label(p) for p in pos]
+    texts = list(labels) if labels is not None else value_labels(pos)
     a = ax.xaxis if axis == "x" else ax.yaxis
     a.set_minor_locator(NullLocator())
     size = a.get_majorticklabels()[0].get_fontsize() if a.get_majorticklabels() else 10

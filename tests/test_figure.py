@@ -63,8 +63,16 @@ def test_value_ticks_at_the_values_run_turned_where_they_would_touch_limits_padd
     value_ticks(roomy, [2, 3, 5, 7])
     value_ticks(cats, [0, 1], ["relu", "gelu"])
     save(fig, tmp_path / "ticks.png")
-    assert [t.get_text() for t in crowded.get_xticklabels()] == ["1e-05", "5e-05", "1e-04", "5e-04", "0.001"]
+    assert [t.get_text() for t in crowded.get_xticklabels()] == ["1e-05", "5e-05", "1e-04", "5e-04", "1e-03"]
     assert crowded.get_xticklabels()[0].get_rotation() == 30
     assert [t.get_text() for t in roomy.get_xticklabels()] == ["2", "3", "5", "7"]
     lo, hi = roomy.get_xlim()
     assert lo < 2 and hi > 7 and cats.get_xlim() == (-0.5, 1.5)
+
+
+def test_the_values_of_one_axis_are_labelled_in_one_notation():
+    from ncstudy.figure import value_labels
+
+    assert value_labels([3e-05, 1e-04, 3e-04, 0.001]) == ["3e-05", "1e-04", "3e-04", "1e-03"]  # was ..., "0.001"
+    assert value_labels([2.5e-05, 0.0]) == ["2.5e-05", "0"]
+    assert value_labels([128, 256, 0.5]) == ["128", "256", "0.5"]  # plain when none needs more
