@@ -28,7 +28,18 @@ from ncstudy.deprecation import renamed_function
 from ncstudy.figure import heading, log_axis, new_figure, save, value_ticks, wrap
 from ncstudy.forecast import protocol
 from ncstudy.onset import RELAXED_NC1, STRICT_NC1
-from ncstudy.records import EARLY_STOPS, EPOCH, FN, FORECAST_EPOCH, NC1, P_ONSET, PHASE, T_NC_ESTIMATE, num
+from ncstudy.records import (
+    CENSORED_STOPS,
+    EARLY_STOPS,
+    EPOCH,
+    FN,
+    FORECAST_EPOCH,
+    NC1,
+    P_ONSET,
+    PHASE,
+    T_NC_ESTIMATE,
+    num,
+)
 
 STRICT, RELAXED = STRICT_NC1, RELAXED_NC1  # the paper's NC1 thresholds
 FN_COLOUR, NC1_COLOUR, BAND_COLOUR = "tab:blue", "tab:red", "tab:orange"
@@ -277,7 +288,8 @@ def _trial_title(view: TrialView) -> str:
     what = {"onset": "stopped at onset", "forecast": "stopped at its forecast",
             "no_onset_forecast": "stopped: no onset expected", "budget": "ran its budget",
             "cannot_win": "stopped: cannot beat the best so far", "capped": "capped at the best so far",
-            "diverged": "diverged", "error": "failed", "interrupted": "interrupted"}.get(view.stop_reason or "", "")
+            "diverged": "diverged", "error": "failed", "interrupted": "interrupted",
+            "scheduler": "stopped by the scheduler"}.get(view.stop_reason or "", "")
     head = view.name + (f"  ({keys})" if keys else "")
     return head + (f" \u2014 {what}" if what else "")
 
@@ -468,9 +480,9 @@ def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", k
                 hi = fc.high - fc.onset if math.isfinite(fc.high) else 0.0
                 ax_t.errorbar([x], [fc.onset], yerr=[[max(lo, 0.0)], [max(hi, 0.0)]], fmt="D", mfc="white",
                               color=FORECAST_COLOUR, ms=6, capsize=3, zorder=3)
-            else:  # no onset observed: where the trial ended, cut by the stopper (X) or at its budget (^)
+            else:  # no onset observed: where the trial ended, cut (by the stopper or scheduler: X) or at its budget (^)
                 last = max(t.series(NC1)[0] or [0.0])
-                ax_t.plot([x], [last], "X" if t.stop_reason in EARLY_STOPS else "^", color="0.5", ms=6, zorder=3)
+                ax_t.plot([x], [last], "X" if t.stop_reason in CENSORED_STOPS else "^", color="0.5", ms=6, zorder=3)
             if t.fn_star is not None:
                 ax_f.plot([x], [t.fn_star], "o", color="tab:blue", ms=6, zorder=3)
         for i, (g, b) in enumerate(sorted(bands.items())):
@@ -491,8 +503,9 @@ def plot_sweep(trials: Sequence[TrialView], path: str | Path, title: str = "", k
     handles = [Line2D([], [], ls="", marker="o", color="tab:blue", label="observed onset / fn*"),
                Line2D([], [], ls="-", marker="D", mfc="white", color=FORECAST_COLOUR,
                       label="forecast onset [interval] (stopped by it)"),
-               Line2D([], [], ls="", marker="^", color="0.5", label="no onset: last epoch run"),
-               Line2D([], [], ls="", marker="X", color="0.5", label="stopped early by the stopper: last epoch run"),
+               Line2D([], [], ls="", marker="^", color="0.5", label="no onset: T_NC > last epoch run"),
+               Line2D([], [], ls="", marker="X", color="0.5",
+                      label="stopped early (stopper or scheduler):\nT_NC > last epoch run"),
                Line2D([], [], ls="--", color=BAND_COLOUR, label="fn* of the group (band: spread)")]
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     heading(fig, f"{title + ': ' if title else ''}onset and fn* against the searched keys", 11)
