@@ -72,6 +72,22 @@ def test_small_study_shows_every_trial_and_the_summary_of_a_large_one_is_short()
     assert "best 10 by collapse_epoch (min):" in s
 
 
+def test_the_counts_name_why_trials_ended_and_ask_budgets_only_of_trials_without_a_reason():
+    asked = []
+
+    def budget_of(t):
+        asked.append(t.trial_id)
+        return 30
+
+    trials = [FakeTrial(0, "TERMINATED", {"epoch": 30, "stop_reason": "budget"}),
+              FakeTrial(1, "TERMINATED", {"epoch": 5}),  # ASHA's cut: no reason of its own, before its budget
+              FakeTrial(2, "TERMINATED", {"epoch": 5}), FakeTrial(3, "ERROR", {"epoch": 10}),
+              FakeTrial(4, "TERMINATED", {"epoch": 30})]  # no reason, at its budget
+    assert table(budget_of=budget_of).counts(trials).startswith("4 terminated (budget 2, scheduler 2, ")
+    assert asked == ["t0001", "t0002", "t0004"]  # a trial's own reason, or its error, needs no budget
+    assert table().counts(trials).startswith("4 terminated (budget 4, ")  # budgets unknown: as before
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("cluster", [False, True], ids=["one_node", "head_and_two_workers"])

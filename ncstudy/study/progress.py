@@ -118,8 +118,11 @@ class ProgressTable(Callback):
         for t in trials:
             status[t.status] = status.get(t.status, 0) + 1
             if t.status in ("TERMINATED", "ERROR"):
-                r = end_reason((t.last_result or {}).get(STOP_REASON), t.status == "ERROR",
-                               TrialSummary.of(t, "").epochs_run, self.budget_of(t) if self.budget_of else None)
+                given, failed = (t.last_result or {}).get(STOP_REASON), t.status == "ERROR"
+                if given or failed or self.budget_of is None:  # no epochs or budget needed (most trials)
+                    r = end_reason(given, failed)
+                else:  # a trial ended with no reason of its own: before its budget, by the scheduler?
+                    r = end_reason(None, False, TrialSummary.of(t, "").epochs_run, self.budget_of(t))
                 reasons[r] = reasons.get(r, 0) + 1
         parts = []
         for st in ("RUNNING", "PENDING", "PAUSED", "TERMINATED", "ERROR"):
