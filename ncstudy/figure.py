@@ -12,7 +12,8 @@ thread). Plain tick labels ("0.01", "20"; mathtext labels doubled the drawing ti
 * :func:`log_axis` -- a log axis labelled on decades and, where a decade is long enough, on 2x and 5x;
 * :func:`value_ticks` -- ticks at the values a sweep ran (or at categories), turned where they
   would touch, limits padded so that a mark at either end and its note stay inside;
-* :func:`tick_label` -- a tick value as text (``0.01``, ``20``, ``1e-05``);
+* :func:`tick_label` -- a tick value as text (``0.01``, ``20``, ``1e-05``); :func:`value_labels` --
+  a sweep's values, in one notation;
 * :func:`save` -- the PNG (fast zlib level: the default one took a quarter of a picture's time).
 
 No text of a picture is cut at the figure's edge: titles wrap, ``fit`` figures make room for every
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["CHAR_EM", "MIN_DECADE_INCHES", "heading", "log_axis", "new_figure", "save", "tick_label",
-           "value_ticks", "wrap"]
+           "value_labels", "value_ticks", "wrap"]
 
 #: The least length of a decade on a log axis, in inches, for labels on 2x and 5x as well.
 MIN_DECADE_INCHES = 0.6
@@ -98,8 +99,6 @@ def value_labels(values: Sequence[float]) -> list[str]:
 def _minor_labels(axis):
     """The 2x and 5x labels of a log axis, blank where a decade is shorter than
     :data:`MIN_DECADE_INCHES` (the labels would run into each other)."""
-    import math
-
     from matplotlib.ticker import Formatter
 
     class MinorLabels(Formatter):
@@ -137,7 +136,7 @@ def log_axis(ax, axis: str = "y", minor_labels: bool = True, labelsize: float | 
 def value_ticks(ax, values: Sequence[float], labels: Sequence[str] | None = None, axis: str = "x",
                 log: bool = False, most: int = 8, pad: float = 0.08) -> None:
     """Ticks of ``axis`` at the distinct ``values`` (a sweep's grid; with ``labels``: categories at
-    those positions), labelled by :func:`tick_label` unless ``labels`` are given; more than ``most``
+    those positions), labelled by :func:`value_labels` unless ``labels`` are given; more than ``most``
     distinct numbers keep matplotlib's ticks. Labels closer than their own width are turned 30
     degrees. The limits are padded by ``pad`` of the span (of its decades, ``log``; categories:
     half a step) so that a mark at either end, and a note centred on it, stay inside the axes."""

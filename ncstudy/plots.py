@@ -41,7 +41,6 @@ from ncstudy.records import (
     num,
 )
 
-STRICT, RELAXED = STRICT_NC1, RELAXED_NC1  # the paper's NC1 thresholds
 FN_COLOUR, NC1_COLOUR, BAND_COLOUR = "tab:blue", "tab:red", "tab:orange"
 CROSS_COLOUR, FORECAST_COLOUR, ONSET_COLOUR = "tab:green", "tab:purple", "black"
 
@@ -178,7 +177,7 @@ def draw_band(ax, band: Band, colour: str = BAND_COLOUR) -> None:
     ax.axhline(band.value, color=colour, ls="--", lw=1.2, zorder=1)
 
 
-def draw_thresholds(ax, strict: float = STRICT, relaxed: float = RELAXED) -> None:
+def draw_thresholds(ax, strict: float = STRICT_NC1, relaxed: float = RELAXED_NC1) -> None:
     ax.axhline(strict, color="0.25", ls=":", lw=1.0, zorder=1)
     ax.axhline(relaxed, color="0.55", ls=":", lw=1.0, zorder=1)
     _label_right(ax, strict, f"strict {text.value(strict)} (onset)", "0.25", va="top", left=True)
@@ -200,7 +199,7 @@ def _nc1_limits(ax, ys: Iterable[float], strict: float) -> None:
 
 
 # -- one trial ------------------------------------------------------------------------------------
-def plot_trajectory(view: TrialView, path: str | Path, strict: float = STRICT, relaxed: float = RELAXED,
+def plot_trajectory(view: TrialView, path: str | Path, strict: float = STRICT_NC1, relaxed: float = RELAXED_NC1,
                     dpi: int = 100) -> Path:
     """One trial's story in two panels sharing the epoch axis (see the module docs)."""
     fig = new_figure(8, 6, dpi)
@@ -340,8 +339,8 @@ def _group_bands(trials: Sequence[TrialView]) -> dict[str, Band]:
     return bands
 
 
-def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = "", strict: float = STRICT,
-                  relaxed: float = RELAXED, key: str | None = None, dpi: int = 100) -> Path:
+def plot_overview(trials: Sequence[TrialView], path: str | Path, title: str = "", strict: float = STRICT_NC1,
+                  relaxed: float = RELAXED_NC1, key: str | None = None, dpi: int = 100) -> Path:
     """Every trial's fn and NC1 against epoch (log axes), coloured by ``key`` (default: the first
     searched key that varies); each group's fn* band; onsets (black-edged dots) and forecasts
     (diamonds with their interval)."""

@@ -31,7 +31,7 @@ import pandas as pd
 
 from ncstudy.deprecation import warn_renamed
 from ncstudy.errors import InputError, LogFormatError
-from ncstudy.logs import REFERENCE_COLUMNS, REQUIRED_COLUMNS, read_log
+from ncstudy.logs import REFERENCE_COLUMNS, REQUIRED_COLUMNS, infer_phase, read_log
 from ncstudy.records import EPOCH, PHASE, finite
 
 __all__ = ["ATTR_KEYS", "GROUP_BY", "DEFAULT_GROUP", "LOG_SUFFIXES", "MLP_ONLY", "NUMERIC_ATTRS", "PARAM_MAP", "Run",
@@ -137,14 +137,19 @@ class Run:
 def frame_records(df: pd.DataFrame, ce_epochs: int | None = None) -> list[dict[str, Any]]:
     """Rows of a :func:`ncstudy.logs.read_log` frame as records (NaN read as None); without a
     ``phase`` column and with ``ce_epochs`` given, phase = 1 up to ``ce_epochs`` and 2 after."""
+    if PHASE not in df.columns and ce_epochs is not None:
+        df = infer_phase(df, ce_epochs)
     recs = []
     for row in df.to_dict("records"):
-        r = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        r = _nan_as_none(row)
         r[EPOCH] = int(r[EPOCH])
-        if PHASE not in df.columns and ce_epochs is not None:
-            r[PHASE] = 1 if r[EPOCH] <= ce_epochs else 2
         recs.append(r)
     return recs
+
+
+def _nan_as_none(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A CSV row with its NaN cells (pandas' empty cells) as None."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
 def numeric_log(df: pd.DataFrame, where: str | Path) -> pd.DataFrame:
@@ -326,8 +331,7 @@ def read_manifest(path: str | Path) -> dict[str, dict[str, Any]]:
         raise InputError(f"{p}: a manifest needs a 'file' column (the log's file name) and attribute columns")
     out = {}
     for row in df.to_dict("records"):
-        attrs = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items() if k != "file"}
-        out[log_stem(row["file"])] = attrs
+        out[log_stem(row["file"])] = {k: v for k, v in _nan_as_none(row).items() if k != "file"}
     return out
 
 

@@ -82,7 +82,7 @@ def table(head: Sequence[str], rows: Iterable[Sequence[Any]], markdown: bool = F
     """A table of ``rows`` under ``head``: Markdown (``| a | b |`` lines; ``|`` in a cell escaped,
     line breaks made spaces) or plain text (columns left-aligned, two spaces apart, a rule of dashes
     under the header). Cells that are not strings go through :func:`value` (``digits``, ``missing``)."""
-    cells = [[c if isinstance(c, str) else value(c, digits, missing=missing) for c in r] for r in rows]
+    cells = [_cells(r, digits, missing) for r in rows]
     if markdown:
         def md(c: str) -> str:
             return c.replace("|", "\\|").replace("\n", " ")
@@ -98,7 +98,12 @@ def row(cells: Sequence[Any], widths: Sequence[int], digits: int = 4, missing: s
     time), laid out as :func:`table` lays out its lines: cells through :func:`value`, left-aligned
     to the given column ``widths`` (a wider cell pushes the rest), two spaces apart. The header is
     ``row(names, widths)``."""
-    return _line([c if isinstance(c, str) else value(c, digits, missing=missing) for c in cells], widths)
+    return _line(_cells(cells, digits, missing), widths)
+
+
+def _cells(cells: Sequence[Any], digits: int, missing: str) -> list[str]:
+    """A row's cells as text: strings as they are, anything else through :func:`value`."""
+    return [c if isinstance(c, str) else value(c, digits, missing=missing) for c in cells]
 
 
 def _line(parts: Sequence[str], widths: Sequence[int] | None = None) -> str:
