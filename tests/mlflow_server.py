@@ -8,6 +8,7 @@ same store, which is how the tests simulate a tracking server outage. The store 
 """
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -40,6 +41,7 @@ class MlflowServer:
         self.backend_store_uri = backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}"
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.chosen_port = port is None  # ours to change while the server never ran on it
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -51,17 +53,24 @@ class MlflowServer:
         try:
             with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
                 return r.status == 200
-        except OSError:
+        except (OSError, http.client.HTTPException):  # nothing there yet, or not an HTTP server
             return False
 
     def start(self, timeout: float = 90.0) -> "MlflowServer":
-        """Start the server and wait until it answers its health check."""
+        """Start the server and wait until it answers its health check. A port :func:`free_port` chose
+        can be taken by another process (a Ray worker of a concurrent test) before the server binds
+        it: then, on its first start only, the server moves to another free port."""
         self.launch()
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
+                if self.chosen_port and self.starts < 4 and _port_taken(self.log_tail()):
+                    self.proc, self.port = None, free_port()
+                    self.launch()
+                    continue
                 raise RuntimeError(f"mlflow server exited with {self.proc.returncode}: {self.log_tail()}")
             if self.healthy():
+                self.chosen_port = False  # its port from now on: a restart comes back on it
                 return self
             time.sleep(0.2)
         self.stop()
@@ -94,3 +103,9 @@ class MlflowServer:
     def log_tail(self, n: int = 3000) -> str:
         logs = sorted(self.root.glob("server*.log"))
         return logs[-1].read_text()[-n:] if logs else ""
+
+
+def _port_taken(log: str) -> bool:
+    """Whether a server's log says it could not bind its port (uvicorn's and gunicorn's words)."""
+    low = log.lower()
+    return "address already in use" in low or "connection in use" in low
